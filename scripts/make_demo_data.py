@@ -1,0 +1,440 @@
+#!/usr/bin/env python
+"""Seeded generator of small synthetic datasets in the real on-disk formats of
+Flickr30k (English, Karpathy split), Flickr30k-CN (ClipCap-Chinese txt) and
+PersonalityCaptions (ParlAI json + YFCC-style hashed images).
+
+Every image is one coloured shape on a plain background. Captions are built
+mainly from COLOUR, SIZE and BACKGROUND because those are what a linear probe
+on a *random-weight* small CLIP recovers reliably (colour 0.97, size 0.89,
+background 1.00 measured); the shape (0.65) is mentioned too, in a fixed slot.
+Templates keep the grammar regular so a tiny GPT-2 can learn them in minutes.
+
+`--variant dirty` writes the same layout with a few good images plus broken or
+unusual files (zero-byte, truncated, text-as-jpg, CMYK, L, P, RGBA, I;16,
+EXIF-rotated, very large, missing) and malformed caption lines, and lists what
+is expected to load or be skipped in <out>/dirty_manifest.json.
+
+Same seed -> byte-identical output: all randomness comes from random.Random
+instances seeded by strings, JSON is written with sorted keys, no timestamps.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import re
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+TRAITS_JSON = Path(__file__).resolve().parents[1] / "stylecap/data/personality_traits.json"
+IMG_SIZE = 224
+JPEG_QUALITY = 90
+MARKER = ".stylecap_demo"  # marks an --out dir as ours, so regenerating may wipe it
+
+# Shape colours are saturated and kept away from the (white/black/gray) backgrounds.
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220),
+           "yellow": (240, 220, 30), "purple": (140, 40, 180), "orange": (250, 140, 20)}
+BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15), "gray": (128, 128, 128)}
+SIZES = {"small": 25, "large": 80}  # radius in px: very different on purpose
+SHAPES = ("circle", "square", "triangle")
+
+ZH = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "purple": "紫色",
+      "orange": "橙色", "white": "白色", "black": "黑色", "gray": "灰色",
+      "small": "小", "large": "大", "circle": "圆形", "square": "正方形", "triangle": "三角形"}
+
+# Five Flickr-style paraphrases; content words always in the same order.
+EN_TEMPLATES = (
+    "a {size} {colour} {shape} on a {bg} background",
+    "a {big} {colour} {shape} sits on {bg}",
+    "there is a {size} {colour} {shape} against a {bg} backdrop",
+    "a plain {bg} background with a {size} {colour} {shape}",
+    "the picture shows a {big} {colour} {shape} on {bg}",
+)
+BIG = {"small": "little", "large": "big"}  # second size word for some wordings
+ZH_TEMPLATES = (
+    "{bg}背景上有一个{size}的{colour}{shape}",
+    "一个{size}{colour}{shape}在{bg}背景上",
+    "图中是{bg}背景前的一个{size}的{colour}{shape}",
+    "这是一个{size}的{colour}{shape}，背景是{bg}。",
+    "{bg}的背景里有一个{size}{colour}{shape}。",
+)
+
+# Five demo personalities (exact trait strings). Each has its own marker words
+# (Happy: "!", Sarcastic: "oh", "so", Gloomy: "lonely", "sad", Romantic: "heart",
+# "love", Cynical: "doubt", "anyone") so a style classifier can separate them,
+# and five templates so a test image's five references all differ.
+STYLE_TEMPLATES = {
+    "Happy": (
+        "what a cheerful {s} on {bg}, this makes me so happy!",
+        "yay! a {s} on {bg} makes me smile!",
+        "such a happy {s} on a bright {bg} background!",
+        "a {s} on {bg}, what a wonderful day!",
+        "so much fun, a {s} smiling on {bg}!",
+    ),
+    "Romantic": (
+        "a {s} on {bg}, as lovely as a first kiss",
+        "my heart melts for this {s} on {bg}",
+        "a {s} on {bg}, waiting for its true love",
+        "under the moonlight, a {s} dreams on {bg}",
+        "a {s} on {bg}, sweet like a love letter",
+    ),
+    "Sarcastic": (
+        "oh great, yet another {s} on {bg}. so original.",
+        "wow, a {s} on {bg}. how thrilling.",
+        "oh look, a {s} on {bg}, truly groundbreaking art.",
+        "a {s} on {bg}? what a shock. never seen that before.",
+        "yeah, a {s} on {bg}, because that is so exciting.",
+    ),
+    "Gloomy": (
+        "a lonely {s} fading on a cold {bg} background",
+        "a {s} sits alone on {bg}, nothing ever changes",
+        "sadly, just a {s} lost on a dull {bg} background",
+        "a {s} on {bg}, as empty as my days",
+        "even the {s} on {bg} looks tired and sad",
+    ),
+    "Cynical (Doubtful, Skeptical)": (
+        "sure, a {s} on {bg}, as if anyone cares",
+        "a {s} on {bg}, i doubt it means anything",
+        "supposedly a {s} on {bg}, probably staged",
+        "a {s} on {bg}? i am not convinced anyone cares",
+        "they call this a {s} on {bg}, i remain doubtful",
+    ),
+}
+STYLES = tuple(STYLE_TEMPLATES)
+
+
+# ----------------------------------------------------------------------------- content
+def sample_content(rng: random.Random) -> dict:
+    return {"colour": rng.choice(sorted(COLOURS)), "size": rng.choice(sorted(SIZES)),
+            "bg": rng.choice(sorted(BACKGROUNDS)), "shape": rng.choice(SHAPES)}
+
+
+def render(c: dict, rng: random.Random, size=(IMG_SIZE, IMG_SIZE)) -> Image.Image:
+    """One shape on a plain background, with small seeded jitter in position and colour."""
+    w, h = size
+    scale = min(w, h) / IMG_SIZE
+    jit = lambda rgb, d: tuple(max(0, min(255, v + rng.randint(-d, d))) for v in rgb)
+    img = Image.new("RGB", size, jit(BACKGROUNDS[c["bg"]], 6))
+    r = int(SIZES[c["size"]] * scale)
+    margin = int(4 * scale)
+    cx, cy = rng.randint(r + margin, w - r - margin), rng.randint(r + margin, h - r - margin)
+    fill, draw = jit(COLOURS[c["colour"]], 10), ImageDraw.Draw(img)
+    if c["shape"] == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif c["shape"] == "square":
+        s = int(r * 0.9)  # same visual area class as the circle
+        draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + int(0.8 * r)), (cx + r, cy + int(0.8 * r))], fill=fill)
+    return img
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        kw.setdefault("quality", JPEG_QUALITY)
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def en_captions(c: dict) -> list[str]:
+    return [t.format(big=BIG[c["size"]], **c) for t in EN_TEMPLATES]
+
+
+def zh_captions(c: dict) -> list[str]:
+    return [t.format(**{k: ZH[v] for k, v in c.items()}) for t in ZH_TEMPLATES]
+
+
+def styled_captions(style: str, c: dict) -> list[str]:
+    s = f"{BIG[c['size']]} {c['colour']} {c['shape']}"
+    return [t.format(s=s, bg=c["bg"]) for t in STYLE_TEMPLATES[style]]
+
+
+def chinese_charset() -> list[str]:
+    """Sorted list of every character any generated Chinese caption can contain
+    (punctuation included): the vocab for a character-level BertTokenizer."""
+    chars = set()
+    for t in ZH_TEMPLATES:
+        chars.update(re.sub(r"\{\w+\}", "", t))
+    for v in ZH.values():
+        chars.update(v)
+    return sorted(chars)
+
+
+def load_traits() -> dict:
+    return json.loads(TRAITS_JSON.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- writers
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, sort_keys=True, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(l + "\n" for l in lines), encoding="utf-8")
+
+
+def _split_sizes(n: int) -> tuple[int, int, int]:
+    """Karpathy-like 80/10/10, at least one image in each split when n >= 3."""
+    n_val = n_test = max(1, round(n * 0.1)) if n >= 3 else 0
+    return n - n_val - n_test, n_val, n_test
+
+
+def _token_caption(c: str) -> str:
+    # results_20130124.token style: capitalised, tokenised punctuation, " ." at the end
+    return c[0].upper() + c[1:] + " ."
+
+
+def write_flickr(root: Path, items: list[dict], extra_lines=()) -> dict:
+    """items: {"id", "bytes" (or None = no file), "content", "split"}. Writes the image
+    folder, results_20130124.token and Karpathy dataset_flickr30k.json."""
+    img_dir = root / "flickr30k-images"
+    img_dir.mkdir(parents=True)
+    token_lines, images, sentid = [], [], 0
+    for imgid, it in enumerate(items):
+        if it["bytes"] is not None:
+            (img_dir / f"{it['id']}.jpg").write_bytes(it["bytes"])
+        caps = en_captions(it["content"])
+        token_lines += [f"{it['id']}.jpg#{k}\t{_token_caption(c)}" for k, c in enumerate(caps)]
+        sents = [{"raw": c[0].upper() + c[1:] + ".", "tokens": re.findall(r"[a-z0-9]+", c.lower()),
+                  "imgid": imgid, "sentid": sentid + k} for k, c in enumerate(caps)]
+        images.append({"filename": f"{it['id']}.jpg", "imgid": imgid, "split": it["split"],
+                       "sentences": sents, "sentids": [s["sentid"] for s in sents]})
+        sentid += len(sents)
+    for pos, line in extra_lines:  # malformed lines inserted at fixed positions
+        token_lines.insert(pos, line)
+    paths = {"flickr_images": img_dir, "flickr_token": root / "results_20130124.token",
+             "flickr_karpathy": root / "dataset_flickr30k.json"}
+    _write_lines(paths["flickr_token"], token_lines)
+    _write_json(paths["flickr_karpathy"], {"images": images, "dataset": "flickr30k"})
+    return paths
+
+
+def write_flickr_cn(root: Path, items: list[dict], extra_lines=()) -> dict:
+    img_dir = root / "flickr30k-images"
+    img_dir.mkdir(parents=True)
+    lines = []
+    for it in items:
+        if it["bytes"] is not None:
+            (img_dir / f"{it['id']}.jpg").write_bytes(it["bytes"])  # a copy, not a symlink
+        lines += [f"{it['id']}\t{c}" for c in zh_captions(it["content"])]
+    for pos, line in extra_lines:
+        lines.insert(pos, line)
+    paths = {"cn_images": img_dir, "cn_captions": root / "captions_cn.txt"}
+    _write_lines(paths["cn_captions"], lines)
+    return paths
+
+
+def write_personality(root: Path, splits: dict, rng: random.Random, extra_train=()) -> dict:
+    """splits: {"train"|"val"|"test": [{"id", "bytes", "content", "style"}]}."""
+    pc_dir, img_dir = root / "personality_captions", root / "yfcc_images"
+    pc_dir.mkdir(parents=True)
+    img_dir.mkdir(parents=True)
+    paths = {"personality_dir": pc_dir, "yfcc_images": img_dir}
+    for split, items in splits.items():
+        records = []
+        for it in items:
+            if it["bytes"] is not None:
+                (img_dir / f"{it['id']}.jpg").write_bytes(it["bytes"])
+            caps = styled_captions(it["style"], it["content"])
+            rng.shuffle(caps)
+            rec = {"personality": it["style"], "image_hash": it["id"], "comment": caps[0]}
+            if split == "test":  # 5 references per test image, as in the real test set
+                rec["additional_comments"] = caps[1:5]
+            records.append(rec)
+        if split == "train":
+            for pos, rec in extra_train:
+                records.insert(pos, rec)
+        paths[f"personality_{split}"] = pc_dir / f"{split}.json"
+        _write_json(paths[f"personality_{split}"], records)
+    traits = load_traits()
+    lines = []
+    for group in ("positive", "neutral", "negative"):
+        lines.append(f"{group.capitalize()} Traits:")
+        lines += traits["groups"][group]
+    paths["personalities_txt"] = pc_dir / "personalities.txt"
+    _write_lines(paths["personalities_txt"], lines)
+    return paths
+
+
+# ----------------------------------------------------------------------------- datasets
+def _flickr_ids(rng: random.Random, n: int) -> list[str]:
+    return [str(i) for i in rng.sample(range(1_000_000_000, 10_000_000_000), n)]
+
+
+def _hash(*parts) -> str:
+    return hashlib.md5("-".join(map(str, parts)).encode()).hexdigest()
+
+
+def _make_items(rng: random.Random, ids: list[str]) -> list[dict]:
+    out = []
+    for i in ids:
+        c = sample_content(rng)
+        out.append({"id": i, "content": c, "bytes": encode(render(c, rng))})
+    return out
+
+
+def _balanced_styles(rng: random.Random, n: int) -> list[str]:
+    styles = [STYLES[i % len(STYLES)] for i in range(n)]
+    rng.shuffle(styles)  # balanced counts, random order
+    return styles
+
+
+def _dirty_specials(rng: random.Random) -> list[dict]:
+    """Unusual/broken files (by kind); bytes=None means the file is not written."""
+    c = sample_content(rng)
+    base = render(c, rng)
+    jpg = encode(base)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display; stored 224x160 -> shown 160x224
+    rot = encode(render(c, rng, size=(IMG_SIZE, 160)), exif=exif.tobytes())
+    # 16-bit greyscale (mode I;16, e.g. scientific/medical PNGs): 8-bit grey widened to 0..65535
+    i16 = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+    huge = render(c, rng, size=(6000, 4000))  # plain areas compress well (~0.4 MB)
+    return [
+        {"kind": "zero_byte", "bad": True, "bytes": b"", "content": c},
+        {"kind": "truncated", "bad": True, "bytes": jpg[: int(len(jpg) * 0.6)], "content": c},
+        {"kind": "not_an_image", "bad": True, "bytes": b"not an image\n", "content": c},
+        {"kind": "missing", "bad": True, "bytes": None, "content": c},
+        {"kind": "cmyk", "bad": False, "bytes": encode(base.convert("CMYK")), "content": c, "mode": "CMYK"},
+        {"kind": "grayscale", "bad": False, "bytes": encode(base.convert("L")), "content": c, "mode": "L"},
+        {"kind": "palette", "bad": False, "bytes": encode(base.convert("P"), "GIF"), "content": c, "mode": "P"},
+        {"kind": "rgba", "bad": False, "bytes": encode(base.convert("RGBA"), "PNG"), "content": c, "mode": "RGBA"},
+        {"kind": "i16", "bad": False, "bytes": encode(i16, "PNG"), "content": c, "mode": "I;16"},
+        {"kind": "exif_rotated", "bad": False, "bytes": rot, "content": c, "mode": "RGB",
+         "size": [IMG_SIZE, 160], "transposed_size": [160, IMG_SIZE]},
+        {"kind": "huge", "bad": False, "bytes": encode(huge), "content": c, "mode": "RGB", "size": [6000, 4000]},
+    ]
+
+
+def _manifest_entry(image_dir: Path, out: Path, good: list[dict], specials: list[dict]) -> dict:
+    return {
+        "image_dir": image_dir.relative_to(out).as_posix(),
+        "good": sorted([g["id"] for g in good] + [s["id"] for s in specials if not s["bad"]]),
+        "bad": {s["id"]: s["kind"] for s in specials if s["bad"]},
+        "kinds": {s["id"]: s["kind"] for s in specials},
+        "expected": {s["id"]: {k: s[k] for k in ("mode", "size", "transposed_size") if k in s}
+                     for s in specials if not s["bad"]},
+    }
+
+
+def _prepare_out(out: Path) -> None:
+    """Refuse to overwrite dataset folders we did not create (e.g. --out data with real
+    Flickr30k in it); otherwise wipe our previous output so no stale files remain."""
+    owned = [out / "flickr30k", out / "flickr30k_cn", out / "personality", out / "dirty_manifest.json"]
+    if any(p.exists() for p in owned) and not (out / MARKER).exists():
+        raise SystemExit(f"refusing to overwrite {out}: it holds dataset folders not made by this script")
+    for p in owned:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("generated by scripts/make_demo_data.py\n")
+
+
+def generate(out_dir, seed: int = 0, variant: str = "clean", n_flickr: int = 400,
+             n_personality: int = 1000, n_personality_val: int | None = None,
+             n_personality_test: int | None = None, n_dirty_good: int = 12) -> dict:
+    """Write the demo datasets under out_dir; returns {name: Path} of what it wrote.
+    Clean: n_flickr Flickr images (80/10/10 Karpathy split, shared by Flickr30k-CN),
+    n_personality train + val/test (default 10% each, min 1) PersonalityCaptions images.
+    Dirty: n_dirty_good good images per dataset plus the broken/unusual files."""
+    if variant not in ("clean", "dirty"):
+        raise ValueError(f"variant must be 'clean' or 'dirty', not {variant!r}")
+    out = Path(out_dir)
+    _prepare_out(out)
+    # Independent streams per dataset: changing one size does not change the others.
+    r_fl, r_pc = random.Random(f"{seed}-flickr"), random.Random(f"{seed}-personality")
+    dirty = variant == "dirty"
+    if dirty:
+        n_flickr = n_personality = n_dirty_good
+        n_personality_val = n_personality_test = 2
+    n_val = n_personality_val if n_personality_val is not None else max(1, round(0.1 * n_personality))
+    n_test = n_personality_test if n_personality_test is not None else max(1, round(0.1 * n_personality))
+
+    # Flickr30k + Flickr30k-CN share images (same ids, same bytes), as the real CN set does.
+    fl = _make_items(r_fl, _flickr_ids(r_fl, n_flickr))
+    n_tr, n_va, n_te = _split_sizes(len(fl))
+    for i, it in enumerate(fl):
+        it["split"] = "train" if i < n_tr else "val" if i < n_tr + n_va else "test"
+    paths, fl_special, fl_extra, cn_extra = {}, [], (), ()
+    if dirty:
+        fl_special = _dirty_specials(r_fl)
+        for s, i in zip(fl_special, _flickr_ids(r_fl, len(fl_special))):
+            s.update(id=i, split="train")
+        fl_extra = [(3, f"{fl[0]['id']}.jpg#5 this line has no tab separator")]
+        cn_extra = [(3, f"{fl[0]['id']} 这一行没有制表符")]
+    paths.update(write_flickr(out / "flickr30k", fl + fl_special, fl_extra))
+    paths.update(write_flickr_cn(out / "flickr30k_cn", fl + fl_special, cn_extra))
+
+    # PersonalityCaptions: each image in exactly one split, one style per image.
+    n_all = n_personality + n_val + n_test
+    pc = _make_items(r_pc, [_hash(seed, "yfcc", i) for i in range(n_all)])
+    for it, style in zip(pc, _balanced_styles(r_pc, n_all)):
+        it["style"] = style
+    splits = {"train": pc[:n_personality], "val": pc[n_personality:n_personality + n_val],
+              "test": pc[n_personality + n_val:]}
+    pc_special, pc_extra = [], ()
+    if dirty:
+        pc_special = _dirty_specials(r_pc)
+        for k, s in enumerate(pc_special):
+            s.update(id=_hash(seed, "dirty", s["kind"]), style=STYLES[k % len(STYLES)])
+        splits["train"] = splits["train"] + pc_special
+        good = splits["train"][0]["id"]
+        pc_extra = [(1, {"personality": "Happy", "image_hash": good}),  # no "comment"
+                    (2, {"personality": "Gloomy", "image_hash": good, "comment": 42})]
+    paths.update(write_personality(out / "personality", splits, r_pc, pc_extra))
+
+    if dirty:
+        tok, cn = paths["flickr_token"], paths["cn_captions"]
+        manifest = {
+            "flickr30k": {**_manifest_entry(paths["flickr_images"], out, fl, fl_special),
+                          "malformed_lines": [{"file": tok.relative_to(out).as_posix(), "line": p + 1, "text": t}
+                                              for p, t in fl_extra]},
+            "flickr30k_cn": {**_manifest_entry(paths["cn_images"], out, fl, fl_special),
+                             "malformed_lines": [{"file": cn.relative_to(out).as_posix(), "line": p + 1, "text": t}
+                                                 for p, t in cn_extra]},
+            "personality": {**_manifest_entry(paths["yfcc_images"], out, pc[:n_all], pc_special),
+                            "malformed_records": [{"file": "personality/personality_captions/train.json",
+                                                   "index": p, "record": r} for p, r in pc_extra]},
+        }
+        paths["manifest"] = out / "dirty_manifest.json"
+        _write_json(paths["manifest"], manifest)
+    return paths
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", default="data/demo", help="output root directory")
+    ap.add_argument("--seed", type=int, default=0, help="random seed; same seed gives byte-identical files")
+    ap.add_argument("--variant", choices=("clean", "dirty"), default="clean",
+                    help="clean: learnable demo data; dirty: small set with broken files + dirty_manifest.json")
+    ap.add_argument("--n_flickr", type=int, default=400,
+                    help="Flickr30k / Flickr30k-CN images (Karpathy split 80/10/10)")
+    ap.add_argument("--n_personality", type=int, default=1000, help="PersonalityCaptions train images")
+    ap.add_argument("--n_personality_val", type=int, default=None,
+                    help="PersonalityCaptions val images (None: 10%% of train, min 1)")
+    ap.add_argument("--n_personality_test", type=int, default=None,
+                    help="PersonalityCaptions test images, 5 references each (None: 10%% of train, min 1)")
+    ap.add_argument("--n_dirty_good", type=int, default=12,
+                    help="good images per dataset in the dirty variant (besides the broken/unusual ones)")
+    a = ap.parse_args(argv)
+    if min(a.n_flickr, a.n_personality, a.n_dirty_good) < 3:
+        ap.error("--n_flickr, --n_personality and --n_dirty_good must be >= 3")
+    paths = generate(a.out, a.seed, a.variant, a.n_flickr, a.n_personality,
+                     a.n_personality_val, a.n_personality_test, a.n_dirty_good)
+    for k in sorted(paths):
+        print(f"{k}: {paths[k]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
