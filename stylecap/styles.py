@@ -1,0 +1,35 @@
+"""The 215 PersonalityCaptions traits (published order) and their positive/neutral/negative groups.
+
+Trait strings are matched exactly: glosses such as "Appreciative (Grateful)" are part of the name.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+TRAITS_FILE = Path(__file__).resolve().parent / "data" / "personality_traits.json"
+
+
+@lru_cache(maxsize=None)
+def _load() -> dict:
+    with open(TRAITS_FILE, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def all_traits() -> list[str]:
+    return list(_load()["traits"])
+
+
+def trait_group(trait: str) -> str | None:
+    """'positive' | 'neutral' | 'negative' for a known trait, else None."""
+    for group, names in _load()["groups"].items():
+        if trait in names:
+            return group
+    return None
+
+
+def closest(name: str, choices: list[str], n: int = 3) -> list[str]:
+    """The closest valid names, for 'unknown style' errors."""
+    return difflib.get_close_matches(name, choices, n=n, cutoff=0.0)
