@@ -1,0 +1,290 @@
+"""StyleCapModel: CLIP feature (+ style) -> mapper -> K prefix embeddings -> GPT-2 -> caption.
+
+One definition, used by train.py, predict.py, evaluation and the benchmarks. Checkpoints carry the
+config they were made with; ``load_model`` rebuilds everything (GPT-2 config, tokenizer, styles)
+from the checkpoint alone. ClipCap's released state dicts (coco_weights.pt, ...) load too.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.mapper import build_mapper
+from models.tokenizer import CaptionTokenizer, load_hf_tokenizer
+from stylecap.utils import UserError
+
+STYLE_MODES = ("embedding", "token", "prompt", "none")
+CHECKPOINT_FORMAT = "stylecap-checkpoint-v1"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
+
+
+@dataclass
+class ModelConfig:
+    gpt2_path: str
+    mapping_type: str = "mlp"          # mlp | transformer | linear (imported ClipCap, K > 10)
+    prefix_len: int = 10               # K
+    constant_len: int = 10             # the Transformer mapper's clip_length
+    clip_size: int = 512               # CLIP feature width (640 for RN50x4)
+    num_layers: int = 8                # Transformer mapper depth
+    num_heads: int = 8
+    style_mode: str = "none"           # embedding | token | prompt | none
+    styles: list = field(default_factory=list)
+    style_dim: int = 64                # width of the learned style embedding (style_mode embedding)
+    prompt_template: str = "write a {style} caption:"
+    normalize_prefix: bool = False     # L2-normalise CLIP features, identically everywhere
+    finetune_gpt2: bool = True         # False: GPT-2 frozen, not saved in checkpoints
+    max_len: int = 64                  # caption tokens (END excluded) kept in training; decode limit
+    legacy_clipcap: bool = False       # imported ClipCap model: no END token, stop at '.', <= 67 tokens
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def gpt2_fingerprint(path: str | Path) -> str:
+    """sha256 over the GPT-2 folder's weight files: a frozen GPT-2 must be the one trained with."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES) if path.is_dir() else []
+    if not files:
+        raise UserError(f"no GPT-2 weights in {path}: put a Hugging Face GPT-2 folder there "
+                        "(config.json, model.safetensors, tokenizer files); see pre_model/README.md")
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _check_gpt2_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"GPT-2 folder {path} not found or has no config.json: put a Hugging Face GPT-2 "
+                        "folder there (e.g. the files of openai-community/gpt2); see pre_model/README.md")
+    return path
+
+
+class StyleCapModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, gpt: nn.Module, tokenizer: CaptionTokenizer):
+        super().__init__()
+        if cfg.style_mode not in STYLE_MODES:
+            raise UserError(f"--style_mode {cfg.style_mode!r} is not one of {', '.join(STYLE_MODES)}")
+        if cfg.style_mode != "none" and not cfg.styles:
+            raise UserError(f"--style_mode {cfg.style_mode} needs styled data (records with 'style'); "
+                            "use --style_mode none for plain captions")
+        self.cfg, self.gpt, self.tokenizer = cfg, gpt, tokenizer
+        embed_dim = gpt.get_input_embeddings().embedding_dim
+        in_dim = cfg.clip_size + (cfg.style_dim if cfg.style_mode == "embedding" else 0)
+        self.clip_project = build_mapper(cfg.mapping_type, in_dim, cfg.prefix_len, embed_dim,
+                                         cfg.constant_len, cfg.num_layers, cfg.num_heads)
+        n_styles = len(cfg.styles)
+        # (S, style_dim) concatenated with the CLIP feature; or (S, E) embeddings of the <style_k> tokens
+        self.style_embedding = nn.Embedding(n_styles, cfg.style_dim) if cfg.style_mode == "embedding" else None
+        self.style_token_embedding = nn.Embedding(n_styles, embed_dim) if cfg.style_mode == "token" else None
+        if self.style_token_embedding is not None:
+            nn.init.normal_(self.style_token_embedding.weight, std=0.02)  # GPT-2's embedding init
+        if not cfg.finetune_gpt2:
+            self.gpt.requires_grad_(False)
+            self.gpt.eval()
+
+    def train(self, mode: bool = True) -> "StyleCapModel":
+        super().train(mode)
+        if not self.cfg.finetune_gpt2:
+            self.gpt.eval()  # a frozen GPT-2 stays in eval mode: no dropout noise in its activations
+        return self
+
+    # ---- pieces -----------------------------------------------------------------------------------
+    def prefix(self, features: torch.Tensor, style_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) CLIP features [+ (B,) style ids] -> (B, K, E) prefix embeddings."""
+        x = features.float()
+        if self.cfg.normalize_prefix:
+            x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        if self.style_embedding is not None:
+            x = torch.cat((x, self.style_embedding(style_ids)), dim=-1)  # (B, D + style_dim)
+        return self.clip_project(x)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, E); ids >= GPT-2's vocabulary are <style_k> tokens."""
+        wte = self.gpt.get_input_embeddings()
+        if self.style_token_embedding is None:
+            return wte(ids)
+        v = self.tokenizer.vocab_size
+        is_style = ids >= v
+        out = wte(ids.masked_fill(is_style, 0))
+        style = self.style_token_embedding((ids - v).clamp_min(0)).to(out.dtype)
+        return torch.where(is_style.unsqueeze(-1), style, out)
+
+    def forward(self, features: torch.Tensor, style_ids: torch.Tensor | None, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
+        """features (B, D); input_ids/attention_mask/labels (B, T): context + caption + END, right-padded.
+
+        Labels are -100 on the context and padding; the prefix positions get -100 here.
+        Returns the GPT-2 output (``.loss`` is the mean next-token cross-entropy over labelled tokens).
+        """
+        prefix = self.prefix(features, style_ids)  # (B, K, E)
+        embeds = torch.cat((prefix, self.embed_tokens(input_ids).to(prefix.dtype)), dim=1)  # (B, K+T, E)
+        b, k = prefix.shape[:2]
+        mask = torch.cat((attention_mask.new_ones(b, k), attention_mask), dim=1)
+        if labels is not None:
+            labels = torch.cat((labels.new_full((b, k), -100), labels), dim=1)
+        return self.gpt(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)
+
+    # ---- saving -----------------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores: everything, or everything but a frozen GPT-2."""
+        sd = self.state_dict()
+        if not self.cfg.finetune_gpt2:
+            sd = {k: v for k, v in sd.items() if not k.startswith("gpt.")}
+        return sd
+
+    def style_id(self, style: str | None) -> int:
+        if self.cfg.style_mode == "none":
+            return 0
+        if style not in self.tokenizer.style_index:
+            from stylecap.styles import closest
+            raise UserError(f"unknown style {style!r}; closest valid: {closest(str(style), self.cfg.styles)} "
+                            f"(the model knows {len(self.cfg.styles)} styles; --style all lists them)")
+        return self.tokenizer.style_index[style]
+
+
+# ---- building and loading ---------------------------------------------------------------------------
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def build_model(cfg: ModelConfig, gpt2_state: dict | None = None, gpt2_config: dict | None = None,
+                tokenizer_dir: str | Path | None = None) -> StyleCapModel:
+    """A model from its config. GPT-2 weights come from ``gpt2_state`` if given, else cfg.gpt2_path."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    _quiet_transformers()
+    if gpt2_config is not None:
+        gpt = GPT2LMHeadModel(GPT2Config.from_dict(gpt2_config))
+    else:
+        gpt = GPT2LMHeadModel.from_pretrained(str(_check_gpt2_dir(cfg.gpt2_path)))
+    if gpt2_state is not None:
+        gpt.load_state_dict(gpt2_state, strict=True)
+    hf_tok = load_hf_tokenizer(tokenizer_dir or _check_gpt2_dir(cfg.gpt2_path))
+    tok = CaptionTokenizer(hf_tok, cfg.style_mode, cfg.styles, cfg.prompt_template, cfg.legacy_clipcap)
+    return StyleCapModel(cfg, gpt, tok)
+
+
+def tokenizer_files(gpt2_path: str | Path) -> dict[str, str]:
+    """The GPT-2 folder's small text files (tokenizer + config), embedded in every checkpoint."""
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(Path(gpt2_path).iterdir())
+            if p.is_file() and p.suffix in (".json", ".txt", ".model") and p.stat().st_size < 16 << 20}
+
+
+def checkpoint_payload(model: StyleCapModel, **extra: Any) -> dict:
+    """Model part of a checkpoint: config, weights, GPT-2 reference; ``extra`` adds training state."""
+    cfg = model.cfg
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": asdict(cfg),
+        "model": model.trainable_state_dict(),
+        "gpt2_config": model.gpt.config.to_dict(),
+        "gpt2_fingerprint": None if cfg.finetune_gpt2 else gpt2_fingerprint(cfg.gpt2_path),
+        "tokenizer_files": tokenizer_files(cfg.gpt2_path) if Path(cfg.gpt2_path).is_dir() else {},
+        **extra,
+    }
+
+
+def model_from_checkpoint(ckpt: dict, gpt2_path: str | None = None) -> StyleCapModel:
+    cfg = ModelConfig.from_dict(ckpt["config"])
+    if gpt2_path:
+        cfg.gpt2_path = str(gpt2_path)
+    state = ckpt["model"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_dir = None
+        if ckpt.get("tokenizer_files"):
+            for name, text in ckpt["tokenizer_files"].items():
+                (Path(tmp) / name).write_text(text, encoding="utf-8")
+            tok_dir = tmp
+        if cfg.finetune_gpt2:  # GPT-2 weights are in the checkpoint: no folder needed
+            gpt_state = {k[4:]: v for k, v in state.items() if k.startswith("gpt.")}
+            model = build_model(cfg, gpt_state, ckpt["gpt2_config"], tok_dir)
+        else:
+            fp = gpt2_fingerprint(_check_gpt2_dir(cfg.gpt2_path))
+            if fp != ckpt["gpt2_fingerprint"]:
+                raise UserError(f"GPT-2 in {cfg.gpt2_path} is not the one this model was trained with "
+                                "(weights fingerprint differs); pass --gpt2_path with the original GPT-2 folder")
+            model = build_model(cfg, tokenizer_dir=tok_dir)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if cfg.finetune_gpt2 or not k.startswith("gpt.")]
+    if missing or unexpected:
+        raise UserError(f"checkpoint does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+_OLD_GPT2_BUFFERS = re.compile(r"gpt\.transformer\.h\.\d+\.attn\.(bias|masked_bias)")
+
+
+def import_clipcap(state: dict[str, torch.Tensor], gpt2_path: str) -> StyleCapModel:
+    """Load a released ClipCap state dict (coco_weights.pt, conceptual_weights.pt, transformer_weights.pt).
+
+    The mapper type, K, clip size and depth are read from the keys and shapes. GPT-2's old attention
+    buffers are dropped; every other key must load. The model decodes as the original: stop at '.'.
+    """
+    from transformers import GPT2Config
+    state = {k: v for k, v in state.items() if not _OLD_GPT2_BUFFERS.fullmatch(k)}
+    gcfg = GPT2Config.from_pretrained(str(_check_gpt2_dir(gpt2_path)))
+    e = state["gpt.transformer.wte.weight"].shape[1] if "gpt.transformer.wte.weight" in state else gcfg.n_embd
+    if "clip_project.model.0.weight" in state:
+        mapping, clip_size = "mlp", state["clip_project.model.0.weight"].shape[1]
+        k, extra = state["clip_project.model.2.weight"].shape[0] // e, {}
+    elif "clip_project.prefix_const" in state:
+        mapping = "transformer"
+        k = state["clip_project.prefix_const"].shape[0]
+        clip_size = state["clip_project.linear.weight"].shape[1]
+        layers = {int(m.group(1)) for key in state if (m := re.match(r"clip_project\.transformer\.layers\.(\d+)\.", key))}
+        extra = {"constant_len": state["clip_project.linear.weight"].shape[0] // e, "num_layers": len(layers),
+                 "normalize_prefix": True}  # the released transformer model used L2-normalised features
+    elif "clip_project.weight" in state:
+        mapping, clip_size = "linear", state["clip_project.weight"].shape[1]
+        k, extra = state["clip_project.weight"].shape[0] // e, {}
+    else:
+        raise UserError("not a ClipCap checkpoint: no clip_project.* mapper keys "
+                        "(expected clip_project.model.0.weight, clip_project.prefix_const or clip_project.weight)")
+    if e != gcfg.n_embd:
+        raise UserError(f"the checkpoint's GPT-2 width {e} differs from {gpt2_path}'s n_embd {gcfg.n_embd}; "
+                        "pass the GPT-2 folder it was trained with")
+    has_gpt = any(key.startswith("gpt.") for key in state)
+    cfg = ModelConfig(gpt2_path=str(gpt2_path), mapping_type=mapping, prefix_len=k, clip_size=clip_size,
+                      style_mode="none", finetune_gpt2=has_gpt, max_len=67, legacy_clipcap=True, **extra)
+    if has_gpt:
+        model = build_model(cfg, {key[4:]: v for key, v in state.items() if key.startswith("gpt.")}, gcfg.to_dict())
+    else:
+        model = build_model(cfg)
+    model.load_state_dict(state, strict=has_gpt)  # strict: nothing else is silently ignored
+    return model
+
+
+def load_model(path: str | Path, gpt2_path: str | None = None, device: str | torch.device = "cpu") -> StyleCapModel:
+    """A StyleCap checkpoint (rebuilt from itself alone) or a ClipCap state dict (needs ``gpt2_path``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} not found; train one with train.py (checkpoints are in the run "
+                        "folder, e.g. output/<run>/checkpoints/best.pt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a loadable checkpoint ({str(e).splitlines()[0][:200]})") from None
+    if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+        model = model_from_checkpoint(ckpt, gpt2_path)
+    elif isinstance(ckpt, dict) and any(k.startswith("clip_project.") for k in ckpt):
+        if not gpt2_path:
+            raise UserError(f"{path} is a ClipCap state dict: pass --gpt2_path pre_model/gpt2 (the English GPT-2)")
+        model = import_clipcap(ckpt, gpt2_path)
+    else:
+        raise UserError(f"{path} is neither a StyleCap checkpoint nor a ClipCap state dict")
+    return model.to(device).eval()

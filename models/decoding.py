@@ -1,0 +1,113 @@
+"""Batched caption decoding with transformers' ``generate()`` on ``inputs_embeds`` (KV cache on).
+
+Greedy, beam search and sampling; several captions per image; stops at the END token (or '.' for
+imported ClipCap models) and at the length limit. Rows whose style context has a different length
+are decoded in separate groups, so no row is ever padded on the left: batched greedy output equals
+one-image-at-a-time output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from models.captioner import StyleCapModel
+from stylecap.utils import UserError
+
+
+@dataclass
+class DecodeConfig:
+    strategy: str = "greedy"      # greedy | beam | sample
+    beam_size: int = 5
+    length_penalty: float = 1.0   # beam: score = sum log p / length ** length_penalty
+    temperature: float = 1.0
+    topk: int = 0                 # sample: 0 = no top-k filter
+    topp: float = 1.0             # sample: nucleus mass (1.0 = off)
+    num_generate: int = 1         # captions per image
+    max_len: int | None = None    # new tokens; default: the model's max_len + 1 (67 for ClipCap models)
+
+    def check(self) -> None:
+        if self.strategy not in ("greedy", "beam", "sample"):
+            raise UserError(f"--decode {self.strategy!r} is not one of greedy, beam, sample")
+        if self.strategy == "greedy" and self.num_generate > 1:
+            raise UserError("--num_generate > 1 needs --decode beam or --decode sample (greedy has one answer)")
+        if self.strategy == "beam" and self.num_generate > self.beam_size:
+            raise UserError(f"--num_generate {self.num_generate} exceeds --beam_size {self.beam_size}")
+
+
+def _gen_kwargs(model: StyleCapModel, dc: DecodeConfig) -> dict:
+    tok = model.tokenizer
+    max_new = dc.max_len or (67 if model.cfg.legacy_clipcap else model.cfg.max_len + 1)
+    kw = dict(max_new_tokens=max_new, eos_token_id=tok.stop_ids, pad_token_id=tok.pad_id,
+              num_return_sequences=dc.num_generate, use_cache=True)
+    if dc.strategy == "greedy":
+        kw.update(do_sample=False, num_beams=1)
+    elif dc.strategy == "beam":
+        kw.update(do_sample=False, num_beams=dc.beam_size, length_penalty=dc.length_penalty, early_stopping=True)
+    else:
+        kw.update(do_sample=True, num_beams=1, temperature=dc.temperature, top_k=dc.topk or None,
+                  top_p=dc.topp if dc.topp < 1.0 else None)
+    return kw
+
+
+def context_embeds(model: StyleCapModel, features: torch.Tensor, styles: list[str | None]) -> torch.Tensor:
+    """(B, D) features -> (B, K + C, E): the prefix, then the style context (equal length C in the batch)."""
+    device = features.device
+    style_ids = torch.tensor([model.style_id(s) for s in styles], device=device)
+    prefix = model.prefix(features, style_ids)  # (B, K, E)
+    ctx = torch.tensor([model.tokenizer.context_ids(s) for s in styles], dtype=torch.long, device=device)  # (B, C)
+    if ctx.shape[1] == 0:
+        return prefix
+    return torch.cat((prefix, model.embed_tokens(ctx).to(prefix.dtype)), dim=1)
+
+
+@torch.inference_mode()
+def sequence_logprob(model: StyleCapModel, embeds: torch.Tensor, tokens: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(token) over the first n_tokens[i] tokens of each row, given the context embeds.
+
+    embeds (B, C, E); tokens (B, T); n_tokens (B,) -> (B,). One teacher-forced forward pass.
+    """
+    x = torch.cat((embeds, model.embed_tokens(tokens).to(embeds.dtype)), dim=1)
+    logits = model.gpt(inputs_embeds=x, use_cache=False).logits[:, embeds.shape[1] - 1:-1].float()  # (B, T, V)
+    lp = F.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    keep = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0) < n_tokens.unsqueeze(1)
+    return (lp * keep).sum(1)
+
+
+@torch.inference_mode()
+def generate_captions(model: StyleCapModel, features: torch.Tensor, styles: list[str | None] | None,
+                      dc: DecodeConfig = DecodeConfig(), with_scores: bool = True) -> list[list[dict]]:
+    """features (B, D) -> for each row, ``num_generate`` dicts {"caption", "score", "tokens"}.
+
+    ``score`` is the caption's log-probability under the model, summed over its tokens (END included).
+    """
+    dc.check()
+    device = next(model.parameters()).device
+    tok = model.tokenizer
+    styles = styles if styles is not None else [None] * features.shape[0]
+    features = features.to(device)
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(styles):  # rows with equal context length decode together, unpadded
+        groups.setdefault(len(tok.context_ids(s)), []).append(i)
+    out: list[list[dict]] = [[] for _ in styles]
+    kw = _gen_kwargs(model, dc)
+    stop = set(tok.stop_ids)
+    for rows in groups.values():
+        embeds = context_embeds(model, features[rows], [styles[i] for i in rows])  # (G, K+C, E)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
+        seqs = model.gpt.generate(inputs_embeds=embeds, attention_mask=mask, **kw)  # (G*n, T) new tokens only
+        seqs = seqs.cpu()
+        lengths = []
+        for row in seqs.tolist():  # tokens up to and including the first stop token
+            n = next((j + 1 for j, t in enumerate(row) if t in stop), len(row))
+            lengths.append(n)
+        scores = [None] * len(lengths)
+        if with_scores and seqs.shape[1] > 0:
+            rep = embeds.repeat_interleave(dc.num_generate, dim=0)
+            scores = sequence_logprob(model, rep, seqs.to(device), torch.tensor(lengths, device=device)).tolist()
+        for j, row in enumerate(seqs.tolist()):
+            r = rows[j // dc.num_generate]
+            ids = row[:lengths[j]]
+            out[r].append({"caption": tok.decode(ids), "score": scores[j], "tokens": ids})
+    return out

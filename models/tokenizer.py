@@ -1,0 +1,90 @@
+"""CaptionTokenizer: one place that turns (style, caption) into token ids, and ids back into text.
+
+Training and decoding both build the style context here, so they cannot drift apart.
+Sequence layout fed to GPT-2 (after the K prefix embeddings):
+
+    style_mode none/embedding : caption tokens + END
+    style_mode token          : <style_k> + caption tokens + END
+    style_mode prompt         : tokens("write a {style} caption:") + caption tokens + END
+
+END is the tokenizer's end token: <|endoftext|> for GPT-2, [SEP] for BERT-style (Chinese) tokenizers.
+Style tokens <style_k> get ids >= GPT-2's vocabulary size; their embeddings live in the model's own
+trainable table, so GPT-2's vocabulary and output layer are unchanged (and they can never be generated).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+STYLE_TOKEN = "<style_{}>"
+
+
+def load_hf_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+class CaptionTokenizer:
+    def __init__(self, hf_tokenizer, style_mode: str = "none", styles: list[str] | tuple = (),
+                 prompt_template: str = "write a {style} caption:", legacy_clipcap: bool = False):
+        self.tok = hf_tokenizer
+        self.style_mode, self.styles = style_mode, list(styles)
+        self.prompt_template, self.legacy_clipcap = prompt_template, legacy_clipcap
+        self.bert_style = hf_tokenizer.sep_token is not None and hf_tokenizer.eos_token is None
+        self.eos_id = hf_tokenizer.sep_token_id if self.bert_style else hf_tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ValueError("the tokenizer has neither an eos token (GPT-2) nor a [SEP] token (BERT-style)")
+        self.pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else self.eos_id
+        self.vocab_size = len(hf_tokenizer)  # GPT-2's vocabulary; ids >= this are style tokens
+        self.style_index = {s: i for i, s in enumerate(self.styles)}
+        if style_mode == "token":
+            names = [STYLE_TOKEN.format(i) for i in range(len(self.styles))]
+            hf_tokenizer.add_special_tokens({"additional_special_tokens": names})
+            ids = hf_tokenizer.convert_tokens_to_ids(names)
+            assert ids == list(range(self.vocab_size, self.vocab_size + len(names))), "style token ids"
+        self._ctx_cache: dict[str | None, list[int]] = {}
+
+    # ---- encoding -------------------------------------------------------------------------------
+    def encode_caption(self, caption: str) -> list[int]:
+        """Caption tokens followed by END (no BOS/CLS: the prefix plays that role)."""
+        ids = self.tok(caption.strip(), add_special_tokens=False)["input_ids"]
+        return ids if self.legacy_clipcap else ids + [self.eos_id]
+
+    def encode_captions(self, captions: list[str]) -> list[list[int]]:
+        """Batched (fast-tokenizer) version of encode_caption."""
+        batch = self.tok([c.strip() for c in captions], add_special_tokens=False)["input_ids"]
+        return batch if self.legacy_clipcap else [ids + [self.eos_id] for ids in batch]
+
+    def context_ids(self, style: str | None) -> list[int]:
+        """Tokens placed between the prefix and the caption (no loss on them)."""
+        if style not in self._ctx_cache:
+            if self.style_mode == "token":
+                ids = [self.vocab_size + self.style_index[style]]
+            elif self.style_mode == "prompt":
+                ids = self.tok(self.prompt_template.format(style=style), add_special_tokens=False)["input_ids"]
+            else:
+                ids = []
+            self._ctx_cache[style] = ids
+        return self._ctx_cache[style]
+
+    # ---- decoding -------------------------------------------------------------------------------
+    @property
+    def stop_ids(self) -> list[int]:
+        """Generation stops here: END, or '.' for imported ClipCap models (trained without END)."""
+        if self.legacy_clipcap:
+            return [self.tok(".", add_special_tokens=False)["input_ids"][0]]
+        return [self.eos_id]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text up to the first stop token (kept for ClipCap's '.', dropped for END)."""
+        stop = set(self.stop_ids)
+        out = []
+        for i in ids:
+            if i in stop:
+                if self.legacy_clipcap:
+                    out.append(i)
+                break
+            out.append(i)
+        text = self.tok.decode(out, skip_special_tokens=True)
+        if self.bert_style:  # BERT decoding puts spaces between characters; Chinese has none
+            text = "".join(text.split())
+        return text.strip()

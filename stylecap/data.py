@@ -1,0 +1,130 @@
+"""Training data: feature file -> tokenized samples (cached) -> batches padded to their longest caption."""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from loguru import logger
+from torch.utils.data import Dataset
+
+from models.tokenizer import CaptionTokenizer
+from stylecap.styles import all_traits
+from stylecap.utils import atomic_torch_save, sha256_file
+
+
+def style_vocabulary(captions: list[dict]) -> list[str]:
+    """Styles present in the data: known traits in published order, then any others sorted."""
+    present = {c["style"] for c in captions if c.get("style") is not None}
+    known = [t for t in all_traits() if t in present]
+    return known + sorted(present - set(known))
+
+
+def split_by_image(data: dict, val_fraction: float, seed: int) -> tuple[dict, dict]:
+    """Seeded split of a feature dict into (train, val) by image: no image is in both."""
+    images = sorted({c["image_id"] for c in data["captions"]})
+    rng = random.Random(seed)
+    rng.shuffle(images)
+    n_val = max(1, round(len(images) * val_fraction)) if len(images) > 1 else 0
+    val_ids = set(images[:n_val])
+    pick = lambda keep: {**data, "captions": [c for c in data["captions"] if (c["image_id"] in val_ids) == keep]}
+    return pick(False), pick(True)
+
+
+@dataclass
+class Encoded:
+    """Tokenized samples; tokens[i] = context + caption (+ END), n_ctx[i] = context length (no loss)."""
+    rows: torch.Tensor       # (N,) feature row of each sample
+    style_ids: torch.Tensor  # (N,)
+    tokens: list             # N lists of ids
+    n_ctx: torch.Tensor      # (N,)
+    truncated: int
+
+
+def _tokenizer_key(tok: CaptionTokenizer) -> str:
+    vocab = json.dumps(sorted(tok.tok.get_vocab().items()), ensure_ascii=False)
+    return hashlib.sha256((type(tok.tok).__name__ + vocab).encode()).hexdigest()
+
+
+def encode_data(data: dict, tok: CaptionTokenizer, max_len: int, cache_dir: Path | None = None,
+                source: str | Path | None = None) -> Encoded:
+    """Tokenize every caption once. Cached under ``cache_dir`` keyed by the data file's sha256, the
+    tokenizer and the settings, so the cache is never stale and never written beside the input."""
+    key = None
+    if cache_dir is not None and source is not None and Path(source).is_file():
+        settings = json.dumps([tok.style_mode, tok.styles, tok.prompt_template, tok.legacy_clipcap, max_len,
+                               len(data["captions"])])
+        key = hashlib.sha256((sha256_file(source) + _tokenizer_key(tok) + settings).encode()).hexdigest()[:24]
+        path = Path(cache_dir) / f"tokens_{key}.pt"
+        if path.is_file():
+            d = torch.load(path, weights_only=True)
+            logger.info(f"tokens: loaded from cache {path.name}")
+            return Encoded(d["rows"], d["style_ids"], d["tokens"], d["n_ctx"], d["truncated"])
+    caps = data["captions"]
+    ids = tok.encode_captions([c["caption"] for c in caps])
+    truncated = 0
+    tokens, n_ctx = [], []
+    for c, cap_ids in zip(caps, ids):
+        limit = max_len if tok.legacy_clipcap else max_len + 1  # caption tokens + END
+        if len(cap_ids) > limit:
+            truncated += 1
+            cap_ids = cap_ids[:max_len] + ([] if tok.legacy_clipcap else [tok.eos_id])
+        ctx = tok.context_ids(c.get("style")) if tok.style_mode in ("token", "prompt") else []
+        tokens.append(ctx + cap_ids)
+        n_ctx.append(len(ctx))
+    style_ids = [tok.style_index.get(c.get("style"), 0) for c in caps]
+    enc = Encoded(torch.tensor([c["clip_embedding"] for c in caps], dtype=torch.long),
+                  torch.tensor(style_ids, dtype=torch.long), tokens, torch.tensor(n_ctx, dtype=torch.long), truncated)
+    if truncated:
+        logger.warning(f"{truncated} of {len(caps)} captions were longer than --max_len {max_len} tokens and truncated")
+    if key is not None:
+        atomic_torch_save({"rows": enc.rows, "style_ids": enc.style_ids, "tokens": enc.tokens, "n_ctx": enc.n_ctx,
+                           "truncated": truncated}, Path(cache_dir) / f"tokens_{key}.pt")
+    return enc
+
+
+class CaptionDataset(Dataset):
+    """Index -> (feature (D,), style id, token ids). Features stay in their stored dtype (fp16 stays fp16)."""
+
+    def __init__(self, features: torch.Tensor, enc: Encoded):
+        self.features, self.enc = features, enc
+
+    def __len__(self) -> int:
+        return len(self.enc.tokens)
+
+    def __getitem__(self, i: int):
+        e = self.enc
+        return self.features[e.rows[i]], e.style_ids[i], e.tokens[i], e.n_ctx[i]
+
+
+def collate(batch, pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the batch's longest sequence. Labels: -100 on context and padding; END keeps its loss."""
+    feats, styles, tokens, n_ctx = zip(*batch)
+    t = max(len(x) for x in tokens)
+    b = len(tokens)
+    input_ids = torch.full((b, t), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((b, t), dtype=torch.long)
+    labels = torch.full((b, t), -100, dtype=torch.long)
+    for i, (ids, c) in enumerate(zip(tokens, n_ctx)):
+        n = len(ids)
+        input_ids[i, :n] = torch.as_tensor(ids)
+        attention_mask[i, :n] = 1
+        labels[i, int(c):n] = input_ids[i, int(c):n]
+    return {"features": torch.stack(feats), "style_ids": torch.stack(styles), "input_ids": input_ids,
+            "attention_mask": attention_mask, "labels": labels}
+
+
+class SkipSampler(torch.utils.data.Sampler):
+    """Wraps a sampler and drops its first ``skip`` indices: resuming mid-epoch replays nothing."""
+
+    def __init__(self, base, skip: int = 0):
+        self.base, self.skip = base, skip
+
+    def __iter__(self):
+        return iter(list(self.base)[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.skip)
