@@ -16,9 +16,17 @@ VIT_B32_HINT = ("download ViT-B-32.pt from OpenAI's CLIP release (https://openai
                 "and put it at pre_model/ViT-B-32.pt")
 
 
+def _import_clip():
+    """openai-clip, without its import-time 'pkg_resources is deprecated' UserWarning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import clip
+    return clip
+
+
 def _resolve(path_or_name: str) -> Path:
     """A file path, or an openai-clip model name found in its download folder (no download here)."""
-    import clip
+    clip = _import_clip()
     p = Path(path_or_name).expanduser()
     if p.is_file():
         return p
@@ -37,10 +45,12 @@ def load_clip(path_or_name: str, device: torch.device | str = "cpu"):
     Accepts the OpenAI TorchScript archive (the real ViT-B-32.pt), a plain ``torch.save`` state dict
     in OpenAI's key layout, or a model name such as ``ViT-B/32`` already in openai-clip's cache.
     """
-    import clip
+    clip = _import_clip()
     path = _resolve(path_or_name)
     try:
-        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()  # OpenAI archive
+        with warnings.catch_warnings():  # torch.jit.load's deprecation FutureWarning is noise here
+            warnings.simplefilter("ignore", FutureWarning)
+            state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()  # OpenAI archive
     except RuntimeError:
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,82 @@
+"""Extract CLIP image features for PersonalityCaptions (one encoding per image).
+
+Reads personality_captions/{train,val,test}.json (records: personality, image_hash, comment, and on
+test additional_comments) and yfcc_images/{image_hash}.jpg; writes train.pkl, val.pkl, test.pkl into
+the --output_path folder. Every caption record carries "style", the exact trait string. Test images
+keep all 5 references (comment + 4 additional_comments) as 5 caption records sharing image_id, style
+and clip_embedding row. meta["styles"] is the trait list of personalities.txt (published order; any
+other trait seen in the data appended), the same in the three files. Log: <output folder>/extract.log.
+
+Example:
+  python process_personality.py --data_path data/personality_captions --image_path data/yfcc_images \\
+      --output_path data/features/personality
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from stylecap import extract
+from stylecap.caption_sources import PERSONALITY_SPLITS, read_personality_split, read_traits
+from stylecap.utils import UserError, run_main, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_path", required=True,
+                   help="the personality_captions folder (train.json, val.json, test.json, personalities.txt)")
+    p.add_argument("--image_path", required=True, help="the yfcc_images folder ({image_hash}.jpg)")
+    p.add_argument("--output_path", required=True,
+                   help="output FOLDER; gets train.pkl, val.pkl, test.pkl (+ .skipped.txt) and extract.log")
+    extract.add_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    extract.check_args(args)
+    data_dir, image_dir, out_dir = Path(args.data_path), Path(args.image_path), Path(args.output_path)
+    if out_dir.is_file() or out_dir.suffix in (".pkl", ".pt"):
+        raise UserError(f"--output_path {out_dir} must be a folder: it gets train.pkl, val.pkl and test.pkl")
+    setup_logging(out_dir / "extract.log")
+    if not data_dir.is_dir():
+        raise UserError(f"--data_path {data_dir} is not a folder; pass the personality_captions folder "
+                        "(train.json, val.json, test.json)")
+    if not image_dir.is_dir():
+        raise UserError(f"image folder {image_dir} not found; pass --image_path (the yfcc_images folder)")
+
+    from loguru import logger
+    sources = {s: read_personality_split(data_dir / f"{s}.json")
+               for s in PERSONALITY_SPLITS if (data_dir / f"{s}.json").is_file()}
+    if not sources:
+        raise UserError(f"{data_dir} has none of train.json, val.json, test.json; pass the personality_captions folder")
+    missing = [s for s in PERSONALITY_SPLITS if s not in sources]
+    if missing:
+        logger.warning(f"{data_dir}: no {', '.join(m + '.json' for m in missing)}; writing only {', '.join(sources)}")
+
+    # One style list for all three files, so style ids agree between train and test.
+    seen: dict[str, None] = {}
+    for src in sources.values():
+        extract.log_malformed(src.malformed)
+        for c in src.captions:
+            seen.setdefault(c["style"], None)
+    traits = read_traits(data_dir)
+    if traits is None:
+        styles = list(seen)
+    else:
+        extra = [s for s in seen if s not in set(traits)]
+        if extra:
+            logger.warning(f"{len(extra)} trait(s) not in personalities.txt, appended to the style list: {extra[:5]}")
+        styles = traits + extra
+    files = [str(data_dir / "personalities.txt")] if traits is not None else []
+
+    jobs = [extract.make_job(out_dir / f"{s}.pkl", src, image_dir, list(src.image_files),
+                             {"dataset": "personality_captions", "source_format": "personality",
+                              "sources": src.files + files, "image_dir": str(image_dir), "styles": styles,
+                              "split_method": "personality", "split": s})
+            for s, src in sources.items()]
+    return extract.run(jobs, args)
+
+
+if __name__ == "__main__":
+    run_main(main)

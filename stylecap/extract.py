@@ -1,0 +1,506 @@
+"""The shared CLIP feature-extraction engine behind process_flickr.py and process_personality.py.
+
+A script parses its caption source into :class:`Job`s (one per output file: the images in order of
+first appearance, their caption records, source-level meta) and calls :func:`run`, which
+
+* encodes every image ONCE (however many captions it has) through a DataLoader whose worker
+  processes decode + preprocess (``num_workers``); bad images come back as (index, reason) instead
+  of a tensor, so they are skipped and recorded without killing the batch;
+* saves the work in chunks as it goes: every ``chunk_batches`` batches an atomically written
+  ``<output>.partial/chunk_00012.pt`` plus ``manifest.json`` holding a hash of the run's inputs and
+  settings (``run_key``). Batches sit at fixed positions (``k * batch_size``) and chunks are whole
+  batches, so a rerun after kill -9 resumes at the first missing chunk with exactly the batches of an
+  uninterrupted run: same rows, same order, same values. A partial folder with another key is stale
+  and discarded. The final file appears only when complete (temp file + rename); the partial
+  folder is then removed. A final file whose ``run_key`` matches is up to date and not redone;
+* ``--shard i/n`` encodes the i-th (0-based) contiguous block of whole batches into
+  ``<stem>.shard<i>of<n><suffix>``; ``--merge`` (same command, without --shard) checks the n shard
+  files against this command's inputs and combines them into the file a single run writes.
+
+:func:`extract_features` is the bare engine (paths -> embeddings) for benchmarks.
+The file format is documented in :mod:`stylecap.features`.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from stylecap.clip_utils import ImageLoadError, load_clip, load_image
+from stylecap.features import save_features
+from stylecap.utils import (UserError, atomic_torch_save, atomic_write_json, atomic_write_text,
+                            code_version, resolve_device)
+
+FORMAT_VERSION = 1
+CHUNK_IMAGES = 2048  # default chunk size in images: a kill loses at most this much work
+VOLATILE_META = ("created", "code_version")  # the only meta keys that differ between identical runs
+DIE_ENV = "STYLECAP_DIE_AFTER_CHUNKS"  # test hook: SIGKILL ourselves after writing this many chunks
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------- command line
+def add_args(p) -> None:
+    """The flags both process_*.py scripts share."""
+    p.add_argument("--clip_model_path", default="pre_model/ViT-B-32.pt",
+                   help="CLIP weights: OpenAI's TorchScript archive (ViT-B-32.pt), a plain state dict, or a "
+                        "model name such as ViT-B/32 already in openai-clip's cache (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=128,
+                   help="images per encoder batch (default: %(default)s). Resume and --shard/--merge need the "
+                        "same value in every run, since batch composition fixes the exact values")
+    p.add_argument("--num_workers", type=int, default=default_workers(),
+                   help="DataLoader worker processes that decode and preprocess images (default: min(4, CPU count))")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--autocast", choices=("auto", "none", "fp16", "bf16"), default="auto",
+                   help="mixed precision for the encoder: auto = fp16 on CUDA, none on CPU (default: auto)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="encode only the first N images of each output file (quick trial runs)")
+    p.add_argument("--fp16", action="store_true", help="store clip_embedding as float16 (half the size)")
+    p.add_argument("--allow_truncated", action="store_true",
+                   help="decode what is there of truncated images instead of skipping them")
+    p.add_argument("--shard", default=None, metavar="i/n",
+                   help="encode only shard i of n (0-based; contiguous blocks of whole batches) into "
+                        "<output stem>.shard<i>of<n>.pkl; combine the n shard files with --merge")
+    p.add_argument("--merge", action="store_true",
+                   help="after all --shard i/n runs: rerun the same command with --merge instead of --shard "
+                        "to combine the shard files into the final file(s), identical to a single run's")
+    p.add_argument("--chunk_batches", type=int, default=None, metavar="K",
+                   help=f"save progress every K batches in <output>.partial/ so a killed run resumes "
+                        f"(default: about {CHUNK_IMAGES} images per chunk)")
+
+
+def check_args(args) -> None:
+    """Validate the shared flags; parse --shard into args.shard_index / args.shard_count."""
+    if args.batch_size < 1 or args.num_workers < 0 or (args.limit is not None and args.limit < 1):
+        raise UserError("--batch_size and --limit must be >= 1 and --num_workers >= 0")
+    if args.chunk_batches is None:
+        args.chunk_batches = max(1, CHUNK_IMAGES // args.batch_size)
+    elif args.chunk_batches < 1:
+        raise UserError("--chunk_batches must be >= 1")
+    args.shard_index = args.shard_count = None
+    if args.shard is not None:
+        m = re.fullmatch(r"(\d+)/(\d+)", args.shard.strip())
+        if not m or not int(m[1]) < int(m[2]):
+            raise UserError(f"--shard {args.shard}: expected i/n with 0 <= i < n, e.g. --shard 0/4")
+        if args.merge:
+            raise UserError("--merge combines the shard files: run it without --shard")
+        args.shard_index, args.shard_count = int(m[1]), int(m[2])
+
+
+# ----------------------------------------------------------------------------- jobs
+@dataclass
+class Job:
+    """One output file: images (rows candidates, first-appearance order) and their caption records."""
+    path: Path
+    image_ids: list[str]
+    image_paths: list[str]
+    captions: list[dict]            # {"image_id", "caption", ["style"]}, source order
+    meta: dict = field(default_factory=dict)  # source-level meta, copied into the file's meta
+
+
+def make_job(path, source, image_dir, image_ids, meta: dict) -> Job:
+    """A job for ``image_ids`` of a CaptionSource; its malformed lines go into the meta."""
+    ids = list(image_ids)
+    keep = set(ids)
+    meta = {**meta, "malformed_count": len(source.malformed), "malformed": source.malformed[:100]}
+    return Job(Path(path), ids, [str(Path(image_dir) / source.image_files[i]) for i in ids],
+               [c for c in source.captions if c["image_id"] in keep], meta)
+
+
+def _subset(job: Job, lo: int, hi: int, path: Path, **meta) -> Job:
+    ids = job.image_ids[lo:hi]
+    keep = set(ids)
+    return replace(job, path=path, image_ids=ids, image_paths=job.image_paths[lo:hi],
+                   captions=[c for c in job.captions if c["image_id"] in keep], meta={**job.meta, **meta})
+
+
+def limit_job(job: Job, n: int) -> Job:
+    return _subset(job, 0, n, job.path, limit=n)
+
+
+def shard_path(path: Path, i: int, n: int) -> Path:
+    return path.with_name(f"{path.stem}.shard{i}of{n}{path.suffix}")
+
+
+def shard_job(job: Job, i: int, n: int, batch_size: int) -> Job:
+    """Shard i of n: a contiguous block of WHOLE batches, so its batches are the single run's batches."""
+    n_batches = math.ceil(len(job.image_ids) / batch_size)
+    lo = min(len(job.image_ids), i * n_batches // n * batch_size)
+    hi = min(len(job.image_ids), (i + 1) * n_batches // n * batch_size)
+    return _subset(job, lo, hi, shard_path(job.path, i, n), shard={"index": i, "count": n, "first_image": lo})
+
+
+def run_key(job: Job, settings: dict) -> str:
+    """Hash of everything that determines a file's content (not its path, not the worker count)."""
+    blob = json.dumps({"v": FORMAT_VERSION, "ids": job.image_ids, "paths": job.image_paths,
+                       "captions": job.captions, "meta": job.meta, "settings": settings},
+                      sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- the encoding engine
+class ImageDataset(Dataset):
+    """paths[k] -> (offset + k, tensor, None) or (offset + k, None, reason) for an unloadable image."""
+
+    def __init__(self, paths, transform, allow_truncated=False, offset=0):
+        self.paths, self.transform, self.allow_truncated, self.offset = paths, transform, allow_truncated, offset
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, k):
+        i = self.offset + k
+        try:
+            return i, self.transform(load_image(self.paths[k], self.allow_truncated)), None
+        except ImageLoadError as e:
+            return i, None, str(e)
+        except Exception as e:  # one odd file (bad EXIF, odd mode) must not end a day-long run
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+def collate(batch):
+    """-> (ok LongTensor [n_ok], images [n_ok, 3, H, W] or None, bad [(index, reason)])."""
+    good = [b for b in batch if b[1] is not None]
+    ok = torch.tensor([b[0] for b in good], dtype=torch.long)
+    images = torch.stack([b[1] for b in good]) if good else None
+    return ok, images, [(b[0], b[2]) for b in batch if b[1] is None]
+
+
+class PilToUint8:
+    """The PIL part of CLIP's preprocessing (resize, crop, RGB) -> uint8 [3, H, W], as ToTensor lays it out."""
+
+    def __init__(self, pil_part):
+        self.pil_part = pil_part
+
+    def __call__(self, img):
+        img = self.pil_part(img).convert("RGB")
+        # numpy's transpose copy: torch's parallel permute-copy can stall on a busy 2-core machine
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+def split_preprocess(preprocess):
+    """Split CLIP's Compose([Resize, CenterCrop, to_rgb, ToTensor, Normalize]) into a worker part that
+    returns uint8 (4x less to pass between processes and to copy to the GPU) and (mean, std) for the
+    batched ToTensor + Normalize on the device, done with the same float ops, so values are identical.
+    Another preprocess runs whole in the workers: (preprocess, None)."""
+    from torchvision.transforms import Compose, Normalize, ToTensor
+    ts = getattr(preprocess, "transforms", None)
+    if ts and len(ts) >= 2 and isinstance(ts[-2], ToTensor) and isinstance(ts[-1], Normalize):
+        return PilToUint8(Compose(ts[:-2])), (ts[-1].mean, ts[-1].std)
+    return preprocess, None
+
+
+def autocast_dtype(name: str, device: torch.device):
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def encode_batches(paths, model, preprocess, *, batch_size=128, num_workers=0, device="cpu",
+                   allow_truncated=False, autocast="auto", start=0):
+    """Yield (ok, emb, bad, n) for each batch of paths[start:], batches at start + k * batch_size.
+
+    ok: LongTensor [n_ok] indices into ``paths``; emb: [n_ok, D] on ``device`` (autocast dtype), or
+    None when the whole batch was bad; bad: [(index, reason)]; n: images the batch covered.
+    """
+    device = torch.device(device)
+    worker_tf, norm = split_preprocess(preprocess)
+    loader = DataLoader(ImageDataset(paths[start:], worker_tf, allow_truncated, offset=start),
+                        batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers > 0 else None)
+    if norm is not None:  # [3, 1, 1] each, as torchvision's normalize shapes them
+        mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1) for v in norm)
+    ac = autocast_dtype(autocast, device)
+    amp = (lambda: torch.autocast(device.type, dtype=ac)) if ac is not None else contextlib.nullcontext
+    with torch.inference_mode():
+        for ok, x, bad in loader:
+            emb = None
+            if x is not None:
+                x = x.to(device, non_blocking=True)
+                if norm is not None:  # ToTensor: .float().div(255); Normalize: .sub_(mean).div_(std)
+                    x = x.float().div_(255).sub_(mean).div_(std)
+                with amp():
+                    emb = model.encode_image(x)  # [n_ok, D]
+            yield ok, emb, bad, len(ok) + len(bad)
+
+
+def extract_features(image_paths, model, preprocess, batch_size=128, num_workers=None, device="cpu",
+                     allow_truncated=False, autocast="auto", progress=False):
+    """Encode images -> (emb fp32 [n_ok, D] on CPU, ok indices, bad [(index, reason)]). No files written.
+
+    Embeddings stay on the device until the end, so the GPU never waits for a copy back."""
+    from tqdm import tqdm
+    num_workers = default_workers() if num_workers is None else num_workers
+    rows, oks, bads = [], [], []
+    with tqdm(total=len(image_paths), unit="img", disable=not progress) as bar:
+        for ok, emb, bad, n in encode_batches(image_paths, model, preprocess, batch_size=batch_size,
+                                              num_workers=num_workers, device=device,
+                                              allow_truncated=allow_truncated, autocast=autocast):
+            if emb is not None:
+                rows.append(emb)
+                oks.append(ok)
+            bads += bad
+            bar.update(n)
+    dim = model.visual.output_dim
+    emb = torch.cat(rows).float().cpu() if rows else torch.zeros(0, dim)
+    return emb, (torch.cat(oks).tolist() if oks else []), bads
+
+
+# ----------------------------------------------------------------------------- chunked, resumable run
+def _load_chunks(part: Path, manifest: dict, n_chunks: int, per_chunk: int, n_images: int) -> list[dict]:
+    """The chunks already done, in order; a partial folder from other arguments is discarded."""
+    from loguru import logger
+    if part.is_dir():
+        try:
+            old = json.loads((part / "manifest.json").read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != manifest:
+            logger.warning(f"discarding {part}: partial results of a run with other arguments or inputs")
+            shutil.rmtree(part)
+    part.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(part / "manifest.json", manifest)
+    chunks = []
+    for c in range(n_chunks):
+        f = part / f"chunk_{c:05d}.pt"
+        if not f.is_file():
+            break
+        try:
+            ch = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # atomic writes make this unlikely; recompute from here
+            logger.warning(f"{f} unreadable ({e}); recomputing from chunk {c}")
+            break
+        if ch.get("first") != c * per_chunk or ch.get("count") != min(per_chunk, n_images - c * per_chunk):
+            break
+        chunks.append(ch)
+    return chunks
+
+
+def extract_job(job: Job, model, preprocess, settings: dict, key: str, args):
+    """Encode a job's images with chunked progress in ``<output>.partial/`` -> (emb fp32, ok, bad)."""
+    from loguru import logger
+    from tqdm import tqdm
+    n_images, batch = len(job.image_paths), settings["batch_size"]
+    per_chunk = args.chunk_batches * batch  # chunks are whole batches: resume keeps batch boundaries
+    n_chunks = math.ceil(n_images / per_chunk)
+    part = Path(f"{job.path}.partial")
+    manifest = {"run_key": key, "chunk_batches": args.chunk_batches, "n_images": n_images}
+    chunks = _load_chunks(part, manifest, n_chunks, per_chunk, n_images)
+    start = len(chunks) * per_chunk
+    if chunks:
+        logger.info(f"{job.path}: resuming after {len(chunks)} of {n_chunks} chunks ({start} images done)")
+    die_after, written = int(os.environ.get(DIE_ENV) or 0), 0
+    buf_ok, buf_emb, buf_bad, covered = [], [], [], 0
+    t0 = time.perf_counter()
+    with tqdm(total=n_images, initial=start, unit="img", desc=job.path.name, mininterval=1.0) as bar:
+        for ok, emb, bad, n in encode_batches(job.image_paths, model, preprocess, batch_size=batch,
+                                              num_workers=args.num_workers, device=args.device_obj,
+                                              allow_truncated=settings["allow_truncated"],
+                                              autocast=settings["autocast"], start=start):
+            if emb is not None:
+                buf_ok.append(ok)
+                buf_emb.append(emb)  # stays on the device until the chunk is saved
+            buf_bad += bad
+            covered += n
+            bar.update(n)
+            first = len(chunks) * per_chunk
+            if covered == per_chunk or first + covered == n_images:
+                chunk = {"first": first, "count": covered,
+                         "ok": torch.cat(buf_ok) if buf_ok else torch.zeros(0, dtype=torch.long),
+                         "emb": torch.cat(buf_emb).float().cpu() if buf_emb else torch.zeros(0, settings["dim"]),
+                         "bad_index": [i for i, _ in buf_bad], "bad_reason": [r for _, r in buf_bad]}
+                atomic_torch_save(chunk, part / f"chunk_{len(chunks):05d}.pt")
+                chunks.append(chunk)
+                buf_ok, buf_emb, buf_bad, covered = [], [], [], 0
+                written += 1
+                if die_after and written >= die_after:
+                    os.kill(os.getpid(), signal.SIGKILL)  # simulates kill -9 (tests of resume)
+    done, elapsed = n_images - start, time.perf_counter() - t0
+    logger.info(f"{job.path.name}: {done} images in {elapsed:.1f}s ({done / max(elapsed, 1e-9):.1f} images/s)")
+    emb = torch.cat([c["emb"] for c in chunks]) if chunks else torch.zeros(0, settings["dim"])
+    ok = [i for c in chunks for i in c["ok"].tolist()]
+    bad = [(i, r) for c in chunks for i, r in zip(c["bad_index"], c["bad_reason"])]
+    return emb, ok, bad
+
+
+# ----------------------------------------------------------------------------- the output file
+def finalize(job: Job, settings: dict, emb: torch.Tensor, ok: list[int], bad: list) -> dict:
+    """The feature-file dict. emb [len(ok), D]: row r is image ok[r] (ascending = first appearance)."""
+    row = {job.image_ids[k]: r for r, k in enumerate(ok)}
+    # Caption records by row (stable, so source order within an image): a merge of shards concatenates
+    # to the same list even if the source interleaves images.
+    caps = sorted(({**c, "clip_embedding": row[c["image_id"]]} for c in job.captions if c["image_id"] in row),
+                  key=lambda c: c["clip_embedding"])
+    emb = emb.to(torch.float16 if settings["fp16"] else torch.float32).contiguous()
+    meta = dict(job.meta)
+    n_malformed = meta.pop("malformed_count", 0)
+    meta.update({
+        "format_version": FORMAT_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "clip_model": settings["clip_model"], "clip_sha256": settings["clip_sha256"],
+        "dim": int(emb.shape[1]), "dtype": str(emb.dtype).replace("torch.", ""), "normalized": False,
+        "counts": {"images": len(ok), "captions": len(caps), "skipped_images": len(bad),
+                   "skipped_captions": len(job.captions) - len(caps), "malformed": n_malformed},
+        "skipped": [{"image_id": job.image_ids[i], "path": job.image_paths[i], "reason": r} for i, r in bad],
+        "extraction": dict(settings),
+        "run_key": run_key(job, settings),
+    })
+    return {"clip_embedding": emb, "captions": caps, "meta": meta}
+
+
+def skipped_txt(path: Path) -> Path:
+    return Path(f"{path}.skipped.txt")
+
+
+def _write_skipped(path: Path, meta: dict) -> None:
+    """``<output>.skipped.txt``: image_id<TAB>path<TAB>reason per skipped image; '#' lines for the rest."""
+    f = skipped_txt(path)
+    if not meta["skipped"] and not meta["malformed"]:
+        f.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        return
+    lines = [f"# {len(meta['skipped'])} images skipped for {path} (image_id, path, reason)"]
+    lines += [f"{s['image_id']}\t{s['path']}\t{s['reason']}" for s in meta["skipped"]]
+    if meta["malformed"]:
+        lines.append(f"# {meta['counts']['malformed']} malformed caption lines/records in the source "
+                     f"(first {len(meta['malformed'])}: file, where, reason)")
+        lines += [f"# {m['file']}\t{m['where']}\t{m['reason']}" for m in meta["malformed"]]
+    atomic_write_text(f, "\n".join(lines) + "\n")
+
+
+def _write(job: Job, data: dict) -> None:
+    from loguru import logger
+    save_features(job.path, data)  # atomic: temp file + rename
+    _write_skipped(job.path, data["meta"])
+    shutil.rmtree(Path(f"{job.path}.partial"), ignore_errors=True)
+    c = data["meta"]["counts"]
+    see = f" (see {skipped_txt(job.path)})" if c["skipped_images"] else ""
+    logger.info(f"{job.path}: encoded {c['images']} images, skipped {c['skipped_images']}{see}; "
+                f"{c['captions']} captions ({c['skipped_captions']} dropped with skipped images)")
+
+
+def _up_to_date(path: Path, key: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["meta"]
+    except Exception:
+        return None
+    return meta if meta.get("run_key") == key else None
+
+
+def log_malformed(malformed: list[dict]) -> None:
+    from loguru import logger
+    for m in malformed[:10]:
+        logger.warning(f"skipped malformed caption entry {m['file']} {m['where']}: {m['reason']}")
+    if len(malformed) > 10:
+        logger.warning(f"... {len(malformed) - 10} more malformed entries (listed in meta and .skipped.txt)")
+
+
+# ----------------------------------------------------------------------------- orchestration
+def run(jobs: list[Job], args) -> int:
+    """Extract (or --merge) every job. Exit 0 when at least one image was encoded."""
+    from loguru import logger
+    if args.limit:
+        jobs = [limit_job(j, args.limit) for j in jobs]
+    if args.merge:
+        return merge(jobs)
+    args.device_obj = resolve_device(args.device)
+    model, preprocess, info = load_clip(args.clip_model_path, args.device_obj)
+    ac = autocast_dtype(args.autocast, args.device_obj)
+    settings = {"clip_model": info["clip_model"], "clip_sha256": info["clip_sha256"], "dim": info["dim"],
+                "batch_size": args.batch_size, "device_type": args.device_obj.type,
+                "autocast": {None: "none", torch.float16: "fp16", torch.bfloat16: "bf16"}[ac],
+                "allow_truncated": bool(args.allow_truncated), "fp16": bool(args.fp16)}
+    logger.info(f"CLIP {info['clip_model']} (dim {info['dim']}) on {args.device_obj}, batch {args.batch_size}, "
+                f"{args.num_workers} workers, autocast {settings['autocast']}")
+    encoded, skipped, first_bad = 0, 0, None
+    for job in jobs:
+        sharded = args.shard_count is not None
+        if sharded:
+            job = shard_job(job, args.shard_index, args.shard_count, args.batch_size)
+        elif not job.image_ids:
+            logger.warning(f"{job.path}: no images for this file; not written")
+            continue
+        key = run_key(job, settings)
+        meta = _up_to_date(job.path, key)
+        if meta is not None:
+            logger.info(f"{job.path} is up to date (same inputs and settings); delete it to recompute")
+            _write_skipped(job.path, meta)  # in case a kill came between the file and its list
+            shutil.rmtree(Path(f"{job.path}.partial"), ignore_errors=True)
+            encoded += meta["counts"]["images"]
+            continue
+        emb, ok, bad = extract_job(job, model, preprocess, settings, key, args)
+        encoded, skipped = encoded + len(ok), skipped + len(bad)
+        if bad and first_bad is None:
+            first_bad = f"{job.image_paths[bad[0][0]]}: {bad[0][1]}"
+        data = finalize(job, settings, emb, ok, bad)
+        if ok or sharded:  # a shard file is written even when empty: --merge needs every shard
+            _write(job, data)
+        else:
+            _write_skipped(job.path, data["meta"])
+            shutil.rmtree(Path(f"{job.path}.partial"), ignore_errors=True)
+            logger.error(f"{job.path}: none of its {len(bad)} images could be encoded; file not written "
+                         f"(see {skipped_txt(job.path)})")
+    if encoded == 0 and (skipped or args.shard_count is None):
+        raise UserError(f"no image could be encoded: all {skipped} listed images were skipped "
+                        f"(first: {first_bad}); check --image_path" if skipped else
+                        "no image to encode: the caption source lists none for the output file(s)")
+    return 0
+
+
+def _find_shards(path: Path) -> dict[int, dict[int, Path]]:
+    pat = re.compile(rf"{re.escape(path.stem)}\.shard(\d+)of(\d+){re.escape(path.suffix)}")
+    found: dict[int, dict[int, Path]] = {}
+    for f in path.parent.glob(f"{path.stem}.shard*of*{path.suffix}"):
+        m = pat.fullmatch(f.name)
+        if m:
+            found.setdefault(int(m[2]), {})[int(m[1])] = f
+    return found
+
+
+def merge(jobs: list[Job]) -> int:
+    """Combine the shard files of each job into the file a single run writes (shard files are kept)."""
+    for job in jobs:
+        if not job.image_ids:
+            continue
+        found = _find_shards(job.path)
+        if len(found) != 1:
+            raise UserError(f"--merge: {'no' if not found else 'shard files of several counts:'} "
+                            f"{job.path.stem}.shard<i>of<n>{job.path.suffix} files next to {job.path}"
+                            f"{sorted(found) if found else ''}; run every --shard i/n first (and delete stale ones)")
+        n, files = found.popitem()
+        missing = [i for i in range(n) if i not in files]
+        if missing:
+            raise UserError(f"--merge: {job.path}: shard(s) {missing} of {n} missing; run --shard {missing[0]}/{n}")
+        parts = [torch.load(files[i], map_location="cpu", weights_only=True) for i in range(n)]
+        settings = parts[0]["meta"]["extraction"]
+        embs, ok, bad = [], [], []
+        for i, part in enumerate(parts):
+            sj = shard_job(job, i, n, settings["batch_size"])
+            if part["meta"].get("run_key") != run_key(sj, settings):
+                raise UserError(f"--merge: {files[i]} was made with other arguments, inputs or settings than "
+                                f"this command / shard 0; rerun --shard {i}/{n} with the same arguments")
+            lo, why = sj.meta["shard"]["first_image"], {s["image_id"]: s["reason"] for s in part["meta"]["skipped"]}
+            for k, image_id in enumerate(sj.image_ids):
+                (bad.append((lo + k, why[image_id])) if image_id in why else ok.append(lo + k))
+            embs.append(part["clip_embedding"])
+        if not ok:
+            raise UserError(f"--merge: no image of {job.path} was encoded in any shard")
+        _write(job, finalize(job, settings, torch.cat(embs), ok, bad))
+    return 0
