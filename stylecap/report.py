@@ -1,0 +1,148 @@
+"""A static, single-file HTML report of an evaluation: tables plus images with their captions.
+
+Images are embedded as base64 JPEG thumbnails, so the page opens from disk (or as an e-mail
+attachment) without a server and without the image folder. Every piece of text goes through
+html.escape: captions are model output and user data.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import defaultdict
+from pathlib import Path
+
+from stylecap.metrics import STANDARD, fmt100, image_stem, match_predictions, table_rows
+from stylecap.utils import atomic_write_text
+
+THUMB_PX = 160
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222}
+table{border-collapse:collapse;margin:8px 0 24px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:14px}
+th{background:#f2f2f2} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.grid{display:flex;flex-wrap:wrap;gap:14px}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px;width:420px;display:flex;gap:10px}
+.card img,.ph{width:160px;height:160px;object-fit:contain;background:#eee;flex:none}
+.ph{display:flex;align-items:center;justify-content:center;color:#888;font-size:12px;text-align:center}
+.pred{margin:2px 0;font-size:14px} .style{font-weight:600;color:#3a5a9b}
+.cider{color:#777;font-size:12px} .refs{color:#555;font-size:12px;margin-top:6px}
+.skip{color:#a33}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def thumbnail(path) -> str | None:
+    """A data: URI of a ~160 px JPEG thumbnail, or None when the image cannot be read."""
+    from stylecap.clip_utils import ImageLoadError, load_image
+    if path is None:
+        return None
+    try:
+        img = load_image(path, allow_truncated=True, min_size=THUMB_PX)
+        img.thumbnail((THUMB_PX, THUMB_PX))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=80)
+    except (ImageLoadError, OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        cells = [f"<td class='num'>{_e(c)}</td>" if i >= numeric_from else f"<td>{_e(c)}</td>"
+                 for i, c in enumerate(row)]
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def _metric_table(metrics: dict) -> str:
+    rows = []
+    for name, value, note in table_rows(metrics):
+        cls = " class='skip'" if value == "skipped" else ""
+        rows.append(f"<tr><td>{_e(name)}</td><td class='num'>{_e(value)}</td><td{cls}>{_e(note)}</td></tr>")
+    return ("<table><tr><th>metric</th><th>value (BLEU..SPICE x100)</th><th>note</th></tr>"
+            + "\n".join(rows) + "</table>")
+
+
+def _breakdown(title: str, section: dict, with_group: bool) -> str:
+    if not section:
+        return ""
+    header = ["style" if with_group else "group"] + (["group"] if with_group else []) + ["n"] + list(STANDARD)
+    rows = []
+    for name, vals in section.items():
+        rows.append([name] + ([vals.get("group", "")] if with_group else []) + [vals.get("n", "")]
+                    + [fmt100(vals.get(m)) for m in STANDARD])
+    return f"<h2>{_e(title)} (x100)</h2>" + _table(header, rows, numeric_from=2 if with_group else 1)
+
+
+def _fidelity(fid: dict | None) -> str:
+    if not fid:
+        return ""
+    f = lambda v: "-" if v is None else f"{v:.4f}"
+    rows = [[who, f(fid[who]["top1"]), f(fid[who]["top5"]), fid[who]["n"]] for who in ("generated", "references")]
+    per = [[s, f(v)] for s, v in fid.get("per_style_top1", {}).items()]
+    clf = fid.get("classifier", {})
+    return ("<h2>Style fidelity</h2><p>" + _e(f"{clf.get('model', '')}, trained on {clf.get('n_train')} captions "
+            f"of {clf.get('n_styles')} styles; generated captions are scored against the requested style.")
+            + "</p>" + _table(["captions", "top-1", "top-5", "n"], rows)
+            + (_table(["requested style", "top-1 (generated)"], per) if per else ""))
+
+
+def _image_index(image_paths: dict) -> dict:
+    """Exact ids plus basename-without-extension forms, so '1000092795' finds '1000092795.jpg'."""
+    index = {image_stem(k): v for k, v in image_paths.items()}
+    index.update(image_paths)
+    return index
+
+
+def write_report(path, predictions: list[dict], references: list[dict], metrics: dict,
+                 image_paths: dict[str, str] | None = None, max_images: int = 60) -> None:
+    """Write the HTML report to ``path`` atomically (see the module docstring)."""
+    mt = match_predictions(predictions, references)
+    per_image = {(r["image_id"], r.get("style")): r for r in metrics.get("per_image", [])}
+    preds_by_image: dict[str, list] = defaultdict(list)
+    for p, key in zip(predictions, mt.pred_keys):
+        image_id = mt.image_of(key) if key is not None else str(p["image"])
+        style = mt.styles.get(key) if key is not None else p.get("style")
+        score = per_image.get((image_id, style), {}).get("CIDEr") if key is not None else None
+        preds_by_image[image_id].append((p.get("style"), p["caption"], score, key is None))
+    refs_by_image: dict[str, list] = defaultdict(list)
+    for r in references:
+        refs_by_image[str(r["image_id"])].append((r.get("style"), r["caption"]))
+
+    cards, index = [], _image_index(image_paths or {})
+    for image_id in list(preds_by_image)[:max_images]:
+        uri = thumbnail(index.get(image_id) or index.get(image_stem(image_id)))
+        img = (f"<img src='{uri}' alt='{_e(image_id)}'>" if uri
+               else f"<div class='ph'>no image<br>{_e(image_id)}</div>")
+        lines = []
+        for style, caption, score, unmatched in preds_by_image[image_id]:
+            tag = f"<span class='style'>{_e(style)}</span>: " if style else ""
+            note = " <span class='skip'>(no references)</span>" if unmatched else \
+                "" if score is None else f" <span class='cider'>CIDEr {100 * score:.1f}</span>"
+            lines.append(f"<div class='pred'>{tag}{_e(caption)}{note}</div>")
+        refs = "".join(f"<div>{_e(s) + ': ' if s else ''}{_e(c)}</div>" for s, c in refs_by_image.get(image_id, []))
+        cards.append(f"<div class='card'>{img}<div><div class='cider'>{_e(image_id)}</div>{''.join(lines)}"
+                     f"<div class='refs'><b>references</b>{refs or ' none'}</div></div></div>")
+
+    div = metrics.get("diversity") or {}
+    counts = metrics.get("counts") or {}
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>StyleCap evaluation</title>",
+        f"<style>{CSS}</style></head><body><h1>StyleCap evaluation</h1>",
+        f"<p>tokenizer: {_e(metrics.get('tokenizer'))}</p>",
+        "<h2>Metrics</h2>", _metric_table(metrics),
+        _breakdown("Per style", metrics.get("per_style") or {}, True),
+        _breakdown("Per group", metrics.get("per_group") or {}, False),
+        "<h2>Diversity</h2>" + _table(["measure", "value"], [[k, v] for k, v in div.items()]) if div else "",
+        _fidelity(metrics.get("style_fidelity")),
+        "<h2>Counts</h2>" + _table(["count", "value"], [[k, v] for k, v in counts.items()]) if counts else "",
+        f"<h2>Images ({len(cards)} of {len(preds_by_image)})</h2><div class='grid'>", "\n".join(cards),
+        "</div></body></html>",
+    ]
+    atomic_write_text(Path(path), "\n".join(parts) + "\n")
