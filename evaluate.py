@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Score captions against references: BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE (COCO toolkit),
+r"""Score captions against references: BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE (COCO toolkit),
 plus per-style breakdowns, diversity, style fidelity, CLIPScore and an optional HTML report.
 
     python evaluate.py --predictions out/predictions.jsonl \
