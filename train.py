@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             validate(st.step)
         if args.save_by == "step" and st.step % args.save_step == 0:
             save(f"step_{st.step:08d}.pt")
+        if os.environ.get("STYLECAP_KILL_AFTER_STEP") == str(st.step):  # tests: a real kill -9 mid-run
+            os.kill(os.getpid(), 9)
 
     t0 = time.time()
     try:

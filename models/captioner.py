@@ -152,7 +152,7 @@ class StyleCapModel(nn.Module):
         if style not in self.tokenizer.style_index:
             from stylecap.styles import closest
             raise UserError(f"unknown style {style!r}; closest valid: {closest(str(style), self.cfg.styles)} "
-                            f"(the model knows {len(self.cfg.styles)} styles; --style all lists them)")
+                            f"(the model knows {len(self.cfg.styles)} styles; --style all captions in every one)")
         return self.tokenizer.style_index[style]
 
 

@@ -78,7 +78,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, *, d
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     total_loss, n_loss, n_samples, t0 = 0.0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, total=total_batches, initial=state.batch_in_epoch, disable=not show_progress,
+    bar = tqdm(loader, total=total_batches, initial=state.batch_in_epoch, disable=None if show_progress else True,
                desc=f"epoch {state.epoch}", dynamic_ncols=True, leave=False)
     for batch in bar:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
