@@ -1,0 +1,161 @@
+"""Caption your own images (or a whole feature file) with a trained StyleCap model, in chosen styles.
+
+    python predict.py --model_path output/<run>/checkpoints/best.pt --image_path photos/ --style Happy
+    python predict.py --model_path coco_weights.pt --gpt2_path pre_model/gpt2 --image_path cat.jpg
+
+The model is rebuilt from the checkpoint alone (config, tokenizer, style list): no training flags repeated.
+Writes caption_generate.txt (image<TAB>caption) and predictions.jsonl to --output_path.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import textwrap
+from pathlib import Path
+
+import torch
+from loguru import logger
+
+from models import DecodeConfig, load_model
+from stylecap.evaluation import caption_items, eval_items, log_preview, write_predictions
+from stylecap.utils import UserError, resolve_device, run_main, setup_logging
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def add_decode_args(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("--decode", choices=["greedy", "beam", "sample"], default="greedy", help="decoding strategy")
+    a("--beam_size", type=int, default=5, help="beams for --decode beam")
+    a("--length_penalty", type=float, default=1.0, help="beam score = sum log p / length ** length_penalty")
+    a("--temperature", type=float, default=1.0, help="sampling temperature")
+    a("--topk", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+    a("--topp", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    a("--num_generate", type=int, default=1, help="captions per image (beam or sample)")
+    a("--max_len", type=int, default=None, help="max new tokens (default: the model's limit)")
+
+
+def decode_config(args) -> DecodeConfig:
+    return DecodeConfig(args.decode, args.beam_size, args.length_penalty, args.temperature, args.topk, args.topp,
+                        args.num_generate, args.max_len)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--model_path", required=True, help="StyleCap checkpoint (e.g. output/<run>/checkpoints/best.pt) or ClipCap weights")
+    a("--image_path", help="an image file, a folder of images, or a glob such as 'photos/*.jpg'")
+    a("--features", help="caption every image of a feature file (from process_*.py) instead of image files")
+    a("--clip_model_path", default="pre_model/ViT-B-32.pt", help="CLIP model used to encode --image_path")
+    a("--gpt2_path", help="GPT-2 folder: needed for ClipCap weights, or if a frozen GPT-2 moved")
+    a("--style", help="a style name (exact trait string), or 'all' for every style of the model")
+    a("--style_file", help="a file with one style per line")
+    add_decode_args(p)
+    a("--batch_size", type=int, default=32, help="images encoded and captioned per batch")
+    a("--num_workers", type=int, default=2, help="image decoding workers")
+    a("--output_path", default="output/predict", help="folder for caption_generate.txt and predictions.jsonl")
+    a("--save_images", action="store_true", help="also save copies of the images with their captions drawn under them")
+    a("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
+    a("--seed", type=int, default=0, help="seed for --decode sample")
+    return p
+
+
+def list_images(spec: str) -> list[Path]:
+    p = Path(spec)
+    if p.is_dir():
+        paths = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+    elif p.is_file():
+        paths = [p]
+    else:
+        paths = sorted(Path(q) for q in glob.glob(spec))
+    if not paths:
+        raise UserError(f"--image_path {spec}: no images found (give a file, a folder or a glob like 'dir/*.jpg')")
+    return paths
+
+
+def requested_styles(args, model) -> list[str | None] | None:
+    """None = each image's own style (feature files); a list = these styles for every image."""
+    names = model.cfg.styles
+    if model.cfg.style_mode == "none":
+        if args.style or args.style_file:
+            logger.warning("this model is not styled: --style is ignored")
+        return [None]
+    if args.style == "all":
+        return list(names)
+    wanted = []
+    if args.style:
+        wanted.append(args.style)
+    if args.style_file:
+        wanted += [ln.strip() for ln in Path(args.style_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    for s in wanted:
+        model.style_id(s)  # unknown style: UserError with the closest valid names
+    if not wanted and not args.features:
+        raise UserError(f"this model is styled: pass --style NAME (e.g. --style {names[0]!r}), --style all, "
+                        "or --style_file FILE")
+    return wanted or None
+
+
+def draw_caption(src: Path, captions: list[str], dst: Path, width: int = 512) -> None:
+    from PIL import Image, ImageDraw
+    from stylecap.clip_utils import load_image
+    img = load_image(src)
+    img = img.resize((width, max(1, round(img.height * width / img.width))))
+    lines = [ln for c in captions for ln in textwrap.wrap(c, 64)]
+    canvas = Image.new("RGB", (width, img.height + 14 * len(lines) + 10), "white")
+    canvas.paste(img, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, ln in enumerate(lines):
+        draw.text((6, img.height + 5 + 14 * i), ln, fill="black")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(dst, quality=90)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    if bool(args.image_path) == bool(args.features):
+        raise UserError("give exactly one of --image_path (images) or --features (a feature file)")
+    out = Path(args.output_path)
+    setup_logging(out / "predict.log")
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    model = load_model(args.model_path, args.gpt2_path, device)
+    dc = decode_config(args)
+    dc.check()
+    styles = requested_styles(args, model)
+
+    if args.features:
+        from stylecap.features import load_features
+        data = load_features(args.features)
+        items = eval_items(data, model, None if styles in (None, [None]) else styles)
+        features, sources = data["clip_embedding"], {}
+    else:
+        from stylecap.clip_utils import load_clip
+        from stylecap.extract import extract_features
+        paths = list_images(args.image_path)
+        clip_model, preprocess, info = load_clip(args.clip_model_path, device)
+        if info["dim"] != model.cfg.clip_size:
+            raise UserError(f"{args.clip_model_path} gives {info['dim']}-d features but the model expects "
+                            f"{model.cfg.clip_size}-d; pass the CLIP model it was trained with")
+        features, ok, bad = extract_features([str(p) for p in paths], clip_model, preprocess,
+                                             batch_size=args.batch_size, num_workers=args.num_workers, device=device)
+        for i, reason in bad:
+            logger.warning(f"skipped {paths[i]}: {reason}")
+        if not ok:
+            raise UserError(f"none of the {len(paths)} images could be read; see the warnings above")
+        sources = {paths[i].name: paths[i] for i in ok}
+        items = [(paths[i].name, row, s) for row, i in enumerate(ok) for s in styles]
+    preds = caption_items(model, features, items, dc, args.batch_size, progress=True)
+    txt, jsonl = write_predictions(out, preds)
+    log_preview(preds)
+    if args.save_images and sources:
+        by_image: dict[str, list[str]] = {}
+        for p in preds:
+            by_image.setdefault(p["image"], []).append(f"[{p['style']}] {p['caption']}" if p["style"] else p["caption"])
+        for name, caps in by_image.items():
+            draw_caption(sources[name], caps, out / "images" / (Path(name).stem + ".jpg"))
+    logger.info(f"{len(preds)} captions -> {txt} and {jsonl}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
