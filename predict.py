@@ -1,4 +1,4 @@
-"""Caption your own images (or a whole feature file) with a trained StyleCap model, in chosen styles.
+r"""Caption your own images (or a whole feature file) with a trained StyleCap model, in chosen styles.
 
     python predict.py --model_path output/<run>/checkpoints/best.pt --image_path photos/ --style Happy
     python predict.py --model_path coco_weights.pt --gpt2_path pre_model/gpt2 --image_path cat.jpg
@@ -10,34 +10,17 @@ from __future__ import annotations
 
 import argparse
 import glob
-import textwrap
 from pathlib import Path
 
 import torch
 from loguru import logger
 
-from models import DecodeConfig, load_model
-from stylecap.evaluation import caption_items, eval_items, log_preview, write_predictions
+from models import load_model
+from stylecap.evaluation import (add_decode_args, caption_items, captioned_image, decode_config, eval_items,
+                                 log_preview, write_predictions)
 from stylecap.utils import UserError, resolve_device, run_main, setup_logging
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def add_decode_args(p: argparse.ArgumentParser) -> None:
-    a = p.add_argument
-    a("--decode", choices=["greedy", "beam", "sample"], default="greedy", help="decoding strategy")
-    a("--beam_size", type=int, default=5, help="beams for --decode beam")
-    a("--length_penalty", type=float, default=1.0, help="beam score = sum log p / length ** length_penalty")
-    a("--temperature", type=float, default=1.0, help="sampling temperature")
-    a("--topk", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
-    a("--topp", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
-    a("--num_generate", type=int, default=1, help="captions per image (beam or sample)")
-    a("--max_len", type=int, default=None, help="max new tokens (default: the model's limit)")
-
-
-def decode_config(args) -> DecodeConfig:
-    return DecodeConfig(args.decode, args.beam_size, args.length_penalty, args.temperature, args.topk, args.topp,
-                        args.num_generate, args.max_len)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -95,21 +78,6 @@ def requested_styles(args, model) -> list[str | None] | None:
     return wanted or None
 
 
-def draw_caption(src: Path, captions: list[str], dst: Path, width: int = 512) -> None:
-    from PIL import Image, ImageDraw
-    from stylecap.clip_utils import load_image
-    img = load_image(src)
-    img = img.resize((width, max(1, round(img.height * width / img.width))))
-    lines = [ln for c in captions for ln in textwrap.wrap(c, 64)]
-    canvas = Image.new("RGB", (width, img.height + 14 * len(lines) + 10), "white")
-    canvas.paste(img, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for i, ln in enumerate(lines):
-        draw.text((6, img.height + 5 + 14 * i), ln, fill="black")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(dst, quality=90)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     if bool(args.image_path) == bool(args.features):
@@ -151,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         by_image: dict[str, list[str]] = {}
         for p in preds:
             by_image.setdefault(p["image"], []).append(f"[{p['style']}] {p['caption']}" if p["style"] else p["caption"])
+        (out / "images").mkdir(parents=True, exist_ok=True)
         for name, caps in by_image.items():
-            draw_caption(sources[name], caps, out / "images" / (Path(name).stem + ".jpg"))
+            captioned_image(sources[name], caps).save(out / "images" / (Path(name).stem + ".jpg"), quality=90)
     logger.info(f"{len(preds)} captions -> {txt} and {jsonl}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Train a StyleCap model (ClipCap mapper + style + GPT-2) on feature files; or evaluate one (--mode eval).
+r"""Train a StyleCap model (ClipCap mapper + style + GPT-2) on feature files; or evaluate one (--mode eval).
 
     python train.py --data_path data/features/personality/train.pkl --val_path .../val.pkl \
         --gpt2_path pre_model/gpt2 --finetune_gpt2 --output_path output/my_run
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from models import ModelConfig, build_model, checkpoint_payload, load_model
 from models.decoding import DecodeConfig, generate_captions
 from stylecap.data import CaptionDataset, SkipSampler, collate, encode_data, split_by_image, style_vocabulary
+from stylecap.evaluation import add_decode_args
 from stylecap.engine import (CheckpointManager, TrainState, evaluate_loss, rng_state, set_rng_state,
                              train_one_epoch)
 from stylecap.features import load_features
@@ -37,7 +38,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--data_path", help="training feature file from process_*.py (eval mode: the split to score)")
     a("--val_path", help="validation feature file; without it a seeded split by image of --data_path")
     a("--val_fraction", type=float, default=0.05, help="share of images held out when --val_path is not given")
-    a("--gpt2_path", default="pre_model/gpt2", help="Hugging Face GPT-2 folder (weights, config, tokenizer)")
+    a("--gpt2_path", help="Hugging Face GPT-2 folder (weights, config, tokenizer); default pre_model/gpt2. "
+      "Eval mode: only for ClipCap weights or a frozen GPT-2 that moved")
     a("--output_path", help="run folder (default output/<data>-<mapper>-<tuned|frozen>-<style_mode>)")
     a("--model_path", help="eval mode: checkpoint to evaluate (a StyleCap checkpoint or a ClipCap state dict)")
     # model
@@ -71,10 +73,17 @@ def get_parser() -> argparse.ArgumentParser:
     a("--save_by", choices=["step", "epoch"], default="epoch", help="periodic checkpoints every --save_step or epoch")
     a("--save_step", type=int, default=1000, help="optimizer steps between checkpoints with --save_by step")
     a("--max_checkpoint_num", type=int, default=3, help="periodic checkpoints kept (newest); best/last extra")
-    a("--eval_step", type=int, default=0, help="optimizer steps between validations (0 = at each epoch end)")
+    a("--eval_step", type=int, default=0, help="optimizer steps between extra val-loss checks (validation "
+      "always runs at each epoch end)")
     a("--num_samples", type=int, default=4, help="sample captions generated and logged at each validation")
     a("--eval_subset", type=int, default=200, help="val images captioned and scored at each epoch end (0 = off)")
     a("--resume", help="checkpoint path, or 'auto' for the newest checkpoint in the run folder")
+    g = p.add_argument_group("eval mode")
+    g.add_argument("--train_captions", help="training captions (feature file or json) for style fidelity, copy rate "
+                   "and the baseline; default: the data the checkpoint was trained on")
+    g.add_argument("--clip_model_path", help="CLIP model for CLIPScore; default: the one named in the features' meta")
+    g.add_argument("--no_java", action="store_true", help="score without Java (METEOR and SPICE skipped)")
+    add_decode_args(g, with_max_len=False)
     return p
 
 
@@ -100,6 +109,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.mode == "train" and not args.data_path:
         raise UserError("--data_path is required: a feature file from process_flickr.py or process_personality.py")
+    if args.mode == "train" and args.gpt2_path is None:
+        args.gpt2_path = "pre_model/gpt2"
     return args
 
 
@@ -240,15 +251,27 @@ def main(argv: list[str] | None = None) -> int:
         state.last_checkpoint = str(path)
         return path
 
-    def validate(tag_step: int) -> dict:
+    def validate(tag_step: int, epoch_end: bool) -> dict:
+        """Val loss (whole set) + samples; at epoch ends also caption metrics on --eval_subset images.
+        ``best`` is kept by CIDEr when caption metrics run, else by val loss."""
         metrics = {}
         if rank == 0:
             metrics = evaluate_loss(model, val_loader, device=device, precision=args.precision)
             writer.add_scalar("val/loss", metrics["loss"], tag_step)
             logger.info(f"step {tag_step}: val/loss {metrics['loss']:.4f} (ppl {metrics['perplexity']:.2f})")
             _log_samples(model, val_data, sample_rows, writer, tag_step)
-            if state.best_metric is None or metrics["loss"] < state.best_metric:
-                state.best_metric = metrics["loss"]
+            by_cider = args.eval_subset > 0
+            if by_cider and epoch_end:
+                from stylecap.evaluation import quick_caption_metrics
+                caps = quick_caption_metrics(model, val_data, args.eval_subset, args.bs_eval)
+                metrics.update(caps)
+                for k, v in caps.items():
+                    writer.add_scalar(f"val/{k}", v, tag_step)
+                logger.info(f"step {tag_step}: val CIDEr {caps['CIDEr']:.4f}, BLEU-4 {caps['BLEU-4']:.4f} "
+                            f"({args.eval_subset} images max)")
+            score = metrics.get("CIDEr") if by_cider else -metrics["loss"]
+            if score is not None and (state.best_metric is None or score > state.best_metric):
+                state.best_metric = score
                 save("best.pt")
         if world > 1:
             dist.barrier()
@@ -260,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             writer.add_scalar("train/lr", m["lr"], st.step)
             writer.add_scalar("train/samples_per_s", m["samples_per_s"], st.step)
         if args.eval_step and st.step % args.eval_step == 0:
-            validate(st.step)
+            validate(st.step, epoch_end=False)
         if args.save_by == "step" and st.step % args.save_step == 0:
             save(f"step_{st.step:08d}.pt")
         if os.environ.get("STYLECAP_KILL_AFTER_STEP") == str(st.step):  # tests: a real kill -9 mid-run
@@ -279,8 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.info(f"epoch {state.epoch}: train/loss {stats['loss']:.4f}, {stats['samples_per_s']:.1f} samples/s")
             state.epoch += 1
             state.batch_in_epoch = 0
-            if not args.eval_step:
-                state.history.append({"epoch": state.epoch, **validate(state.step)})
+            state.history.append({"epoch": state.epoch, **validate(state.step, epoch_end=True)})
             if args.save_by == "epoch":
                 save(f"epoch_{state.epoch:04d}.pt")
     except KeyboardInterrupt:

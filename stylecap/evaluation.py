@@ -4,7 +4,9 @@ Shared by ``predict.py --features``, ``train.py --mode eval`` and training's end
 """
 from __future__ import annotations
 
+import argparse
 import json
+import textwrap
 from pathlib import Path
 
 import torch
@@ -13,6 +15,41 @@ from loguru import logger
 from models.captioner import StyleCapModel
 from models.decoding import DecodeConfig, generate_captions
 from stylecap.utils import atomic_write_text
+
+
+def add_decode_args(p: argparse.ArgumentParser, with_max_len: bool = True) -> None:
+    """The decoding flags shared by predict.py and train.py --mode eval."""
+    a = p.add_argument
+    a("--decode", choices=["greedy", "beam", "sample"], default="greedy", help="decoding strategy")
+    a("--beam_size", type=int, default=5, help="beams for --decode beam")
+    a("--length_penalty", type=float, default=1.0, help="beam score = sum log p / length ** length_penalty")
+    a("--temperature", type=float, default=1.0, help="sampling temperature")
+    a("--topk", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+    a("--topp", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    a("--num_generate", type=int, default=1, help="captions per image (beam or sample)")
+    if with_max_len:
+        a("--max_len", type=int, default=None, help="max new tokens (default: the model's limit)")
+
+
+def decode_config(args) -> DecodeConfig:
+    """DecodeConfig from the flags of add_decode_args (max_len absent: the model's own limit)."""
+    return DecodeConfig(args.decode, args.beam_size, args.length_penalty, args.temperature, args.topk, args.topp,
+                        args.num_generate, getattr(args, "max_len", None))
+
+
+def captioned_image(path: str | Path, captions: list[str], width: int = 512):
+    """The image, resized to ``width``, with its captions written under it (PIL RGB image)."""
+    from PIL import Image, ImageDraw
+    from stylecap.clip_utils import load_image
+    img = load_image(path)
+    img = img.resize((width, max(1, round(img.height * width / img.width))))
+    lines = [ln for c in captions for ln in textwrap.wrap(c, 64)]
+    canvas = Image.new("RGB", (width, img.height + 14 * len(lines) + 10), "white")
+    canvas.paste(img, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, ln in enumerate(lines):
+        draw.text((6, img.height + 5 + 14 * i), ln, fill="black")
+    return canvas
 
 
 def eval_items(data: dict, model: StyleCapModel, styles: list[str] | None = None,
@@ -69,3 +106,80 @@ def log_preview(preds: list[dict], n: int = 5) -> None:
     for p in preds[:n]:
         style = f" [{p['style']}]" if p.get("style") else ""
         logger.info(f"{p['image']}{style}: {p['caption']}")
+
+
+def quick_caption_metrics(model: StyleCapModel, data: dict, n_images: int, batch_size: int = 64) -> dict:
+    """Greedy captions for the first ``n_images`` images, scored with BLEU-4, ROUGE-L and CIDEr only
+    (no METEOR/SPICE: they start Java and cost seconds). Used at each epoch end to keep ``best``."""
+    from stylecap.metrics import match_predictions, score_captions
+    preds = caption_items(model, data["clip_embedding"], eval_items(data, model, max_images=n_images),
+                          DecodeConfig(), batch_size)
+    mt = match_predictions(preds, references_of(data))
+    scores = score_captions(mt.predictions, {k: mt.references[k] for k in mt.predictions}, spice=False,
+                            metrics=("BLEU", "ROUGE-L", "CIDEr"), quiet=True)
+    return {m: scores[m] for m in ("BLEU-4", "ROUGE-L", "CIDEr")}
+
+
+def run_eval_mode(args) -> int:
+    """train.py --mode eval: caption --data_path with --model_path, score it, write the run folder."""
+    import evaluate
+    from models import load_model
+    from stylecap.features import load_features
+    from stylecap.utils import UserError, resolve_device, setup_logging
+    if not args.model_path or not args.data_path:
+        raise UserError("--mode eval needs --model_path (a checkpoint) and --data_path (a feature file to score)")
+    model_path, data_path = Path(args.model_path), Path(args.data_path)
+    out = Path(args.output_path or Path("output") / f"eval-{model_path.parent.parent.name or model_path.stem}-{data_path.stem}")
+    setup_logging(out / "eval.log")
+    device = resolve_device(args.device)
+    model = load_model(model_path, args.gpt2_path, device)
+    data = load_features(data_path)
+    dc = decode_config(args)
+    dc.max_len = None  # train.py's --max_len is the training truncation; decode to the model's own limit
+    preds = caption_items(model, data["clip_embedding"], eval_items(data, model), dc, args.bs_eval, progress=True)
+    _, jsonl = write_predictions(out, preds)
+    log_preview(preds)
+
+    train_captions = args.train_captions
+    if train_captions is None:  # default: the data the model was trained on, if it is still there
+        ck = torch.load(model_path, map_location="cpu", weights_only=True, mmap=True)
+        trained_on = (ck.get("args") or {}).get("data_path") if isinstance(ck, dict) else None
+        train_captions = trained_on if trained_on and Path(trained_on).is_file() else None
+    meta = data.get("meta", {})
+    clip_path = args.clip_model_path or meta.get("clip_model")
+    argv = ["--predictions", str(jsonl), "--references", str(data_path), "--output_path", str(out / "metrics.json"),
+            "--report", str(out / "report.html")]
+    if train_captions:
+        argv += ["--train_captions", str(train_captions)]
+    if meta.get("image_dir") and Path(meta["image_dir"]).is_dir():
+        argv += ["--image_dir", meta["image_dir"]]
+    if clip_path and Path(clip_path).is_file():
+        argv += ["--clip_model_path", str(clip_path)]
+    if args.no_java:
+        argv += ["--no_java"]
+    rc = evaluate.main(argv)
+    _tensorboard_eval(out, preds, data, meta)
+    logger.info(f"predictions, metrics.json and report.html in {out}")
+    return rc
+
+
+def _tensorboard_eval(out: Path, preds: list[dict], data: dict, meta: dict, n_images: int = 8) -> None:
+    """Metrics as scalars and a few images with their captions, for `tensorboard --logdir`."""
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    with SummaryWriter(str(out)) as w:
+        for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE"):
+            if metrics.get(k) is not None:
+                w.add_scalar(f"eval/{k}", metrics[k], 0)
+        image_dir = Path(meta.get("image_dir") or "")
+        by_image: dict[str, list[str]] = {}
+        for p in preds:
+            by_image.setdefault(p["image"], []).append(f"[{p['style']}] {p['caption']}" if p.get("style") else p["caption"])
+        shown = 0
+        for image_id, caps in by_image.items():
+            files = [f for f in (image_dir / image_id, image_dir / f"{image_id}.jpg") if f.is_file()]
+            if not files or shown >= n_images:
+                continue
+            w.add_image(f"eval/captions/{shown}", np.asarray(captioned_image(files[0], caps, 320)), 0, dataformats="HWC")
+            shown += 1

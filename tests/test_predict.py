@@ -1,0 +1,91 @@
+"""predict.py and train.py --mode eval through their real entry points, with a small saved model."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import predict
+import train
+from models import ModelConfig, build_model
+from models.captioner import checkpoint_payload
+from stylecap.utils import UserError
+from tests.helpers import STYLES, synthetic_features
+
+
+@pytest.fixture(scope="module")
+def styled_ckpt(small_models, tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(gpt2_path=str(small_models / "small_gpt2"), style_mode="embedding",
+                                    styles=STYLES, max_len=8))
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save(checkpoint_payload(model), path)
+    return path
+
+
+@pytest.fixture()
+def image_dir(demo_data, tmp_path):
+    src = sorted((demo_data / "personality" / "yfcc_images").glob("*.jpg"))[:3]
+    d = tmp_path / "images"
+    d.mkdir()
+    for p in src:
+        shutil.copy(p, d / p.name)
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "notes.jpg").write_text("not an image")
+    return d, [p.name for p in src]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_predict_folder_skips_bad_images_and_writes_outputs(small_models, styled_ckpt, image_dir, tmp_path):
+    d, good = image_dir
+    out = tmp_path / "out"
+    rc = predict.main(["--model_path", str(styled_ckpt), "--image_path", str(d), "--clip_model_path",
+                       str(small_models / "small_clip.pt"), "--style", "Happy", "--output_path", str(out),
+                       "--num_workers", "0", "--save_images", "--decode", "beam", "--beam_size", "3",
+                       "--num_generate", "2"])
+    assert rc == 0
+    preds = read_jsonl(out / "predictions.jsonl")
+    assert sorted({p["image"] for p in preds}) == sorted(good)          # the two bad files were skipped
+    assert len(preds) == 2 * len(good) and {p["style"] for p in preds} == {"Happy"}
+    assert all(isinstance(p["score"], float) and p["score"] < 0 for p in preds)
+    lines = (out / "caption_generate.txt").read_text().splitlines()
+    assert [ln.split("\t")[0] for ln in lines] == [p["image"] for p in preds]
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(good)
+    assert "empty.jpg" in (out / "predict.log").read_text()              # skipped with a warning
+
+
+def test_predict_unknown_style_names_closest(small_models, styled_ckpt, image_dir, tmp_path):
+    d, _ = image_dir
+    with pytest.raises(UserError, match=r"unknown style 'Hapy'.*'Happy'"):
+        predict.main(["--model_path", str(styled_ckpt), "--image_path", str(d), "--clip_model_path",
+                      str(small_models / "small_clip.pt"), "--style", "Hapy", "--output_path", str(tmp_path)])
+
+
+def test_predict_style_all_on_feature_file(styled_ckpt, tmp_path):
+    feats = synthetic_features(tmp_path / "f.pkl", n_images=4)
+    out = tmp_path / "out"
+    assert predict.main(["--model_path", str(styled_ckpt), "--features", str(feats), "--style", "all",
+                         "--output_path", str(out)]) == 0
+    preds = read_jsonl(out / "predictions.jsonl")
+    assert len(preds) == 4 * len(STYLES)
+    assert {(p["image"], p["style"]) for p in preds} == {(f"img{i:03d}", s) for i in range(4) for s in STYLES}
+
+
+def test_train_eval_mode_writes_predictions_metrics_and_report(styled_ckpt, tmp_path):
+    feats = synthetic_features(tmp_path / "test.pkl", n_images=6)
+    out = tmp_path / "eval"
+    assert train.main(["--mode", "eval", "--model_path", str(styled_ckpt), "--data_path", str(feats),
+                       "--output_path", str(out), "--no_java", "--train_captions", str(feats)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for k in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
+        assert isinstance(metrics[k], float)
+    assert metrics["METEOR"] is None and "Java" in metrics["skipped"]["METEOR"]
+    assert metrics["counts"]["scored"] == 6
+    assert len(read_jsonl(out / "predictions.jsonl")) == 6  # each image in its own style
+    assert "<table" in (out / "report.html").read_text()
+    assert list(out.glob("events.out.tfevents.*"))
