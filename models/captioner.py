@@ -10,10 +10,12 @@ import hashlib
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.mapper import build_mapper
@@ -23,6 +25,11 @@ from stylecap.utils import UserError
 STYLE_MODES = ("embedding", "token", "prompt", "none")
 CHECKPOINT_FORMAT = "stylecap-checkpoint-v1"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
+
+
+class CaptionLoss(NamedTuple):
+    loss: torch.Tensor  # mean cross-entropy over the labelled tokens
+    n_tokens: int       # how many tokens were labelled
 
 
 @dataclass
@@ -127,16 +134,24 @@ class StyleCapModel(nn.Module):
                 attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
         """features (B, D); input_ids/attention_mask/labels (B, T): context + caption + END, right-padded.
 
-        Labels are -100 on the context and padding; the prefix positions get -100 here.
-        Returns the GPT-2 output (``.loss`` is the mean next-token cross-entropy over labelled tokens).
+        With ``labels`` (-100 on context and padding) returns a CaptionLoss: the mean next-token
+        cross-entropy over labelled tokens, and their count. The output layer runs only at positions
+        that predict a labelled token: the K prefix positions, the context and the padding would waste
+        most of GPT-2's largest matmul (E x 50257). Without labels returns GPT-2's output (logits).
         """
         prefix = self.prefix(features, style_ids)  # (B, K, E)
         embeds = torch.cat((prefix, self.embed_tokens(input_ids).to(prefix.dtype)), dim=1)  # (B, K+T, E)
         b, k = prefix.shape[:2]
         mask = torch.cat((attention_mask.new_ones(b, k), attention_mask), dim=1)
-        if labels is not None:
-            labels = torch.cat((labels.new_full((b, k), -100), labels), dim=1)
-        return self.gpt(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)
+        if labels is None:
+            return self.gpt(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
+        hidden = self.gpt.transformer(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        # position K-1+t predicts token t: take the hidden states that predict a labelled token
+        predicting = hidden[:, k - 1:-1]  # (B, T, E)
+        keep = labels != -100  # (B, T)
+        logits = self.gpt.lm_head(predicting[keep])  # (N, V)
+        loss = F.cross_entropy(logits.float(), labels[keep])
+        return CaptionLoss(loss, int(keep.sum()))
 
     # ---- saving -----------------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -12,7 +12,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from loguru import logger
 from tqdm import tqdm
 
@@ -131,13 +130,10 @@ def evaluate_loss(model, loader, *, device: torch.device, precision: str = "fp32
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast_ctx(device, precision):
-            logits = model(batch["features"], batch["style_ids"], batch["input_ids"], batch["attention_mask"]).logits
-        k = logits.shape[1] - batch["input_ids"].shape[1]  # prefix length
-        pred = logits[:, k - 1:-1].float()  # position k-1+t predicts token t
-        labels = batch["labels"]
-        total += F.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                                 reduction="sum").item()
-        count += int((labels != -100).sum())
+            out = model(batch["features"], batch["style_ids"], batch["input_ids"], batch["attention_mask"],
+                        batch["labels"])
+        total += out.loss.item() * out.n_tokens
+        count += out.n_tokens
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": count}

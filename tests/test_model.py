@@ -46,9 +46,10 @@ def test_labels_keep_end_and_bang_mask_context_and_padding(small_models):
     # the forward pass adds K prefix positions without loss: loss == CE over the labelled tokens only
     out = model(b["features"], b["style_ids"], b["input_ids"], b["attention_mask"], b["labels"])
     k = model.cfg.prefix_len
-    logits = out.logits[:, k - 1:-1]
+    logits = model(b["features"], b["style_ids"], b["input_ids"], b["attention_mask"]).logits[:, k - 1:-1]
     manual = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b["labels"].reshape(-1), ignore_index=-100)
     assert torch.allclose(out.loss, manual, atol=1e-5)
+    assert out.n_tokens == int((b["labels"] != -100).sum())
 
 
 def test_chinese_bert_tokenizer_ends_with_sep_and_decodes_without_spaces(small_models):
