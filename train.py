@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -286,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             validate(st.step, epoch_end=False)
         if args.save_by == "step" and st.step % args.save_step == 0:
             save(f"step_{st.step:08d}.pt")
-        if os.environ.get("STYLECAP_KILL_AFTER_STEP") == str(st.step):  # tests: a real kill -9 mid-run
-            os.kill(os.getpid(), 9)
+        if os.environ.get("STYLECAP_TEST_SIGNAL", "").startswith(f"{st.step}:"):  # tests: kill -9 / Ctrl-C mid-run
+            os.kill(os.getpid(), getattr(signal, "SIG" + os.environ["STYLECAP_TEST_SIGNAL"].split(":")[1]))
 
     t0 = time.time()
     try:

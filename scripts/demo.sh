@@ -24,7 +24,7 @@ $PY process_personality.py --data_path data/demo/personality/personality_caption
 echo "== 3/6 train: MLP + GPT-2 tuning with a style embedding (tensorboard --logdir ./output)"
 $PY train.py --data_path $FEAT/demo_personality/train.pkl --val_path $FEAT/demo_personality/val.pkl \
     --gpt2_path pre_model/small_gpt2 --output_path $RUN --finetune_gpt2 --style_mode embedding \
-    --epochs 6 --bs_train 32 --lr 1e-3 --warmup_steps 30 --eval_subset 100 --resume auto
+    --epochs 10 --bs_train 32 --lr 1e-3 --warmup_steps 30 --eval_subset 100 --resume auto
 
 echo "== 4/6 evaluate on the test split (5 references per image)"
 $PY train.py --mode eval --model_path $RUN/checkpoints/best.pt --data_path $FEAT/demo_personality/test.pkl \

@@ -71,7 +71,7 @@ def test_existing_run_needs_resume(small_models, features, tmp_path):
 def test_kill9_and_resume_equals_uninterrupted(small_models, features, tmp_path):
     args = lambda out: base_args(small_models, features, out, "--epochs", "2", "--save_by", "step", "--save_step", "3")
     assert train.main(args(tmp_path / "a")) == 0
-    env = {**os.environ, "STYLECAP_KILL_AFTER_STEP": "6", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "STYLECAP_TEST_SIGNAL": "6:KILL", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "train.py", *args(tmp_path / "b")], cwd=ROOT, env=env, capture_output=True)
     assert proc.returncode == -9  # really killed, mid-epoch 2 (5 steps per epoch)
     assert not (tmp_path / "b" / "checkpoints" / "last.pt").exists()
@@ -79,6 +79,16 @@ def test_kill9_and_resume_equals_uninterrupted(small_models, features, tmp_path)
     a, b = weights(tmp_path / "a/checkpoints/last.pt"), weights(tmp_path / "b/checkpoints/last.pt")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(small_models, features, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "STYLECAP_TEST_SIGNAL": "3:INT", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "train.py", *base_args(small_models, features, out, "--epochs", "2")],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr
+    ck = torch.load(out / "checkpoints" / "step_00000003.pt", weights_only=True)
+    assert ck["train_state"]["step"] == 3 and "--resume auto" in proc.stderr
 
 
 def test_frozen_gpt2_run_saves_only_mapper_and_style(small_models, features, tmp_path):
