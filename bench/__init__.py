@@ -1,0 +1,1 @@
+"""Benchmarks of StyleCap against faithful re-implementations of the reference ClipCap algorithms."""
