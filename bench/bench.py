@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -66,7 +67,7 @@ SIZES = {
                  stop_train_captions=16, stop_train_steps=100, stop_train_lr=2e-3, stop_train_top=2,
                  stop_train_min=30, stop_train_check=10,
                  train_bs=16, train_rounds=4, extract_images=128, extract_bs=32, extract_ref_images=6,
-                 extract_repeats=2, mem_images=40_000, mem_captions=200_000),
+                 extract_repeats=3, mem_images=40_000, mem_captions=200_000),
 }
 
 
@@ -77,6 +78,20 @@ def log(msg: str) -> None:
 
 def median(xs):
     return statistics.median(xs)
+
+
+def _r(xs) -> list:
+    return [round(x, 3) for x in xs]
+
+
+def rss_mib() -> float:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def entry(key: str, ours: float, baseline: float, unit: str, note: str, value: float | None = None, **extra) -> dict:
@@ -327,11 +342,13 @@ def bench_greedy(env: Env) -> dict:
         f"{trained} "
         f"trained {env.stop_steps} steps (bf16 autocast, AdamW lr {s['stop_train_lr']}; until every greedy caption "
         f"ends with END within 3 tokens of the longest training caption) on the {s['stop_train_captions']} "
-        f"templated captions of these features, so captions end at a realistic length; both sides stop at model.tokenizer.stop_ids (END) or 67 new tokens.",
+        f"templated captions of these features, so captions end at a realistic length; both sides stop at "
+        f"model.tokenizer.stop_ids (END) or 67 new tokens.",
         captions_identical=identical, ours_without_scores=round(len(feats) / median(ours_ns_t), 4),
         value_without_scores=round(len(feats) / median(ours_ns_t) / ref_cps, 4),
         caption_tokens_mean=round(sum(lengths) / len(lengths), 2), caption_tokens_max=max(lengths),
-        captions_ended_by_stop_token=f"{ended}/{len(ref_out)}", example=model.tokenizer.decode(ref_out[0]))
+        captions_ended_by_stop_token=f"{ended}/{len(ref_out)}", example=model.tokenizer.decode(ref_out[0]),
+        runs_s={"ours": _r(ours_t), "ours_without_scores": _r(ours_ns_t), "reference_total": round(ref_time, 3)})
 
 
 def bench_beam(env: Env) -> dict:
@@ -361,33 +378,35 @@ def bench_beam(env: Env) -> dict:
         f"length_penalty 1 = score / length like ClipCap, + the scoring pass) vs ClipCap generate_beam (one image at "
         f"a time, 5 rows recomputed in full every step) on the first {n_ref} of the same features, interleaved in "
         f"{s['decode_rounds']} rounds; same briefly trained weights as greedy; stop at END, limit 67.",
-        same_best_caption=f"{same}/{n_ref}")
+        same_best_caption=f"{same}/{n_ref}", runs_s={"ours": _r(ours_t), "reference_total": round(ref_time, 3)})
 
 
 # ============================================================================== training
-def _dense_params(gpt) -> int:
-    """Weights used in matmuls per token: every Linear/Conv1D weight in the blocks + the LM head."""
+def _block_params(gpt) -> int:
+    """Weights used in matmuls at every position: the Linear/Conv1D weights of GPT-2's blocks."""
     n = 0
     for block in gpt.transformer.h:
         for mod in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
             n += mod.weight.numel()
-    return n + gpt.lm_head.weight.numel()
+    return n
 
 
-def train_step_flops(model, batch_size: int, seq_len: int) -> float:
+def train_step_flops(model, batch_size: int, seq_len: int, n_labelled: int) -> float:
     """Model FLOPs of one training step (forward + backward) on a (B, K + T) batch.
 
-    6 * N_dense * B * (K + T)            GPT-2 matmuls and LM head (2 forward, 4 backward: input + weight grads)
-    + 12 * L * d * B * (K + T)^2         attention scores and weighted sum (4 L d S^2 forward, x3)
-    + 6 * N_mapper * B                   the mapper runs once per sample
-    (a frozen GPT-2 would be 4 * N_dense: no weight gradients; this benchmark fine-tunes it).
+    6 * N_blocks * B * S             GPT-2 block matmuls at every position, S = K + T (2 forward, 4 backward)
+    + 6 * V * d * N_labelled         the LM head: StyleCapModel.forward runs it only at positions that predict
+                                     a labelled token (caption + END)
+    + 12 * L * d * B * S^2           attention scores and weighted sum (4 L d S^2 forward, x3)
+    + 6 * N_mapper * B               the mapper runs once per sample
+    (a frozen GPT-2 would have 4 instead of 6: no weight gradients; this benchmark fine-tunes it).
     """
     cfg = model.gpt.config
     s = seq_len + model.cfg.prefix_len
     mult = 6 if model.cfg.finetune_gpt2 else 4
     n_map = sum(p.numel() for p in model.clip_project.parameters() if p.dim() > 1)
-    return (mult * _dense_params(model.gpt) * batch_size * s + mult / 6 * 12 * cfg.n_layer * cfg.n_embd
-            * batch_size * s * s + 6 * n_map * batch_size)
+    return (mult * _block_params(model.gpt) * batch_size * s + mult * model.gpt.lm_head.weight.numel() * n_labelled
+            + mult / 6 * 12 * cfg.n_layer * cfg.n_embd * batch_size * s * s + 6 * n_map * batch_size)
 
 
 def bench_train(env: Env, peak: dict) -> list[tuple[str, dict]]:
@@ -427,10 +446,11 @@ def bench_train(env: Env, peak: dict) -> list[tuple[str, dict]]:
 
     ours(order[:bs], "fp32"), ours(order[:bs], "bf16"), ref(order[:bs])  # warm-up on one batch
     t_ours = t_bf16 = t_ref = 0.0
-    pad_lens = []
+    pad_lens, labelled = [], []
     for r in range(1, rounds + 1):  # the same batch through each path, alternating batch by batch
         idx = order[r * bs:(r + 1) * bs]
         pad_lens.append(max(len(enc.tokens[i]) for i in idx))
+        labelled.append(sum(len(enc.tokens[i]) for i in idx))
         t_ours += ours(idx, "fp32")
         t_ref += ref(idx)
         t_bf16 += ours(idx, "bf16")
@@ -449,15 +469,17 @@ def bench_train(env: Env, peak: dict) -> list[tuple[str, dict]]:
         f"20-40-word captions; mean {mean_len:.1f} tokens incl. END; our batches padded to {mean_pad:.1f} on average.",
         reference_fixed_len=fixed, ours_mean_padded_len=round(mean_pad, 2)))]
     # model FLOP/s share of the measured fp32 matmul peak (padded tokens: what the hardware runs)
-    flops = sum(train_step_flops(model, bs, L) for L in pad_lens)
+    flops = sum(train_step_flops(model, bs, L, n) for L, n in zip(pad_lens, labelled))
     achieved = flops / t_ours / 1e9
     out.append(("train_model_flops_share", entry(
         "train_model_flops_share", achieved, peak["fp32"], "GFLOP/s",
         f"model FLOPs of our fp32 training steps / their time, over the 2048^2 fp32 matmul rate measured in this run "
-        f"({peak['fp32']:.0f} GFLOP/s). FLOPs per step = 6 * N_dense * B * S + 12 * L * d * B * S^2 + "
-        f"6 * N_mapper * B, S = K + padded length, N_dense = GPT-2 block matmul weights + LM head "
-        f"({_dense_params(model.gpt) / 1e6:.1f}M), N_mapper = mapper weight matrices; optimizer, embeddings, "
-        f"norms and softmax are not counted. bf16 matmul rate: {peak['bf16']:.0f} GFLOP/s; bf16 training reaches "
+        f"({peak['fp32']:.0f} GFLOP/s). FLOPs per step = 6 * N_blocks * B * S + 6 * V * d * N_labelled + "
+        f"12 * L * d * B * S^2 + 6 * N_mapper * B: S = K + padded length, N_blocks = GPT-2 block matmul weights "
+        f"({_block_params(model.gpt) / 1e6:.1f}M), the LM head (V * d = {model.gpt.lm_head.weight.numel() / 1e6:.1f}M) "
+        f"only at the N_labelled positions our forward runs it on, N_mapper = mapper weight matrices; optimizer, "
+        f"embeddings, norms and softmax are not counted. bf16 matmul rate: {peak['bf16']:.0f} GFLOP/s; "
+        f"bf16 training reaches "
         f"{flops / t_bf16 / 1e9:.1f} GFLOP/s = {flops / t_bf16 / 1e9 / peak['bf16']:.3f} of it.",
         bf16_share=round(flops / t_bf16 / 1e9 / peak["bf16"], 4))))
     out.append(("train_bf16_vs_fp32", entry(
@@ -559,14 +581,14 @@ def bench_extract(env: Env) -> list[tuple[str, dict]]:
             f"encode_image on preloaded preprocessed tensors, batch {bs}, fp32; {n} images, {size}; median of "
             f"{len(t_ext)} interleaved runs. bf16 autocast: extraction {ips_ext16:.1f} vs encoder {ips_enc16:.1f} "
             f"images/s = {ips_ext16 / ips_enc16:.3f}.",
-            value_bf16=round(ips_ext16 / ips_enc16, 4))),
+            value_bf16=round(ips_ext16 / ips_enc16, 4), runs_s={"extraction": _r(t_ext), "encoder": _r(t_enc)})),
         ("extract_vs_reference", entry(
             "extract_vs_reference", ips_ext, ips_ref, "images/s",
             f"our extraction (above, fp32 = the CPU default) vs ClipCap's parse_coco: one caption record at a time, "
             f"its image decoded in full, preprocessed and encoded (batch 1, fp32) again for each of its 5 captions; "
             f"{n_ref} images x 5 captions (the first {n_ref} of ours). With bf16 autocast ours is "
             f"{ips_ext16 / ips_ref:.1f}x.",
-            value_bf16=round(ips_ext16 / ips_ref, 4))),
+            value_bf16=round(ips_ext16 / ips_ref, 4), runs_s={"extraction": _r(t_ext), "reference": _r(t_ref)})),
         ("extract_bf16_vs_fp32", entry(
             "extract_bf16_vs_fp32", ips_ext16, ips_ext, "images/s",
             f"extraction with --autocast bf16 vs fp32 (none), same images; bare encoder bf16/fp32: "
@@ -637,7 +659,8 @@ def bench_memory(env: Env) -> dict:
         f"images x 512 (fp16 file vs fp32 file). Value = peak RSS (VmHWM: resource.getrusage's ru_maxrss "
         f"inherits the parent's high-water mark across fork/exec on Linux) minus the RSS after imports and "
         f"tokenizer load; after load_features alone: {mb(r16['peak_after_load_features_kb'] - r16['before_rss_kb'])} "
-        f"vs {mb(r32['peak_after_load_features_kb'] - r32['before_rss_kb'])} MiB. Whole-process peaks: {mb(r16['peak_kb'])} vs {mb(r32['peak_kb'])} MiB = "
+        f"vs {mb(r32['peak_after_load_features_kb'] - r32['before_rss_kb'])} MiB. Whole-process peaks: "
+        f"{mb(r16['peak_kb'])} vs {mb(r32['peak_kb'])} MiB = "
         f"{r16['peak_kb'] / r32['peak_kb']:.3f}. The feature tensor alone is {n_img * 512 * 2 / 2**20:.0f} vs "
         f"{n_img * 512 * 4 / 2**20:.0f} MiB; the rest is caption records, the tokenizer's batch output and token "
         f"lists. One caption per image ({n_cap} images, PersonalityCaptions' layout): {mb(inc(p16))} vs "
@@ -669,12 +692,21 @@ def stages_for(env: Env, results: dict) -> list:
         peak = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
         results["matmul_peak_gflops"] = {k: round(v, 1) for k, v in peak.items()}
         return bench_train(env, peak)
+    def extract_stage():
+        try:
+            return bench_extract(env)
+        finally:
+            env._clip = None  # CLIP is not needed after this stage
+            gc.collect()
+
+    # Extraction first, while this process is small: DataLoader workers are forked from it, and forking a
+    # process that already holds GPT-2 models (GBs) costs time no real process_*.py run pays.
     return [
+        ("extract", ["extract_vs_encoder", "extract_vs_reference", "extract_bf16_vs_fp32"], extract_stage),
+        ("memory", ["features_fp16_memory"], lambda: [("features_fp16_memory", bench_memory(env))]),
         ("greedy", ["greedy_vs_reference"], lambda: [("greedy_vs_reference", bench_greedy(env))]),
         ("beam", ["beam_vs_reference"], lambda: [("beam_vs_reference", bench_beam(env))]),
         ("train", ["train_vs_reference", "train_model_flops_share", "train_bf16_vs_fp32"], train_stage),
-        ("extract", ["extract_vs_encoder", "extract_vs_reference", "extract_bf16_vs_fp32"], lambda: bench_extract(env)),
-        ("memory", ["features_fp16_memory"], lambda: [("features_fp16_memory", bench_memory(env))]),
     ]
 
 
@@ -716,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
             if not want & set(stage_keys):
                 continue
             t = time.perf_counter()
-            log(f"{name} ...")
+            log(f"{name} ... (RSS {rss_mib():.0f} MiB)")
             try:
                 for k, v in fn():
                     if k in want:

@@ -138,7 +138,8 @@ def _gpt_state(small_models) -> dict:
     state = {f"gpt.{k}": v.clone() for k, v in gpt.state_dict().items()}
     n_pos = gpt.config.n_positions
     for i in range(gpt.config.n_layer):  # the buffers old transformers saved with every GPT-2
-        state[f"gpt.transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(n_pos, n_pos, dtype=torch.uint8)).view(1, 1, n_pos, n_pos)
+        causal = torch.tril(torch.ones(n_pos, n_pos, dtype=torch.uint8))
+        state[f"gpt.transformer.h.{i}.attn.bias"] = causal.view(1, 1, n_pos, n_pos)
         state[f"gpt.transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     # make '.' (id 13) a likely token so that ClipCap's stop rule is exercised, not just the 67-token limit
     wte = state["gpt.transformer.wte.weight"]
@@ -214,6 +215,7 @@ def test_reference_fixed_padding_is_clipcaps():
     t = torch.tensor(lengths, dtype=torch.float32)
     assert reference_max_seq_len(lengths) == min(int(t.mean() + 10 * t.std()), 40) == 40
     assert reference_max_seq_len([5, 6, 7, 6]) == 7  # capped at the longest caption
-    tokens, mask, feats = reference_collate(torch.ones(2, 4, dtype=torch.float16), [[5, 6, 7], [8] * 9], 6, prefix_len=2)
+    feats16 = torch.ones(2, 4, dtype=torch.float16)
+    tokens, mask, feats = reference_collate(feats16, [[5, 6, 7], [8] * 9], 6, prefix_len=2)
     assert tokens.tolist() == [[5, 6, 7, 0, 0, 0], [8] * 6]  # pad id 0, truncated to the fixed length
     assert mask.tolist() == [[1, 1, 1, 1, 1, 0, 0, 0], [1] * 8] and feats.dtype == torch.float32
