@@ -425,7 +425,8 @@ def bench_train(env: Env, peak: dict) -> list[tuple[str, dict]]:
     enc = encode_data(data, tok, max_len=64)
     ds = CaptionDataset(feats, enc)
     # ClipCap's dataset: the caption tokens without END, padded to ONE length for the whole dataset
-    ref_tokens = [t[:-1] for t in enc.tokens]
+    tok_lists = enc.tokens  # every sample's ids as lists, built once
+    ref_tokens = [t[:-1] for t in tok_lists]
     fixed = reference.reference_max_seq_len(len(t) for t in ref_tokens)
     order = torch.randperm(n_caps, generator=g).tolist()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -449,14 +450,14 @@ def bench_train(env: Env, peak: dict) -> list[tuple[str, dict]]:
     pad_lens, labelled = [], []
     for r in range(1, rounds + 1):  # the same batch through each path, alternating batch by batch
         idx = order[r * bs:(r + 1) * bs]
-        pad_lens.append(max(len(enc.tokens[i]) for i in idx))
-        labelled.append(sum(len(enc.tokens[i]) for i in idx))
+        pad_lens.append(max(len(tok_lists[i]) for i in idx))
+        labelled.append(sum(len(tok_lists[i]) for i in idx))
         t_ours += ours(idx, "fp32")
         t_ref += ref(idx)
         t_bf16 += ours(idx, "bf16")
     n = rounds * bs
     sps_ours, sps_ref, sps_bf16 = n / t_ours, n / t_ref, n / t_bf16
-    lengths = [len(t) for t in enc.tokens]
+    lengths = [len(t) for t in tok_lists]
     mean_len = sum(lengths) / len(lengths)
     mean_pad = sum(pad_lens) / len(pad_lens)
     out = [("train_vs_reference", entry(
