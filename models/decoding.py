@@ -96,16 +96,28 @@ def generate_captions(model: StyleCapModel, features: torch.Tensor, styles: list
     for rows in groups.values():
         embeds = context_embeds(model, features[rows], [styles[i] for i in rows])  # (G, K+C, E)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
-        seqs = model.gpt.generate(inputs_embeds=embeds, attention_mask=mask, **kw)  # (G*n, T) new tokens only
-        seqs = seqs.cpu()
+        # greedy/sample: the raw logits of each step give the scores for free; beam search would have to
+        # return beams x vocab floats per step, so its winners are re-scored in one teacher-forced pass
+        step_logits = with_scores and dc.strategy != "beam"
+        gen = model.gpt.generate(inputs_embeds=embeds, attention_mask=mask, return_dict_in_generate=True,
+                                 output_logits=step_logits, **kw)
+        seqs = gen.sequences  # (G*n, T) new tokens only
         lengths = []
         for row in seqs.tolist():  # tokens up to and including the first stop token
             n = next((j + 1 for j, t in enumerate(row) if t in stop), len(row))
             lengths.append(n)
+        n_tok = torch.tensor(lengths, device=seqs.device)
         scores = [None] * len(lengths)
-        if with_scores and seqs.shape[1] > 0:
+        if step_logits and seqs.shape[1] > 0:
+            total = torch.zeros(len(lengths), device=seqs.device)
+            for t, logits in enumerate(gen.logits):  # (G*n, V): the unprocessed logits that chose token t
+                lp = F.log_softmax(logits.float(), dim=-1).gather(1, seqs[:, t:t + 1]).squeeze(1)
+                total += torch.where(t < n_tok, lp, torch.zeros_like(lp))
+            scores = total.tolist()
+        elif with_scores and seqs.shape[1] > 0:
             rep = embeds.repeat_interleave(dc.num_generate, dim=0)
-            scores = sequence_logprob(model, rep, seqs.to(device), torch.tensor(lengths, device=device)).tolist()
+            scores = sequence_logprob(model, rep, seqs, n_tok).tolist()
+        seqs = seqs.cpu()
         for j, row in enumerate(seqs.tolist()):
             r = rows[j // dc.num_generate]
             ids = row[:lengths[j]]
