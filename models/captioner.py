@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from typing import NamedTuple
@@ -59,12 +60,19 @@ class ModelConfig:
 def gpt2_fingerprint(path: str | Path) -> str:
     """sha256 over the GPT-2 folder's weight files: a frozen GPT-2 must be the one trained with."""
     path = Path(path)
-    h = hashlib.sha256()
     files = sorted(p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES) if path.is_dir() else []
     if not files:
         raise UserError(f"no GPT-2 weights in {path}: put a Hugging Face GPT-2 folder there "
                         "(config.json, model.safetensors, tokenizer files); see pre_model/README.md")
-    for p in files:
+    # hashing ~500 MB takes seconds: reuse the digest while the files are unchanged (every checkpoint asks)
+    return _hash_files(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files))
+
+
+@lru_cache(maxsize=8)
+def _hash_files(files: tuple) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in files:
+        p = Path(name)
         h.update(p.name.encode())
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
