@@ -16,8 +16,8 @@ import torch
 from loguru import logger
 
 from models import load_model
-from stylecap.evaluation import (add_decode_args, caption_items, captioned_image, decode_config, eval_items,
-                                 log_preview, write_predictions)
+from stylecap.evaluation import (add_decode_args, caption_items, captioned_image, captions_by_image, decode_config,
+                                 eval_items, log_preview, write_predictions)
 from stylecap.utils import UserError, resolve_device, run_main, setup_logging
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -116,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     txt, jsonl = write_predictions(out, preds)
     log_preview(preds)
     if args.save_images and sources:
-        by_image: dict[str, list[str]] = {}
-        for p in preds:
-            by_image.setdefault(p["image"], []).append(f"[{p['style']}] {p['caption']}" if p["style"] else p["caption"])
+        by_image = captions_by_image(preds)
         (out / "images").mkdir(parents=True, exist_ok=True)
         for name, caps in by_image.items():
             captioned_image(sources[name], caps).save(out / "images" / (Path(name).stem + ".jpg"), quality=90)

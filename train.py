@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(run_dir / "train.log")
     else:
         setup_logging(None, quiet=True)
-    if args.resume is None and ckpts.newest() is not None:
+    newest = ckpts.newest()  # opens every checkpoint's header: once
+    if args.resume is None and newest is not None:
         raise UserError(f"run folder {run_dir} already has checkpoints; pass --resume auto to continue "
                         "or a new --output_path")
 
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
     state = TrainState()
 
-    resume = ckpts.newest() if args.resume == "auto" else (Path(args.resume) if args.resume else None)
+    resume = newest if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     if resume is not None:
         ck = torch.load(resume, map_location="cpu", weights_only=True)
         missing, unexpected = model.load_state_dict(ck["model"], strict=False)

@@ -158,28 +158,34 @@ def run_eval_mode(args) -> int:
     if args.no_java:
         argv += ["--no_java"]
     rc = evaluate.main(argv)
-    _tensorboard_eval(out, preds, data, meta)
+    _tensorboard_eval(out, preds, meta)
     logger.info(f"predictions, metrics.json and report.html in {out}")
     return rc
 
 
-def _tensorboard_eval(out: Path, preds: list[dict], data: dict, meta: dict, n_images: int = 8) -> None:
+def captions_by_image(preds: list[dict]) -> dict[str, list[str]]:
+    """image -> its captions labelled with their style ("[Happy] ..."), for drawing under the image."""
+    out: dict[str, list[str]] = {}
+    for p in preds:
+        out.setdefault(p["image"], []).append(f"[{p['style']}] {p['caption']}" if p.get("style") else p["caption"])
+    return out
+
+
+def _tensorboard_eval(out: Path, preds: list[dict], meta: dict, n_images: int = 8) -> None:
     """Metrics as scalars and a few images with their captions, for `tensorboard --logdir`."""
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
+    from evaluate import image_paths_for
+    from stylecap.metrics import STANDARD
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    by_image = captions_by_image(preds)
+    image_dir = meta.get("image_dir")
+    files = image_paths_for(image_dir, list(by_image), None) if image_dir and Path(image_dir).is_dir() else {}
     with SummaryWriter(str(out)) as w:
-        for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE"):
+        for k in STANDARD:
             if metrics.get(k) is not None:
                 w.add_scalar(f"eval/{k}", metrics[k], 0)
-        image_dir = Path(meta.get("image_dir") or "")
-        by_image: dict[str, list[str]] = {}
-        for p in preds:
-            by_image.setdefault(p["image"], []).append(f"[{p['style']}] {p['caption']}" if p.get("style") else p["caption"])
-        shown = 0
-        for image_id, caps in by_image.items():
-            files = [f for f in (image_dir / image_id, image_dir / f"{image_id}.jpg") if f.is_file()]
-            if not files or shown >= n_images:
-                continue
-            w.add_image(f"eval/captions/{shown}", np.asarray(captioned_image(files[0], caps, 320)), 0, dataformats="HWC")
-            shown += 1
+        shown = [image_id for image_id in by_image if image_id in files][:n_images]
+        for i, image_id in enumerate(shown):
+            img = captioned_image(files[image_id], by_image[image_id], 320)
+            w.add_image(f"eval/captions/{i}", np.asarray(img), 0, dataformats="HWC")
