@@ -6,22 +6,22 @@ from the checkpoint alone. ClipCap's released state dicts (coco_weights.pt, ...)
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
-from functools import lru_cache
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
-from typing import NamedTuple
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.errors import UserError
 from models.mapper import build_mapper
 from models.tokenizer import CaptionTokenizer, load_hf_tokenizer
-from stylecap.utils import UserError
 
 STYLE_MODES = ("embedding", "token", "prompt", "none")
 CHECKPOINT_FORMAT = "stylecap-checkpoint-v1"
@@ -173,8 +173,8 @@ class StyleCapModel(nn.Module):
         if self.cfg.style_mode == "none":
             return 0
         if style not in self.tokenizer.style_index:
-            from stylecap.styles import closest
-            raise UserError(f"unknown style {style!r}; closest valid: {closest(str(style), self.cfg.styles)} "
+            near = difflib.get_close_matches(str(style), self.cfg.styles, n=3, cutoff=0.0)
+            raise UserError(f"unknown style {style!r}; closest valid: {near} "
                             f"(the model knows {len(self.cfg.styles)} styles; --style all captions in every one)")
         return self.tokenizer.style_index[style]
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from models.captioner import StyleCapModel
-from stylecap.utils import UserError
+from models.errors import UserError
 
 
 @dataclass

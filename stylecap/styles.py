@@ -4,7 +4,6 @@ Trait strings are matched exactly: glosses such as "Appreciative (Grateful)" are
 """
 from __future__ import annotations
 
-import difflib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +28,3 @@ def trait_group(trait: str) -> str | None:
             return group
     return None
 
-
-def closest(name: str, choices: list[str], n: int = 3) -> list[str]:
-    """The closest valid names, for 'unknown style' errors."""
-    return difflib.get_close_matches(name, choices, n=n, cutoff=0.0)

@@ -12,11 +12,9 @@ from typing import Any, Callable
 
 import torch
 
+from models.errors import UserError  # re-exported: the one user-facing error class
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-class UserError(Exception):
-    """Bad input from the user. Entry points print its message as one line and exit 2."""
 
 
 def run_main(main: Callable[[], int]) -> None:
