@@ -7,6 +7,7 @@ one-image-at-a-time output.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,20 @@ def context_embeds(model: StyleCapModel, features: torch.Tensor, styles: list[st
     return torch.cat((prefix, model.embed_tokens(ctx).to(prefix.dtype)), dim=1)
 
 
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run the block with ``model`` in eval mode (no dropout), then restore its previous mode.
+
+    Every decode goes through here: validation during training (which runs between train steps),
+    evaluation, prediction and the benchmarks all caption with dropout off."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.inference_mode()
 def sequence_logprob(model: StyleCapModel, embeds: torch.Tensor, tokens: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
     """Sum of log p(token) over the first n_tokens[i] tokens of each row, given the context embeds.
@@ -80,8 +95,16 @@ def generate_captions(model: StyleCapModel, features: torch.Tensor, styles: list
                       dc: DecodeConfig = DecodeConfig(), with_scores: bool = True) -> list[list[dict]]:
     """features (B, D) -> for each row, ``num_generate`` dicts {"caption", "score", "tokens"}.
 
-    ``score`` is the caption's log-probability under the model, summed over its tokens (END included).
+    ``score`` is the caption's log-probability under the model, summed over its tokens (END included);
+    None with ``with_scores=False``, which also keeps no per-step logits (validation needs no scores).
+    The model decodes in eval mode whatever its mode; its mode is restored afterwards.
     """
+    with eval_mode(model):
+        return _generate(model, features, styles, dc, with_scores)
+
+
+def _generate(model: StyleCapModel, features: torch.Tensor, styles: list[str | None] | None,
+              dc: DecodeConfig, with_scores: bool) -> list[list[dict]]:
     dc.check()
     device = next(model.parameters()).device
     tok = model.tokenizer

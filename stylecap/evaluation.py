@@ -74,15 +74,17 @@ def eval_items(data: dict, model: StyleCapModel, styles: list[str] | None = None
 
 
 def caption_items(model: StyleCapModel, features: torch.Tensor, items: list[tuple[str, int, str | None]],
-                  dc: DecodeConfig, batch_size: int = 64, progress: bool = False) -> list[dict]:
-    """Predictions {"image", "style", "caption", "score"}, ``num_generate`` per item, in item order."""
+                  dc: DecodeConfig, batch_size: int = 64, progress: bool = False,
+                  with_scores: bool = True) -> list[dict]:
+    """Predictions {"image", "style", "caption", "score"}, ``num_generate`` per item, in item order.
+    ``with_scores=False``: score None, and generate() keeps no per-step logits (less memory)."""
     from tqdm import tqdm
     device = next(model.parameters()).device
     preds = []
     for start in tqdm(range(0, len(items), batch_size), disable=not progress, desc="captioning", leave=False):
         chunk = items[start:start + batch_size]
         feats = features[[row for _, row, _ in chunk]].to(device)
-        outs = generate_captions(model, feats, [s for _, _, s in chunk], dc)
+        outs = generate_captions(model, feats, [s for _, _, s in chunk], dc, with_scores)
         for (image_id, _, style), gens in zip(chunk, outs):
             for g in gens:
                 preds.append({"image": image_id, "style": style, "caption": g["caption"], "score": g["score"]})
@@ -113,7 +115,7 @@ def quick_caption_metrics(model: StyleCapModel, data: dict, n_images: int, batch
     (no METEOR/SPICE: they start Java and cost seconds). Used at each epoch end to keep ``best``."""
     from stylecap.metrics import match_predictions, score_captions
     preds = caption_items(model, data["clip_embedding"], eval_items(data, model, max_images=n_images),
-                          DecodeConfig(), batch_size)
+                          DecodeConfig(), batch_size, with_scores=False)
     mt = match_predictions(preds, references_of(data))
     scores = score_captions(mt.predictions, {k: mt.references[k] for k in mt.predictions}, spice=False,
                             metrics=("BLEU", "ROUGE-L", "CIDEr"), quiet=True)

@@ -131,3 +131,27 @@ def test_normalize_prefix_is_applied(small_models):
     model = make(small_models, normalize_prefix=True)
     x = torch.randn(2, 512)
     assert torch.allclose(model.prefix(x), model.prefix(x * 7.0), atol=1e-5)
+
+
+def test_decoding_runs_in_eval_mode_and_restores_train_mode(small_models):
+    """Issue 8 item 1: a model in train mode (dropout on) decodes exactly as in eval mode, comes back in
+    train mode, and validation decoding (with_scores=False) keeps none of generate()'s per-step logits."""
+    model = make(small_models, style_mode="embedding", styles=STYLES)
+    feats = torch.randn(6, 512)
+    styles = [STYLES[i % 3] for i in range(6)]
+    dc = DecodeConfig(max_len=8)
+    expected = [o[0]["tokens"] for o in generate_captions(model.eval(), feats, styles, dc)]
+    seen = []
+    real_generate = model.gpt.generate
+
+    def recording_generate(*args, **kwargs):  # the real generate(), with its options recorded
+        seen.append(kwargs.get("output_logits", False))
+        return real_generate(*args, **kwargs)
+
+    model.gpt.generate = recording_generate
+    model.train()
+    for _ in range(3):  # dropout would make these differ from each other and from eval mode
+        outs = generate_captions(model, feats, styles, dc, with_scores=False)
+        assert [o[0]["tokens"] for o in outs] == expected and all(o[0]["score"] is None for o in outs)
+        assert model.training and model.gpt.training
+    assert seen and not any(seen)

@@ -134,3 +134,17 @@ def test_ddp_two_processes_gloo(small_models, features, tmp_path):
     assert cfg["world_size"] == 2 and cfg["effective_batch_size"] == 16
     assert "effective batch size 16" in (out / "train.log").read_text()
     assert (out / "checkpoints" / "last.pt").is_file()
+
+
+def test_validation_decodes_in_eval_mode_val_cider_equals_eval_mode(small_models, features, tmp_path):
+    """Issue 8 item 1: the epoch-end val/CIDEr is what `train.py --mode eval` reports for last.pt."""
+    val = synthetic_features(tmp_path / "val.pkl", n_images=12, seed=1)
+    out = tmp_path / "run"
+    argv = base_args(small_models, features, out, "--epochs", "2", "--val_path", str(val)) + ["--eval_subset", "100"]
+    assert train.main(argv) == 0
+    logged = torch.load(out / "checkpoints/last.pt", weights_only=True)["train_state"]["history"][-1]["CIDEr"]
+    ev = tmp_path / "eval"
+    assert train.main(["--mode", "eval", "--model_path", str(out / "checkpoints/last.pt"), "--data_path", str(val),
+                       "--output_path", str(ev)]) == 0
+    reported = json.loads((ev / "metrics.json").read_text())["CIDEr"]
+    assert reported > 0 and logged == pytest.approx(reported, rel=1e-9, abs=1e-12)
