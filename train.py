@@ -7,10 +7,9 @@ r"""Train a StyleCap model (ClipCap mapper + style + GPT-2) on feature files; or
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
-import signal
-import sys
 import time
 from dataclasses import asdict
 from functools import partial
@@ -21,12 +20,14 @@ import torch.distributed as dist
 from loguru import logger
 from torch.utils.data import DataLoader, DistributedSampler
 
-from models import ModelConfig, build_model, checkpoint_payload, load_model
+from models import ModelConfig, build_model, checkpoint_payload
+from models.captioner import gpt2_fingerprint, load_checkpoint_file
 from models.decoding import DecodeConfig, generate_captions
-from stylecap.data import CaptionDataset, SkipSampler, collate, encode_data, split_by_image, style_vocabulary
+from stylecap.data import (CaptionDataset, SkipSampler, collate, drop_unknown_styles, encode_data, split_by_image,
+                           style_vocabulary)
 from stylecap.evaluation import add_decode_args
-from stylecap.engine import (CheckpointManager, TrainState, evaluate_loss, rng_state, set_rng_state,
-                             train_one_epoch)
+from stylecap.engine import (CheckpointManager, GracefulStop, TrainState, all_rng_states, evaluate_loss,
+                             set_rng_state, train_one_epoch)
 from stylecap.features import load_features
 from stylecap.utils import UserError, atomic_write_json, code_version, resolve_device, run_main, setup_logging
 
@@ -58,7 +59,7 @@ def get_parser() -> argparse.ArgumentParser:
     a("--max_len", type=int, default=64, help="caption tokens kept in training (longer ones are truncated)")
     # optimisation
     a("--lr", type=float, default=2e-5, help="AdamW learning rate")
-    a("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
+    a("--weight_decay", type=float, default=0.0, help="AdamW weight decay (ClipCap's: 0.0)")
     a("--epochs", type=int, default=10, help="training epochs")
     a("--bs_train", type=int, default=40, help="batch size per process")
     a("--bs_eval", type=int, default=64, help="batch size for validation loss and decoding")
@@ -66,10 +67,12 @@ def get_parser() -> argparse.ArgumentParser:
     a("--warmup_steps", type=int, default=5000, help="linear warm-up steps, then linear decay to 0")
     a("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (0 = off)")
     a("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-      help="autocast precision; fp16 uses a GradScaler and needs CUDA")
+      help="autocast precision; fp16 uses a GradScaler (meant for GPUs; it also runs on the CPU, slowly)")
     a("--seed", type=int, default=42, help="seed for weights, data order and dropout")
     a("--num_workers", type=int, default=0, help="DataLoader workers (features are in memory; 0 is usually best)")
     a("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
+    a("--ddp_timeout", type=float, default=120, help="minutes a DDP rank waits for the others (e.g. while rank 0 "
+      "validates) before the run fails instead of hanging")
     # checkpoints and evaluation
     a("--save_by", choices=["step", "epoch"], default="epoch", help="periodic checkpoints every --save_step or epoch")
     a("--save_step", type=int, default=1000, help="optimizer steps between checkpoints with --save_by step")
@@ -115,14 +118,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU, nccl on CUDA."""
+def setup_distributed(device_flag: str, timeout_min: float) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU, nccl on CUDA.
+    ``timeout_min`` bounds every collective, the barrier behind rank 0's validation included."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, resolve_device(device_flag)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_flag != "cpu"
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_min))
     if use_cuda:
         torch.cuda.set_device(local)
     return dist.get_rank(), world, torch.device(f"cuda:{local}" if use_cuda else "cpu")
@@ -140,14 +144,32 @@ def make_loader(ds, batch_size, pad_id, sampler=None, num_workers=0, shuffle=Fal
                       pin_memory=torch.cuda.is_available(), drop_last=False)
 
 
+def check_resume(ck: dict, args, world: int, path: Path) -> None:
+    """An exact resume needs the batch layout and the frozen GPT-2 it was made with: refuse otherwise."""
+    old = ck.get("args") or {}
+    for flag in ("bs_train", "grad_accum"):
+        if flag in old and old[flag] != getattr(args, flag):
+            raise UserError(f"--resume {path}: it was made with --{flag} {old[flag]}, this run has --{flag} "
+                            f"{getattr(args, flag)}; resume with the same setting, or start a new --output_path")
+    changed = [f"--{f} {old[f]} -> {getattr(args, f)}" for f in ("epochs", "lr", "warmup_steps")
+               if f in old and old[f] != getattr(args, f)]
+    if changed:
+        logger.warning(f"--resume {path}: {', '.join(changed)}: the LR schedule is recomputed for the new settings, "
+                       "so this run will not equal an uninterrupted one")
+    if ck.get("world_size", 1) != world:
+        raise UserError(f"--resume {path}: it was made with {ck.get('world_size', 1)} processes, this run has {world}; "
+                        "resume with the same torchrun --nproc_per_node, or start a new --output_path")
+    if not args.finetune_gpt2 and ck.get("gpt2_fingerprint") not in (None, gpt2_fingerprint(args.gpt2_path)):
+        raise UserError(f"--resume {path}: the frozen GPT-2 in {args.gpt2_path} is not the one the run was trained "
+                        "with (weights fingerprint differs); pass --gpt2_path with the original GPT-2 folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.mode == "eval":
         from stylecap.evaluation import run_eval_mode
         return run_eval_mode(args)
-    rank, world, device = setup_distributed(args.device)
-    if args.precision == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs a CUDA GPU; on the CPU use --precision bf16 or fp32")
+    rank, world, device = setup_distributed(args.device, args.ddp_timeout)
     train_data = load_features(args.data_path)
     if args.val_path:
         val_data = load_features(args.val_path)
@@ -165,12 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(run_dir / "train.log")
     else:
         setup_logging(None, quiet=True)
+    val_data = drop_unknown_styles(val_data, styles)  # before any work: no epoch is lost to it
     newest = ckpts.newest()  # opens every checkpoint's header: once
     if args.resume is None and newest is not None:
         raise UserError(f"run folder {run_dir} already has checkpoints; pass --resume auto to continue "
                         "or a new --output_path")
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
     cfg = ModelConfig(gpt2_path=args.gpt2_path, mapping_type=args.mapping_type, prefix_len=args.prefix_len,
                       constant_len=args.constant_len, clip_size=args.clip_size, num_layers=args.num_layers,
                       style_mode=args.style_mode, styles=styles, style_dim=args.style_dim,
@@ -180,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.data_path} has {dim}-d features but --clip_size is {args.clip_size}; "
                         f"pass --clip_size {dim}")
     model = build_model(cfg)
+    torch.manual_seed(args.seed + rank)  # then each rank its own dropout stream
     if args.gradient_checkpointing:
-        model.gpt.gradient_checkpointing_enable()
+        model.gpt.activation_checkpointing_enable()
     model.to(device)
     tok = model.tokenizer
     cache = run_dir / "cache"
@@ -200,12 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_epoch = -(-batches_per_epoch // args.grad_accum)
     from transformers import get_linear_schedule_with_warmup
     scheduler = get_linear_schedule_with_warmup(optimizer, args.warmup_steps, args.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
     state = TrainState()
 
     resume = newest if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     if resume is not None:
-        ck = torch.load(resume, map_location="cpu", weights_only=True)
+        ck = load_checkpoint_file(resume)
+        check_resume(ck, args, world, resume)
         missing, unexpected = model.load_state_dict(ck["model"], strict=False)
         if unexpected or [k for k in missing if args.finetune_gpt2 or not k.startswith("gpt.")]:
             raise UserError(f"{resume} does not fit these settings (missing {missing[:2]}, unexpected {unexpected[:2]}); "
@@ -216,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             scaler.load_state_dict(ck["scaler"])
         state = TrainState(**ck["train_state"])
         state.last_checkpoint = str(resume)
-        set_rng_state(ck["rng"])
+        set_rng_state(ck.get("rng_per_rank", [ck["rng"]])[rank])
         logger.info(f"resumed from {resume} at step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch}")
     elif args.resume == "auto":
         logger.info(f"--resume auto: no checkpoint in {ckpts.folder}, starting fresh")
@@ -239,25 +264,31 @@ def main(argv: list[str] | None = None) -> int:
             "effective_batch_size": args.bs_train * world * args.grad_accum})
         logger.info(f"run folder {run_dir}; {len(train_ds)} train / {len(val_ds)} val captions; styles: {len(styles)}; "
                     f"trainable parameters {n_train / 1e6:.1f}M; effective batch size "
-                    f"{args.bs_train * world * args.grad_accum} ({args.bs_train} x {world} processes x {args.grad_accum} accum)")
+                    f"{args.bs_train * world * args.grad_accum} ({args.bs_train} x {world} processes x {args.grad_accum} accum)"
+                    + (f"; DDP timeout {args.ddp_timeout:g} min" if world > 1 else ""))
 
     val_loader = make_loader(val_ds, args.bs_eval, tok.pad_id)
     sample_rows = _sample_rows(val_data, args.num_samples)
 
-    def save(name: str) -> Path | None:
+    def save(name: str, rngs: list[dict] | None = None) -> Path | None:
+        """Write a checkpoint from rank 0. Without ``rngs`` this gathers every rank's RNG state, so all
+        ranks must call it."""
+        rngs = rngs if rngs is not None else all_rng_states()
         if rank != 0:
             return None
         payload = checkpoint_payload(model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                      scaler=scaler.state_dict() if scaler is not None else None,
-                                     train_state=asdict(state), rng=rng_state(), args=vars(args))
+                                     train_state=asdict(state), rng=rngs[0], rng_per_rank=rngs, world_size=world,
+                                     args=vars(args))
         path = ckpts.save(payload, name)
         state.last_checkpoint = str(path)
         return path
 
     def validate(tag_step: int, epoch_end: bool) -> dict:
         """Val loss (whole set) + samples; at epoch ends also caption metrics on --eval_subset images.
-        ``best`` is kept by CIDEr when caption metrics run, else by val loss."""
+        ``best`` is kept by CIDEr when caption metrics run, else by val loss. All ranks call it."""
         metrics = {}
+        rngs = all_rng_states()  # validation draws no random numbers: the state to save for best.pt
         if rank == 0:
             metrics = evaluate_loss(model, val_loader, device=device, precision=args.precision)
             writer.add_scalar("val/loss", metrics["loss"], tag_step)
@@ -275,42 +306,48 @@ def main(argv: list[str] | None = None) -> int:
             score = metrics.get("CIDEr") if by_cider else -metrics["loss"]
             if score is not None and (state.best_metric is None or score > state.best_metric):
                 state.best_metric = score
-                save("best.pt")
+                save("best.pt", rngs)
         if world > 1:
-            dist.barrier()
+            dist.barrier()  # bounded by --ddp_timeout
         return metrics
 
-    def on_step(st: TrainState, m: dict) -> None:
+    def on_step(st: TrainState, m: dict) -> bool:
+        """Logging, validation and periodic checkpoints after each optimizer step; True = stop here."""
         if rank == 0:
-            writer.add_scalar("train/loss", m["loss"], st.step)
-            writer.add_scalar("train/lr", m["lr"], st.step)
-            writer.add_scalar("train/samples_per_s", m["samples_per_s"], st.step)
+            for k in ("loss", "lr", "samples_per_s", "grad_norm"):
+                writer.add_scalar(f"train/{k}", m[k], st.step)
         if args.eval_step and st.step % args.eval_step == 0:
             validate(st.step, epoch_end=False)
         if args.save_by == "step" and st.step % args.save_step == 0:
             save(f"step_{st.step:08d}.pt")
-        if os.environ.get("STYLECAP_TEST_SIGNAL", "").startswith(f"{st.step}:"):  # tests: kill -9 / Ctrl-C mid-run
-            os.kill(os.getpid(), getattr(signal, "SIG" + os.environ["STYLECAP_TEST_SIGNAL"].split(":")[1]))
+        return stop.agreed()
 
     t0 = time.time()
     try:
-        while state.epoch < args.epochs:
-            sampler.set_epoch(state.epoch)
-            loader = make_loader(train_ds, args.bs_train, tok.pad_id, SkipSampler(sampler, state.batch_in_epoch * args.bs_train),
-                                 args.num_workers)
-            stats = train_one_epoch(train_model, loader, optimizer, scheduler, state, device=device,
-                                    precision=args.precision, scaler=scaler, grad_accum=args.grad_accum,
-                                    max_grad_norm=args.max_grad_norm, on_step=on_step, show_progress=rank == 0,
-                                    total_batches=batches_per_epoch)
-            logger.info(f"epoch {state.epoch}: train/loss {stats['loss']:.4f}, {stats['samples_per_s']:.1f} samples/s")
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            state.history.append({"epoch": state.epoch, **validate(state.step, epoch_end=True)})
-            if args.save_by == "epoch":
-                save(f"epoch_{state.epoch:04d}.pt")
-    except KeyboardInterrupt:
-        path = save(f"step_{state.step:08d}.pt")
-        logger.warning(f"interrupted: saved {path}; continue with --resume auto")
+        with GracefulStop() as stop:
+            while state.epoch < args.epochs:
+                sampler.set_epoch(state.epoch)
+                loader = make_loader(train_ds, args.bs_train, tok.pad_id,
+                                     SkipSampler(sampler, state.batch_in_epoch * args.bs_train), args.num_workers)
+                stats = train_one_epoch(train_model, loader, optimizer, scheduler, state, device=device,
+                                        precision=args.precision, scaler=scaler, grad_accum=args.grad_accum,
+                                        max_grad_norm=args.max_grad_norm, on_step=on_step, show_progress=rank == 0,
+                                        total_batches=batches_per_epoch)
+                if not stats["stopped"]:
+                    logger.info(f"epoch {state.epoch}: train/loss {stats['loss']:.4f}, "
+                                f"{stats['samples_per_s']:.1f} samples/s")
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+                    state.history.append({"epoch": state.epoch, **validate(state.step, epoch_end=True)})
+                    if args.save_by == "epoch":
+                        save(f"epoch_{state.epoch:04d}.pt")
+                if stats["stopped"] or stop.agreed():  # at a step boundary: the checkpoint loses nothing
+                    path = save(f"step_{state.step:08d}.pt")
+                    if rank == 0:
+                        logger.warning(f"stopped: saved {path}; continue with --resume auto")
+                    return stop.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C: abort now
+        logger.warning(f"aborted without saving; the last checkpoint is {state.last_checkpoint or 'none'}")
         return 130
     save("last.pt")
     if rank == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import pickle
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
@@ -29,8 +30,9 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".
 
 
 class CaptionLoss(NamedTuple):
-    loss: torch.Tensor  # mean cross-entropy over the labelled tokens
-    n_tokens: int       # how many tokens were labelled
+    loss: torch.Tensor      # mean cross-entropy over the labelled tokens
+    n_tokens: int           # how many tokens were labelled
+    loss_sum: torch.Tensor  # summed cross-entropy: the training objective sums over the effective batch
 
 
 @dataclass
@@ -108,14 +110,13 @@ class StyleCapModel(nn.Module):
         if self.style_token_embedding is not None:
             nn.init.normal_(self.style_token_embedding.weight, std=0.02)  # GPT-2's embedding init
         if not cfg.finetune_gpt2:
+            # Frozen: no gradients, and no dropout noise in its activations. Dropout is switched off
+            # (p = 0) rather than holding GPT-2 in eval mode, because transformers only runs gradient
+            # checkpointing in train mode: in train mode with p = 0 the output equals eval mode's.
             self.gpt.requires_grad_(False)
-            self.gpt.eval()
-
-    def train(self, mode: bool = True) -> "StyleCapModel":
-        super().train(mode)
-        if not self.cfg.finetune_gpt2:
-            self.gpt.eval()  # a frozen GPT-2 stays in eval mode: no dropout noise in its activations
-        return self
+            for m in self.gpt.modules():
+                if isinstance(m, nn.Dropout):
+                    m.p = 0.0
 
     # ---- pieces -----------------------------------------------------------------------------------
     def prefix(self, features: torch.Tensor, style_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -158,8 +159,9 @@ class StyleCapModel(nn.Module):
         predicting = hidden[:, k - 1:-1]  # (B, T, E)
         keep = labels != -100  # (B, T)
         logits = self.gpt.lm_head(predicting[keep])  # (N, V)
-        loss = F.cross_entropy(logits.float(), labels[keep])
-        return CaptionLoss(loss, int(keep.sum()))
+        loss_sum = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+        n = int(keep.sum())
+        return CaptionLoss(loss_sum / max(n, 1), n, loss_sum)
 
     # ---- saving -----------------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -292,16 +294,28 @@ def import_clipcap(state: dict[str, torch.Tensor], gpt2_path: str) -> StyleCapMo
     return model
 
 
+def load_checkpoint_file(path: str | Path, mmap: bool = False) -> Any:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only``): a checkpoint is a
+    pickle, and a pickle can run code. Anything else is refused with a one-line UserError that does not
+    repeat torch's advice to retry with weights_only=False (following it would run the file's code)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise UserError(f"refused to load {path}: it holds objects other than tensors and plain containers "
+                        "(a pickle that could run code); StyleCap loads only checkpoints made of weights, "
+                        "such as train.py's and ClipCap's") from None
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a loadable checkpoint ({reason}); was it fully written?") from None
+
+
 def load_model(path: str | Path, gpt2_path: str | None = None, device: str | torch.device = "cpu") -> StyleCapModel:
     """A StyleCap checkpoint (rebuilt from itself alone) or a ClipCap state dict (needs ``gpt2_path``)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file {path} not found; train one with train.py (checkpoints are in the run "
                         "folder, e.g. output/<run>/checkpoints/best.pt)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is not a loadable checkpoint ({str(e).splitlines()[0][:200]})") from None
+    ckpt = load_checkpoint_file(path)
     if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
         model = model_from_checkpoint(ckpt, gpt2_path)
     elif isinstance(ckpt, dict) and any(k.startswith("clip_project.") for k in ckpt):

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from models.tokenizer import CaptionTokenizer
 from stylecap.styles import all_traits
-from stylecap.utils import atomic_torch_save, sha256_file
+from stylecap.utils import UserError, atomic_torch_save, sha256_file
 
 
 def style_vocabulary(captions: list[dict]) -> list[str]:
@@ -21,6 +21,31 @@ def style_vocabulary(captions: list[dict]) -> list[str]:
     present = {c["style"] for c in captions if c.get("style") is not None}
     known = [t for t in all_traits() if t in present]
     return known + sorted(present - set(known))
+
+
+def drop_unknown_styles(data: dict, styles: list[str], what: str = "validation") -> dict:
+    """Leave out the records whose style the model does not know (absent from the training data),
+    with one warning that names each such style and its count. Validation has no other sensible
+    choice: a style the model never saw has no embedding or token to condition on. A plain model
+    (no styles) keeps every record."""
+    if not styles:
+        return data
+    known = set(styles)
+    unknown: dict[str, int] = {}
+    for c in data["captions"]:
+        if c.get("style") not in known:
+            unknown[str(c.get("style"))] = unknown.get(str(c.get("style")), 0) + 1
+    if not unknown:
+        return data
+    n = sum(unknown.values())
+    kept = [c for c in data["captions"] if c.get("style") in known]
+    listed = ", ".join(f"{s!r} ({k})" for s, k in sorted(unknown.items(), key=lambda x: -x[1]))
+    if not kept:
+        raise UserError(f"none of the {n} {what} records has a style of the training data (they have {listed}); "
+                        "give a --val_path with the training styles, or leave --val_path out for a split of --data_path")
+    logger.warning(f"{n} {what} records in {len(unknown)} style{'s' if len(unknown) > 1 else ''} unknown to the "
+                   f"training data are left out: {listed}")
+    return {**data, "captions": kept}
 
 
 def split_by_image(data: dict, val_fraction: float, seed: int) -> tuple[dict, dict]:
@@ -85,6 +110,9 @@ def encode_data(data: dict, tok: CaptionTokenizer, max_len: int, cache_dir: Path
             logger.info(f"tokens: loaded from cache {path.name}")
             return enc
     caps = data["captions"]
+    unknown = {c.get("style") for c in caps} - set(tok.style_index) if tok.style_mode != "none" else set()
+    if unknown:  # never silently style 0: drop_unknown_styles runs first, so this is a bug if it happens
+        raise UserError(f"styles unknown to the model in {source or 'the data'}: {sorted(map(str, unknown))[:5]}")
     ids = tok.encode_captions([c["caption"] for c in caps])
     truncated = 0
     tokens, n_ctx = [], []

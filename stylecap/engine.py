@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +14,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from loguru import logger
 from tqdm import tqdm
 
+from models.captioner import load_checkpoint_file
 from stylecap.utils import UserError, atomic_torch_save
 
 
@@ -39,6 +43,10 @@ def autocast_ctx(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def rng_state() -> dict:
     st = {"torch": torch.get_rng_state(), "python": list(_to_lists(random.getstate())),
           "numpy": _to_lists(np.random.get_state())}
@@ -55,6 +63,17 @@ def _to_lists(x):
     return x
 
 
+def all_rng_states() -> list[dict]:
+    """Every rank's RNG state, in rank order (a collective under DDP: all ranks must call it).
+    Each rank draws its own dropout masks, so an exact resume restores each rank's own stream."""
+    st = rng_state()
+    if _world_size() == 1:
+        return [st]
+    states: list = [None] * _world_size()
+    dist.all_gather_object(states, st)
+    return states
+
+
 def set_rng_state(st: dict) -> None:
     torch.set_rng_state(st["torch"])
     py = st["python"]
@@ -65,60 +84,146 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def accumulate_gradients(model, micro_batches: list[dict], state: TrainState, *, device: torch.device,
+                         precision: str = "fp32", scaler=None) -> dict:
+    """Forward + backward over the micro-batches of one optimizer step; gradients are left in ``.grad``.
+
+    The objective is the per-token mean over the whole effective batch: the sum of token losses over
+    every micro-batch and every DDP rank, divided by the global count of labelled tokens. ClipCap's
+    ``loss / grad_accum`` (a mean of per-batch means, then DDP's mean of per-rank means) weights a
+    token by how full its batch was. DDP averages gradients over ranks, so each rank scales its sum by
+    world / global_tokens. Returns {'loss': that mean, 'tokens': the global count}.
+    """
+    world = _world_size()
+    counts = torch.tensor([float((b["labels"] != -100).sum()) for b in micro_batches], dtype=torch.float64)
+    total_tokens = counts.sum().to(device)
+    if world > 1:  # one tiny collective per step: the token count of the whole effective batch
+        dist.all_reduce(total_tokens)
+    scale = world / total_tokens.item()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    no_sync = getattr(model, "no_sync", None)
+    for i, batch in enumerate(micro_batches):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        last = i == len(micro_batches) - 1  # DDP all-reduces the gradients once, after the last one
+        with (contextlib.nullcontext() if last or no_sync is None else no_sync()):
+            with autocast_ctx(device, precision):
+                out = model(batch["features"], batch["style_ids"], batch["input_ids"],
+                            batch["attention_mask"], batch["labels"])
+            if not torch.isfinite(out.loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({out.loss.item()}) at step {state.step + 1} (epoch {state.epoch}); last good "
+                    f"checkpoint: {state.last_checkpoint or 'none yet'}; lower --lr or use --precision fp32/bf16")
+            objective = out.loss_sum * scale
+            (scaler.scale(objective) if scaler is not None else objective).backward()
+        loss_sum += out.loss_sum.detach()
+    if world > 1:  # for logging only: the same mean on every rank
+        dist.all_reduce(loss_sum)
+    return {"loss": loss_sum.item() / total_tokens.item(), "tokens": int(total_tokens.item())}
+
+
+def optimizer_step(optimizer, scheduler, params: list, *, scaler=None, max_grad_norm: float = 0.0) -> dict:
+    """Unscale (fp16), clip, step, zero the gradients. Returns {'grad_norm', 'skipped'}.
+
+    With a GradScaler, a step whose gradients hold inf/nan is skipped by the scaler (which then backs
+    off its scale); the LR schedule then does not advance either."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    skipped = False
+    if scaler is not None:
+        scale = scaler.get_scale()
+        scaler.step(optimizer)  # skips optimizer.step() when the gradients are not finite
+        scaler.update()
+        skipped = scaler.get_scale() < scale
+    else:
+        optimizer.step()
+    if not skipped:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"grad_norm": float(norm), "skipped": skipped}
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, *, device: torch.device,
                     precision: str = "fp32", scaler=None, grad_accum: int = 1, max_grad_norm: float = 0.0,
-                    on_step: Callable[[TrainState, dict], None] | None = None, show_progress: bool = True,
+                    on_step: Callable[[TrainState, dict], bool] | None = None, show_progress: bool = True,
                     total_batches: int | None = None) -> dict:
-    """Run the rest of one epoch from ``state.batch_in_epoch``. Returns {'loss', 'samples_per_s', 'steps'}.
+    """Run the rest of one epoch from ``state.batch_in_epoch`` (always a step boundary).
 
-    ``on_step`` runs after every optimizer step (logging, checkpoints, validation). A non-finite loss
-    raises NonFiniteLossError naming the step.
+    Each optimizer step takes ``grad_accum`` micro-batches (fewer for the epoch's last step).
+    ``on_step`` runs after every step (logging, checkpoints, validation); returning True stops the
+    epoch there, at a step boundary. A non-finite loss raises NonFiniteLossError naming the step.
+    Returns {'loss' (per-token mean over the epoch's steps), 'samples_per_s', 'batches', 'stopped'}.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    total_loss, n_loss, n_samples, t0 = 0.0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, total=total_batches, initial=state.batch_in_epoch, disable=None if show_progress else True,
+    loss_sum, n_tokens, n_samples, n_batches, t0 = 0.0, 0, 0, 0, time.perf_counter()
+    stopped = False
+    batches = iter(loader)
+    bar = tqdm(total=total_batches, initial=state.batch_in_epoch, disable=None if show_progress else True,
                desc=f"epoch {state.epoch}", dynamic_ncols=True, leave=False)
-    for batch in bar:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        micro = state.batch_in_epoch % grad_accum
-        sync = micro == grad_accum - 1 or state.batch_in_epoch + 1 == total_batches
-        no_sync = getattr(model, "no_sync", None)
-        with (contextlib.nullcontext() if sync or no_sync is None else no_sync()):
-            with autocast_ctx(device, precision):
-                loss = model(batch["features"], batch["style_ids"], batch["input_ids"],
-                             batch["attention_mask"], batch["labels"]).loss
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at step {state.step + 1} (epoch {state.epoch}); last good "
-                    f"checkpoint: {state.last_checkpoint or 'none yet'}; lower --lr or use --precision fp32/bf16")
-            scaled = loss / grad_accum
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        state.batch_in_epoch += 1
-        n_samples += batch["input_ids"].shape[0]
-        total_loss += loss.item()
-        n_loss += 1
-        if not sync:
-            continue
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    while group := list(itertools.islice(batches, grad_accum)):  # the micro-batches of one step
+        acc = accumulate_gradients(model, group, state, device=device, precision=precision, scaler=scaler)
+        stepped = optimizer_step(optimizer, scheduler, params, scaler=scaler, max_grad_norm=max_grad_norm)
+        if stepped["skipped"]:
+            logger.warning(f"step {state.step + 1}: fp16 gradients overflowed; step skipped, loss scale now "
+                           f"{scaler.get_scale():g}")
         state.step += 1
+        state.batch_in_epoch += len(group)
+        n_batches += len(group)
+        n_samples += sum(b["input_ids"].shape[0] for b in group)
+        loss_sum += acc["loss"] * acc["tokens"]
+        n_tokens += acc["tokens"]
+        bar.update(len(group))
         rate = n_samples / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", sps=f"{rate:.1f}")
-        if on_step is not None:
-            on_step(state, {"loss": loss.item(), "lr": scheduler.get_last_lr()[0], "samples_per_s": rate})
+        lr = scheduler.get_last_lr()[0]
+        bar.set_postfix(loss=f"{acc['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}")
+        if on_step is not None and on_step(state, {"loss": acc["loss"], "lr": lr, "samples_per_s": rate,
+                                                   "grad_norm": stepped["grad_norm"]}):
+            stopped = True
+            break
     bar.close()
-    return {"loss": total_loss / max(n_loss, 1), "samples_per_s": n_samples / max(time.perf_counter() - t0, 1e-9),
-            "batches": n_loss}
+    return {"loss": loss_sum / max(n_tokens, 1), "samples_per_s": n_samples / max(time.perf_counter() - t0, 1e-9),
+            "batches": n_batches, "stopped": stopped}
+
+
+class GracefulStop:
+    """Ctrl-C (SIGINT) or SIGTERM (a cluster's preemption) asks the run to stop at the next optimizer-step
+    boundary, where a checkpoint loses nothing: accumulated gradients are never dropped. A second signal
+    aborts at once (KeyboardInterrupt) and keeps the last checkpoint. Use as a context manager around
+    the training loop; ``agreed()`` is a collective under DDP, so every rank stops at the same step."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "GracefulStop":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        logger.warning(f"{signal.Signals(signum).name}: stopping after the current optimizer step and saving "
+                       "a checkpoint (send it again to abort without saving)")
+
+    def agreed(self) -> bool:
+        """True when any rank was asked to stop."""
+        flag = torch.tensor([float(self.signum is not None)])
+        if _world_size() > 1:
+            if dist.get_backend() == "nccl":
+                flag = flag.cuda()
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)  # the shell's convention: 130 for Ctrl-C
 
 
 @torch.inference_mode()
@@ -148,16 +253,18 @@ class CheckpointManager:
         self.folder, self.keep = Path(folder), keep
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def periodic(self) -> list[Path]:
-        """Periodic checkpoints, oldest first."""
-        found = [(int(m.group(2)), p) for p in self.folder.iterdir() if (m := self.PATTERN.match(p.name))]
+    def periodic(self, kind: str | None = None) -> list[Path]:
+        """Periodic checkpoints ('step' or 'epoch' ones, or both), oldest first."""
+        found = [(int(m.group(2)), p) for p in self.folder.iterdir()
+                 if (m := self.PATTERN.match(p.name)) and kind in (None, m.group(1))]
         return [p for _, p in sorted(found)]
 
     def save(self, payload: dict, name: str) -> Path:
         path = self.folder / name
         atomic_torch_save(payload, path)
-        if self.PATTERN.match(name) and self.keep > 0:
-            for old in self.periodic()[:-self.keep]:
+        m = self.PATTERN.match(name)
+        if m and self.keep > 0:  # keep-N within the kind: a stale step file never evicts epoch files
+            for old in self.periodic(m.group(1))[:-self.keep]:
                 old.unlink()
         return path
 
@@ -166,7 +273,7 @@ class CheckpointManager:
         cands = self.periodic() + [p for p in (self.folder / "last.pt",) if p.is_file()]
         best, best_step = None, -1
         for p in cands:
-            step = torch.load(p, map_location="cpu", weights_only=True, mmap=True)["train_state"]["step"]  # lazy: reads no weights
+            step = load_checkpoint_file(p, mmap=True)["train_state"]["step"]  # lazy: reads no weights
             if step > best_step:
                 best, best_step = p, step
         return best

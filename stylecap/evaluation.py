@@ -136,6 +136,7 @@ def run_eval_mode(args) -> int:
     device = resolve_device(args.device)
     model = load_model(model_path, args.gpt2_path, device)
     data = load_features(data_path)
+    torch.manual_seed(args.seed)  # --decode sample is repeatable
     dc = decode_config(args)
     dc.max_len = None  # train.py's --max_len is the training truncation; decode to the model's own limit
     preds = caption_items(model, data["clip_embedding"], eval_items(data, model), dc, args.bs_eval, progress=True)

@@ -81,11 +81,14 @@ def test_forward_backward_every_mapper_and_style_mode(small_models, mapping_type
     assert len(gens) == 2 and all(isinstance(g[0]["caption"], str) for g in gens)
 
 
-def test_frozen_gpt2_gets_no_gradient_stays_eval_and_is_not_saved(small_models):
+def test_frozen_gpt2_gets_no_gradient_no_dropout_and_is_not_saved(small_models):
     model = make(small_models, style_mode="token", styles=STYLES, finetune_gpt2=False)
-    model.train()
-    assert not model.gpt.training and model.clip_project.training
     b = batch_for(model, ["a red circle"], [STYLES[0]])
+    args = (b["features"], b["style_ids"], b["input_ids"], b["attention_mask"])
+    with torch.no_grad():
+        reference = model.eval()(*args).logits
+        model.train()  # GPT-2 follows train mode (gradient checkpointing needs it) but adds no dropout noise
+        assert model.gpt.training and torch.equal(model(*args).logits, reference)
     model(b["features"], b["style_ids"], b["input_ids"], b["attention_mask"], b["labels"]).loss.backward()
     assert all(p.grad is None and not p.requires_grad for p in model.gpt.parameters())
     assert model.style_token_embedding.weight.grad is not None
@@ -155,3 +158,20 @@ def test_decoding_runs_in_eval_mode_and_restores_train_mode(small_models):
         assert [o[0]["tokens"] for o in outs] == expected and all(o[0]["score"] is None for o in outs)
         assert model.training and model.gpt.training
     assert seen and not any(seen)
+
+
+def test_checkpoint_with_code_is_refused_without_relaying_torchs_advice(tmp_path):
+    """Issue 8 item 9: a checkpoint holding anything but tensors and plain containers is refused, and
+    the message never suggests weights_only=False (that advice is the attack)."""
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"format": "stylecap-checkpoint-v1", "model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError) as err:
+        load_model(tmp_path / "evil.pt")
+    msg = str(err.value)
+    assert "holds objects other than tensors and plain containers" in msg and "\n" not in msg
+    assert "weights_only" not in msg and not (tmp_path / "pwned").exists()

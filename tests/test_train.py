@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,16 @@ def base_args(small_models, data, out, *extra):
     return ["--data_path", str(data), "--gpt2_path", str(small_models / "small_gpt2"), "--output_path", str(out),
             "--bs_train", "8", "--bs_eval", "16", "--lr", "1e-3", "--warmup_steps", "2", "--finetune_gpt2",
             "--num_samples", "2", "--eval_subset", "0", "--seed", "3", *extra]
+
+
+def with_flag(argv: list[str], flag: str, value: str) -> list[str]:
+    """argv with ``flag`` set to ``value`` (replaced if present, else appended)."""
+    argv = list(argv)
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+    return argv
 
 
 def weights(path):
@@ -68,12 +81,49 @@ def test_existing_run_needs_resume(small_models, features, tmp_path):
         train.main(base_args(small_models, features, out, "--epochs", "1"))
 
 
+def _start(argv, tmp_path):
+    """train.py as a child process, as a user starts it (signals come from outside)."""
+    log = open(tmp_path / "child.log", "w")
+    return subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True)
+
+
+def _wait_for(path: Path, proc, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"train.py ended before {path.name} appeared"
+        assert time.time() < deadline, f"{path.name} did not appear"
+        time.sleep(0.02)
+
+
+class CtrlCAtForward:
+    """The user's Ctrl-C, sent to this process during the n-th forward pass of GPT-2 (counted over
+    every GPT2Model in the process, from outside train.py: a global module hook)."""
+
+    def __init__(self, n: int):
+        self.n, self.seen = n, 0
+
+    def __enter__(self):
+        def hook(module, inputs, output):
+            if type(module).__name__ == "GPT2Model":
+                self.seen += 1
+                if self.seen == self.n:
+                    os.kill(os.getpid(), signal.SIGINT)
+        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
 def test_kill9_and_resume_equals_uninterrupted(small_models, features, tmp_path):
-    args = lambda out: base_args(small_models, features, out, "--epochs", "2", "--save_by", "step", "--save_step", "3")
+    args = lambda out: base_args(small_models, features, out, "--epochs", "4", "--save_by", "step", "--save_step", "3",
+                                 "--max_checkpoint_num", "0")
     assert train.main(args(tmp_path / "a")) == 0
-    env = {**os.environ, "STYLECAP_TEST_SIGNAL": "6:KILL", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "train.py", *args(tmp_path / "b")], cwd=ROOT, env=env, capture_output=True)
-    assert proc.returncode == -9  # really killed, mid-epoch 2 (5 steps per epoch)
+    proc = _start(args(tmp_path / "b"), tmp_path)
+    _wait_for(tmp_path / "b" / "checkpoints" / "step_00000006.pt", proc)
+    proc.kill()  # kill -9 from outside, somewhere after step 6 of 20
+    assert proc.wait() == -9
     assert not (tmp_path / "b" / "checkpoints" / "last.pt").exists()
     assert train.main(args(tmp_path / "b") + ["--resume", "auto"]) == 0
     a, b = weights(tmp_path / "a/checkpoints/last.pt"), weights(tmp_path / "b/checkpoints/last.pt")
@@ -83,12 +133,96 @@ def test_kill9_and_resume_equals_uninterrupted(small_models, features, tmp_path)
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(small_models, features, tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "STYLECAP_TEST_SIGNAL": "3:INT", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "train.py", *base_args(small_models, features, out, "--epochs", "2")],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
-    assert proc.returncode == 130 and "Traceback" not in proc.stderr
-    ck = torch.load(out / "checkpoints" / "step_00000003.pt", weights_only=True)
-    assert ck["train_state"]["step"] == 3 and "--resume auto" in proc.stderr
+    proc = _start(base_args(small_models, features, out, "--epochs", "50", "--save_by", "step", "--save_step", "2"),
+                  tmp_path)
+    _wait_for(out / "checkpoints" / "step_00000002.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    text = (tmp_path / "child.log").read_text()
+    assert "Traceback" not in text and "--resume auto" in text
+    saved = [torch.load(p, weights_only=True)["train_state"] for p in (out / "checkpoints").glob("step_*.pt")]
+    assert max(st["step"] for st in saved) >= 2 and not (out / "checkpoints" / "last.pt").exists()
+
+
+def test_ctrl_c_mid_accumulation_saves_at_a_step_boundary_and_resumes_exactly(small_models, features, tmp_path):
+    """Issue 8 item 8: SIGINT during a micro-batch finishes that optimizer step, saves, and a resume
+    ends with the weights of an uninterrupted run (no accumulated gradient is dropped)."""
+    args = lambda out: base_args(small_models, features, out, "--epochs", "2", "--grad_accum", "2",
+                                 "--max_checkpoint_num", "0")
+    assert train.main(args(tmp_path / "a")) == 0
+    with CtrlCAtForward(3):  # micro-batch 1 of step 2 (5 batches per epoch, 2 per step)
+        assert train.main(args(tmp_path / "b")) == 130
+    ck = torch.load(tmp_path / "b/checkpoints/step_00000002.pt", weights_only=True)["train_state"]
+    assert ck["step"] == 2 and ck["batch_in_epoch"] == 4  # both micro-batches of step 2 were applied
+    assert train.main(args(tmp_path / "b") + ["--resume", "auto"]) == 0
+    a, b = weights(tmp_path / "a/checkpoints/last.pt"), weights(tmp_path / "b/checkpoints/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("flag,value", [("--bs_train", "4"), ("--grad_accum", "2")])
+def test_resume_with_other_batch_settings_is_refused(small_models, features, tmp_path, flag, value):
+    out = tmp_path / "run"
+    assert train.main(base_args(small_models, features, out, "--epochs", "1")) == 0
+    argv = with_flag(base_args(small_models, features, out, "--epochs", "2", "--resume", "auto"), flag, value)
+    with pytest.raises(UserError, match=f"{flag} "):
+        train.main(argv)
+
+
+def test_resume_checks_the_frozen_gpt2_fingerprint(small_models, features, tmp_path):
+    gpt2 = tmp_path / "gpt2"
+    shutil.copytree(small_models / "small_gpt2", gpt2)
+    out = tmp_path / "run"
+    argv = [a for a in base_args(small_models, features, out, "--epochs", "1") if a != "--finetune_gpt2"]
+    argv = with_flag(argv, "--gpt2_path", str(gpt2))
+    assert train.main(argv) == 0
+    from transformers import GPT2LMHeadModel
+    other = GPT2LMHeadModel.from_pretrained(str(gpt2))
+    with torch.no_grad():
+        other.transformer.wte.weight.mul_(1.5)
+    other.save_pretrained(str(gpt2))
+    with pytest.raises(UserError, match="fingerprint"):
+        train.main(with_flag(argv, "--epochs", "2") + ["--resume", "auto"])
+
+
+def test_fp16_on_cpu_checkpoints_the_scaler_and_resumes_it(small_models, features, tmp_path):
+    """Issue 8 item 7: --precision fp16 (autocast + GradScaler) runs on the CPU; its scaler state is in
+    every checkpoint and comes back on resume: interrupted + resumed == uninterrupted."""
+    args = lambda out: base_args(small_models, features, out, "--epochs", "2", "--precision", "fp16",
+                                 "--max_checkpoint_num", "0")
+    assert train.main(args(tmp_path / "a")) == 0
+    with CtrlCAtForward(3):
+        assert train.main(args(tmp_path / "b")) == 130
+    saved = torch.load(tmp_path / "b/checkpoints/step_00000003.pt", weights_only=True)["scaler"]
+    assert saved["scale"] > 0 and saved["_growth_tracker"] == 3  # 3 finite steps so far
+    assert train.main(args(tmp_path / "b") + ["--resume", "auto"]) == 0
+    a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)
+    assert a["scaler"] == b["scaler"] and b["scaler"]["_growth_tracker"] == 10  # restored, not restarted
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_unknown_validation_styles_are_left_out_with_a_warning(small_models, features, tmp_path):
+    """Issue 8 item 5: a validation style absent from training is named, counted and left out of
+    validation before training starts; nothing silently becomes style 0, no epoch is lost."""
+    val = tmp_path / "val.pkl"
+    synthetic_features(val, n_images=12, seed=1)
+    data = torch.load(val, weights_only=True)
+    for c in data["captions"][:5]:
+        c["style"] = "Sarcastic"
+    torch.save(data, val)
+    for mode in ("embedding", "token"):
+        out = tmp_path / mode
+        assert train.main(base_args(small_models, features, out, "--epochs", "1", "--val_path", str(val),
+                                    "--style_mode", mode, "--eval_subset", "100")) == 0
+        log = (out / "train.log").read_text()
+        assert "5 validation records in 1 style unknown to the training data are left out: 'Sarcastic' (5)" in log
+        assert (out / "checkpoints" / "epoch_0001.pt").is_file()
+
+
+def test_weight_decay_default_is_clipcaps():
+    """Issue 8 item 9: ClipCap's AdamW (transformers') had weight decay 0.0."""
+    args = train.parse_args(["--data_path", "x.pkl"])
+    assert args.weight_decay == 0.0 and args.lr == 2e-5 and args.warmup_steps == 5000 and args.bs_train == 40
 
 
 def test_frozen_gpt2_run_saves_only_mapper_and_style(small_models, features, tmp_path):
@@ -123,17 +257,37 @@ def test_nonfinite_loss_stops_loudly(small_models, tmp_path):
         train.main(base_args(small_models, bad, tmp_path / "run", "--epochs", "1"))
 
 
-def test_ddp_two_processes_gloo(small_models, features, tmp_path):
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "train.py", *base_args(small_models, features, out, "--epochs", "1", "--device", "cpu")]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=300)
+def _torchrun(argv: list[str], background: bool = False):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py", *argv]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if background:  # its own process group, so that a kill reaches torchrun and both ranks
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    cfg = json.loads((out / "config.json").read_text())
+
+
+def test_ddp_two_processes_gloo_resume_restores_each_ranks_rng(small_models, features, tmp_path):
+    """2 ranks on gloo; each rank has its own dropout stream, saved per rank and restored on resume:
+    killed mid-run + resumed ends with the weights of the uninterrupted run (issue 8 item 8)."""
+    args = lambda out: base_args(small_models, features, out, "--epochs", "4", "--device", "cpu",
+                                 "--ddp_timeout", "7", "--save_by", "step", "--save_step", "2",
+                                 "--max_checkpoint_num", "0")
+    _torchrun(args(tmp_path / "a"))
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["world_size"] == 2 and cfg["effective_batch_size"] == 16
-    assert "effective batch size 16" in (out / "train.log").read_text()
-    assert (out / "checkpoints" / "last.pt").is_file()
+    log = (tmp_path / "a" / "train.log").read_text()
+    assert "effective batch size 16" in log and "DDP timeout 7 min" in log
+    proc = _torchrun(args(tmp_path / "b"), background=True)
+    _wait_for(tmp_path / "b" / "checkpoints" / "step_00000004.pt", proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 torchrun and both ranks, mid-epoch 2 of 4
+    proc.wait()
+    rngs = torch.load(tmp_path / "b/checkpoints/step_00000004.pt", weights_only=True)["rng_per_rank"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])  # own streams
+    assert not (tmp_path / "b/checkpoints/last.pt").exists()
+    _torchrun(args(tmp_path / "b") + ["--resume", "auto"])
+    a, b = weights(tmp_path / "a/checkpoints/last.pt"), weights(tmp_path / "b/checkpoints/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_validation_decodes_in_eval_mode_val_cider_equals_eval_mode(small_models, features, tmp_path):
@@ -148,3 +302,12 @@ def test_validation_decodes_in_eval_mode_val_cider_equals_eval_mode(small_models
                        "--output_path", str(ev)]) == 0
     reported = json.loads((ev / "metrics.json").read_text())["CIDEr"]
     assert reported > 0 and logged == pytest.approx(reported, rel=1e-9, abs=1e-12)
+
+    # issue 8 item 8: eval-mode sampling is seeded with --seed
+    def sampled(seed: str, name: str) -> str:
+        assert train.main(["--mode", "eval", "--model_path", str(out / "checkpoints/last.pt"), "--data_path",
+                           str(val), "--output_path", str(tmp_path / name), "--no_java", "--decode", "sample",
+                           "--temperature", "3", "--seed", seed]) == 0
+        return (tmp_path / name / "predictions.jsonl").read_text()
+
+    assert sampled("1", "s1") == sampled("1", "s1b") != sampled("2", "s2")
