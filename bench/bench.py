@@ -59,12 +59,12 @@ TARGETS = {
 
 # Sizes per mode. Full mode is sized to finish well under 15 minutes on 2 cores.
 SIZES = {
-    "quick": dict(greedy_n=16, greedy_ref_n=8, beam_n=8, beam_ref_n=2, decode_rounds=2,
+    "quick": dict(decode_max_len=67, greedy_n=16, greedy_ref_n=8, beam_n=8, beam_ref_n=2, decode_rounds=2,
                   stop_train_captions=8, stop_train_steps=40, stop_train_lr=3e-3, stop_train_top=None,
                   stop_train_min=15, stop_train_check=5,
                   train_bs=8, train_rounds=3, extract_images=64, extract_bs=32, extract_ref_images=4,
                   extract_repeats=2, mem_images=10_000, mem_captions=50_000),
-    "full": dict(greedy_n=16, greedy_ref_n=16, beam_n=16, beam_ref_n=4, decode_rounds=4,
+    "full": dict(decode_max_len=67, greedy_n=16, greedy_ref_n=16, beam_n=16, beam_ref_n=4, decode_rounds=4,
                  stop_train_captions=16, stop_train_steps=100, stop_train_lr=2e-3, stop_train_top=2,
                  stop_train_min=30, stop_train_check=10,
                  train_bs=16, train_rounds=4, extract_images=128, extract_bs=32, extract_ref_images=6,
@@ -323,10 +323,10 @@ def bench_greedy(env: Env) -> dict:
     with eval_mode(model):  # every decode with dropout off (issue 8)
         feats = feats[:s["greedy_n"]]
         n_ref = s["greedy_ref_n"]
-        dc = DecodeConfig(strategy="greedy", max_len=67)
+        dc = DecodeConfig(strategy="greedy", max_len=s["decode_max_len"])
         generate_captions(model, feats, None, dc)  # warm-up
         generate_captions(model, feats, None, dc, with_scores=False)
-        reference.reference_greedy(model, feats[:1], max_tokens=67)
+        reference.reference_greedy(model, feats[:1], max_tokens=s["decode_max_len"])
         ours_t, ours_ns_t, ref_time, ref_out = [], [], 0.0, []
         ours_out = None
         for part in _chunks(n_ref, s["decode_rounds"]):  # interleaved, so load drift hits both sides alike
@@ -337,7 +337,7 @@ def bench_greedy(env: Env) -> dict:
             generate_captions(model, feats, None, dc, with_scores=False)
             ours_ns_t.append(time.perf_counter() - t)
             t = time.perf_counter()
-            ref_out += reference.reference_greedy(model, feats[part.start:part.stop], max_tokens=67)
+            ref_out += reference.reference_greedy(model, feats[part.start:part.stop], max_tokens=s["decode_max_len"])
             ref_time += time.perf_counter() - t
         ours_tokens = [o[0]["tokens"] for o in ours_out]
         identical = all(a == b for a, b in zip(ours_tokens[:n_ref], ref_out))
@@ -358,7 +358,7 @@ def bench_greedy(env: Env) -> dict:
             f"trained {env.stop_steps} steps (bf16 autocast, AdamW lr {s['stop_train_lr']}; until every greedy caption "
             f"ends with END within 3 tokens of the longest training caption) on the {s['stop_train_captions']} "
             f"templated captions of these features, so captions end at a realistic length; both sides stop at "
-            f"model.tokenizer.stop_ids (END) or 67 new tokens.",
+            f"model.tokenizer.stop_ids (END) or {s['decode_max_len']} new tokens.",
             captions_identical=identical, ours_without_scores=round(len(feats) / median(ours_ns_t), 4),
             value_without_scores=round(len(feats) / median(ours_ns_t) / ref_cps, 4),
             caption_tokens_mean=round(sum(lengths) / len(lengths), 2), caption_tokens_max=max(lengths),
@@ -373,9 +373,9 @@ def bench_beam(env: Env) -> dict:
     with eval_mode(model):  # every decode with dropout off (issue 8)
         feats = feats[:s["beam_n"]]
         n_ref = s["beam_ref_n"]
-        dc = DecodeConfig(strategy="beam", beam_size=5, length_penalty=1.0, max_len=67)
+        dc = DecodeConfig(strategy="beam", beam_size=5, length_penalty=1.0, max_len=s["decode_max_len"])
         generate_captions(model, feats[:4], None, dc)  # warm-up
-        reference.reference_beam(model, feats[:1], beam_size=5, max_tokens=67)
+        reference.reference_beam(model, feats[:1], beam_size=5, max_tokens=s["decode_max_len"])
         ours_t, ref_time, ref_out = [], 0.0, []
         ours_out = None
         for part in _chunks(n_ref, s["decode_rounds"]):
@@ -383,7 +383,7 @@ def bench_beam(env: Env) -> dict:
             ours_out = generate_captions(model, feats, None, dc)
             ours_t.append(time.perf_counter() - t)
             t = time.perf_counter()
-            ref_out += reference.reference_beam(model, feats[part.start:part.stop], beam_size=5, max_tokens=67)
+            ref_out += reference.reference_beam(model, feats[part.start:part.stop], beam_size=5, max_tokens=s["decode_max_len"])
             ref_time += time.perf_counter() - t
         same = sum(o[0]["tokens"] == r["tokens"] for o, r in zip(ours_out, ref_out))
         ours_cps = len(feats) / median(ours_t)
@@ -393,7 +393,7 @@ def bench_beam(env: Env) -> dict:
             f"generate_captions beam 5 (HF beam search, KV cache, batch {len(feats)} = {5 * len(feats)} rows, "
             f"length_penalty 1 = score / length like ClipCap, + the scoring pass) vs ClipCap generate_beam (one image at "
             f"a time, 5 rows recomputed in full every step) on the first {n_ref} of the same features, interleaved in "
-            f"{s['decode_rounds']} rounds; same briefly trained weights as greedy; stop at END, limit 67.",
+            f"{s['decode_rounds']} rounds; same briefly trained weights as greedy; stop at END, limit {s['decode_max_len']}.",
             same_best_caption=f"{same}/{n_ref}", runs_s={"ours": _r(ours_t), "reference_total": round(ref_time, 3)})
 
 

@@ -58,9 +58,9 @@ PEAK_BF16_TFLOPS = [
 
 # per mode: steps timed (after warm-up), batch sizes, images, decode sizes
 GPU_SIZES = {
-    "quick": dict(train_bs=4, mem_bs=2, accum=2, mem_steps=1, warmup=0, steps=1, ref_steps=1, images=16,
-                  extract_bs=8, extract_repeats=1, decode_batches=(4, 8), greedy_ref_n=2, beam_ref_n=1, decode_repeats=1,
-                  n_caps=200, stop_steps=2, decode_len=8),
+    "quick": dict(train_bs=2, mem_bs=1, accum=2, mem_steps=1, warmup=0, steps=1, ref_steps=1, images=8,
+                  extract_bs=4, extract_repeats=1, decode_batches=(2, 4), greedy_ref_n=1, beam_ref_n=1, decode_repeats=1,
+                  n_caps=100, stop_steps=1, decode_len=4),
     "full": dict(train_bs=40, mem_bs=8, accum=5, mem_steps=2, warmup=5, steps=30, ref_steps=10, images=2048,
                  extract_bs=128, extract_repeats=3, decode_batches=(64, 256), greedy_ref_n=32, beam_ref_n=8, decode_repeats=3,
                  n_caps=20_000, stop_steps=200, decode_len=67),
@@ -357,7 +357,7 @@ def bench_decoding(env: Env, device: torch.device, sz: dict) -> dict:
     g = torch.Generator().manual_seed(5)
     out = {}
     with eval_mode(model):  # every decode with dropout off (issue 8)
-        n_tok = sz["decode_len"]  # 67: ClipCap's limit; quick: 8
+        n_tok = sz["decode_len"]  # 67: ClipCap's limit; quick: 4
         for strategy, n_ref in (("greedy", sz["greedy_ref_n"]), ("beam", sz["beam_ref_n"])):
             dc = DecodeConfig(strategy=strategy, beam_size=5, length_penalty=1.0, max_len=n_tok)
             ref_fn = (partial(reference.reference_greedy, max_tokens=n_tok) if strategy == "greedy"
