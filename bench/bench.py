@@ -383,7 +383,8 @@ def bench_beam(env: Env) -> dict:
             ours_out = generate_captions(model, feats, None, dc)
             ours_t.append(time.perf_counter() - t)
             t = time.perf_counter()
-            ref_out += reference.reference_beam(model, feats[part.start:part.stop], beam_size=5, max_tokens=s["decode_max_len"])
+            ref_out += reference.reference_beam(model, feats[part.start:part.stop], beam_size=5,
+                                                max_tokens=s["decode_max_len"])
             ref_time += time.perf_counter() - t
         same = sum(o[0]["tokens"] == r["tokens"] for o, r in zip(ours_out, ref_out))
         ours_cps = len(feats) / median(ours_t)
@@ -393,7 +394,8 @@ def bench_beam(env: Env) -> dict:
             f"generate_captions beam 5 (HF beam search, KV cache, batch {len(feats)} = {5 * len(feats)} rows, "
             f"length_penalty 1 = score / length like ClipCap, + the scoring pass) vs ClipCap generate_beam (one image at "
             f"a time, 5 rows recomputed in full every step) on the first {n_ref} of the same features, interleaved in "
-            f"{s['decode_rounds']} rounds; same briefly trained weights as greedy; stop at END, limit {s['decode_max_len']}.",
+            f"{s['decode_rounds']} rounds; same briefly trained weights as greedy; stop at END, limit "
+            f"{s['decode_max_len']}.",
             same_best_caption=f"{same}/{n_ref}", runs_s={"ours": _r(ours_t), "reference_total": round(ref_time, 3)})
 
 

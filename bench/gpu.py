@@ -59,11 +59,11 @@ PEAK_BF16_TFLOPS = [
 # per mode: steps timed (after warm-up), batch sizes, images, decode sizes
 GPU_SIZES = {
     "quick": dict(train_bs=2, mem_bs=1, accum=2, mem_steps=1, warmup=0, steps=1, ref_steps=1, images=8,
-                  extract_bs=4, extract_repeats=1, decode_batches=(2, 4), greedy_ref_n=1, beam_ref_n=1, decode_repeats=1,
-                  n_caps=100, stop_steps=1, decode_len=4),
+                  extract_bs=4, extract_repeats=1, decode_batches=(2, 4), greedy_ref_n=1, beam_ref_n=1,
+                  decode_repeats=1,                  n_caps=100, stop_steps=1, decode_len=4),
     "full": dict(train_bs=40, mem_bs=8, accum=5, mem_steps=2, warmup=5, steps=30, ref_steps=10, images=2048,
-                 extract_bs=128, extract_repeats=3, decode_batches=(64, 256), greedy_ref_n=32, beam_ref_n=8, decode_repeats=3,
-                 n_caps=20_000, stop_steps=200, decode_len=67),
+                 extract_bs=128, extract_repeats=3, decode_batches=(64, 256), greedy_ref_n=32, beam_ref_n=8,
+                 decode_repeats=3,                 n_caps=20_000, stop_steps=200, decode_len=67),
 }
 
 TARGETS = {  # key -> (op, target) for the figures issue 9 sets a target on
@@ -192,7 +192,8 @@ def run_training(env: Env, data: TrainData, device: torch.device, *, precision: 
     flops = 0.0
     for lo in range(0, len(timed_idx), bs):
         b = timed_idx[lo:lo + bs]
-        flops += train_step_flops(model, len(b), max(len(data.tokens[i]) for i in b), sum(len(data.tokens[i]) for i in b))
+        lens = [len(data.tokens[i]) for i in b]
+        flops += train_step_flops(model, len(b), max(lens), sum(lens))
     peak = torch.cuda.max_memory_allocated(device) - base_bytes if measure_memory and device.type == "cuda" else None
     n_params = sum(p.numel() for p in params)
     del model, opt, sched, scaler
@@ -281,8 +282,9 @@ def bench_memory(env: Env, device: torch.device, sz: dict) -> dict:
                          idx=data.longest, measure_memory=True, **kw)
         gib = None if r["peak_bytes"] is None else r["peak_bytes"] / 2 ** 30
         out[key] = fig(gib, None if gib is None else 4.0, "GiB",
-                       f"peak torch.cuda.max_memory_allocated over model build + {sz['mem_steps']} optimizer steps of batch {bs}, "
-                       f"fp16 + GradScaler, grad_accum {accum}, {'GPT-2 tuned' if kw.get('tuned') else 'GPT-2 frozen, Transformer mapper'}"
+                       f"peak torch.cuda.max_memory_allocated over model build + {sz['mem_steps']} optimizer steps "
+                       f"of batch {bs}, fp16 + GradScaler, grad_accum {accum}, "
+                       f"{'GPT-2 tuned' if kw.get('tuned') else 'GPT-2 frozen, Transformer mapper'}"
                        f"{', gradient checkpointing' if kw.get('checkpointing') else ''}; worst case: the longest "
                        f"captions of the data (64 tokens + K=10); value = share of a 4 GiB card (CUDA context and "
                        f"allocator cache not included: add ~0.3-0.5 GiB)."
@@ -312,12 +314,12 @@ def bench_extraction(env: Env, device: torch.device, sz: dict) -> dict:
 
     @torch.inference_mode()
     def encoder() -> None:
-        ctx = torch.autocast(device.type, dtype=torch.float16) if amp == "fp16" else torch.autocast(device.type, enabled=False)
-        with ctx:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp == "fp16"):
             for _ in range(0, n, bs):
                 model.encode_image(pre)
 
-    e2e = lambda w: extract_features(paths, model, preprocess, batch_size=bs, num_workers=w, device=device, autocast=amp)
+    e2e = lambda w: extract_features(paths, model, preprocess, batch_size=bs, num_workers=w, device=device,
+                                     autocast=amp)
     encoder(), e2e(workers[0]), decode_only(workers[0])  # warm-up (cuDNN autotuning, worker start)
     t_enc = statistics.median(timed(encoder, device) for _ in range(sz["extract_repeats"]))
     out = {}

@@ -216,7 +216,7 @@ def test_greedy_on_cuda_gives_the_cpu_tokens(small_models, strict_fp32):
         differing += 1
         j = next((k for k, (x, y) in enumerate(zip(tc, tg)) if x != y), min(len(tc), len(tg)))
         gap, (first, second) = top2_gap(cpu, feats[i], styles[i], tc[:j])
-        assert gap < NEAR_TIE, f"row {i}: CUDA token {tg[j:j + 1]} vs CPU {tc[j:j + 1]} at step {j}, CPU top-2 gap {gap}"
+        assert gap < NEAR_TIE, f"row {i}: CUDA {tg[j:j + 1]} vs CPU {tc[j:j + 1]} at step {j}, CPU top-2 gap {gap}"
         assert j < len(tg) and tg[j] == second and tc[j] == first
     assert differing <= len(feats) // 4  # near-ties are rare; many differences would be a real bug
 
