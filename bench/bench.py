@@ -748,35 +748,6 @@ def quiet_libraries() -> None:
     logger.add(sys.stderr, level="WARNING")
 
 
-def gpu_main(args) -> int:
-    """The GPU suite (bench/gpu.py): figures under results.json's "cuda" key ("gpu_suite_on_cpu" for a CPU trial)."""
-    from stylecap.utils import atomic_write_json
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"error: --device {args.device}: CUDA is not available on this machine (torch.cuda.is_available() is "
-              f"False); run the GPU suite on a machine with an NVIDIA GPU, or drop DEVICE/--device for the CPU "
-              f"benchmarks", file=sys.stderr)
-        return 2
-    if device.type not in ("cuda", "cpu"):
-        print(f"error: --device {args.device}: the benchmarks run on cpu or cuda", file=sys.stderr)
-        return 2
-    from bench import gpu
-    if device.type == "cpu":
-        torch.set_num_threads(THREADS)
-    quiet_libraries()
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="stylecap_bench_gpu_") as tmp:
-        suite = gpu.run_suite(device, args.quick, Path(tmp))
-    suite["total_seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
-    results = read_results(out)
-    results["cuda" if device.type == "cuda" else "gpu_suite_on_cpu"] = suite
-    atomic_write_json(out, results)
-    gpu.print_suite(suite)
-    print(f"wrote {out} (GPU suite on {device}, {suite['mode']} mode, {suite['total_seconds']:.0f}s)")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small models (< 2 minutes); ratios not the published ones")
@@ -790,7 +761,8 @@ def main(argv: list[str] | None = None) -> int:
                         "of its logic; memory figures are null without CUDA)")
     args = p.parse_args(argv)
     if args.gpu_suite or args.device != "cpu":
-        return gpu_main(args)
+        from bench import gpu  # the GPU suite: bench/gpu.py
+        return gpu.main(args)
     torch.set_num_threads(THREADS)
     keys = list(TARGETS) if not args.only else [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in TARGETS]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import bench, gpu
+from bench import bench, gpu_common
 
 
 def test_gpu_suite_runs_on_cpu_in_quick_mode(tmp_path, capsys):
@@ -31,7 +31,7 @@ def test_gpu_suite_runs_on_cpu_in_quick_mode(tmp_path, capsys):
     assert ep["coco_epoch_minutes_bf16"]["baseline"] == 42.0 and ep["coco_epoch_minutes_bf16"]["met"] in (True, False)
     # COCO / PersonalityCaptions epochs from the same steps/s: minutes scale with the caption counts
     ratio = ep["coco_epoch_minutes_fp32"]["ours"] / ep["personality_epoch_minutes_fp32"]["ours"]
-    assert ratio == pytest.approx(-(-gpu.COCO_CAPTIONS // 2) / -(-gpu.PERSONALITY_CAPTIONS // 2), rel=1e-2)
+    assert ratio == pytest.approx(-(-gpu_common.COCO_CAPTIONS // 2) / -(-gpu_common.PERSONALITY_CAPTIONS // 2), rel=1e-2)
     mem = suite["memory"]
     assert len(mem) == 3 and all(m["ours"] is None and "no CUDA" in m["note"] for m in mem.values())
     (ext,) = suite["extraction"].values()
@@ -54,13 +54,13 @@ def test_gpu_mode_without_cuda_fails_with_one_line(tmp_path, capsys):
 
 
 def test_peak_table_matches_device_names():
-    assert gpu.peak_table("NVIDIA H100 80GB HBM3")[0] == 989.4
-    assert gpu.peak_table("NVIDIA H100 PCIe")[0] == 756.0
-    assert gpu.peak_table("NVIDIA H200")[0] == 989.4
-    assert gpu.peak_table("NVIDIA A100-SXM4-80GB")[0] == 312.0
-    assert gpu.peak_table("NVIDIA L40S")[0] == 362.1 and gpu.peak_table("NVIDIA L4")[0] == 121.0
-    assert gpu.peak_table("NVIDIA GeForce RTX 4090")[0] == 165.2
-    assert gpu.peak_table("Tesla V100-SXM2-16GB") == (None, None)  # no bf16: MFU against the measured matmul
+    assert gpu_common.peak_table("NVIDIA H100 80GB HBM3")[0] == 989.4
+    assert gpu_common.peak_table("NVIDIA H100 PCIe")[0] == 756.0
+    assert gpu_common.peak_table("NVIDIA H200")[0] == 989.4
+    assert gpu_common.peak_table("NVIDIA A100-SXM4-80GB")[0] == 312.0
+    assert gpu_common.peak_table("NVIDIA L40S")[0] == 362.1 and gpu_common.peak_table("NVIDIA L4")[0] == 121.0
+    assert gpu_common.peak_table("NVIDIA GeForce RTX 4090")[0] == 165.2
+    assert gpu_common.peak_table("Tesla V100-SXM2-16GB") == (None, None)  # no bf16: MFU against the measured matmul
 
 
 def test_benchmark_decodes_run_in_eval_mode(tmp_path):
