@@ -120,16 +120,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def setup_distributed(device_flag: str, timeout_min: float) -> tuple[int, int, torch.device]:
     """(rank, world_size, device). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU, nccl on CUDA.
+    Under torchrun a process group (and DDP) is made even for one process, so that path really runs.
     ``timeout_min`` bounds every collective, the barrier behind rank 0's validation included."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    if "LOCAL_RANK" not in os.environ:  # a plain `python train.py`
         return 0, 1, resolve_device(device_flag)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = int(os.environ["LOCAL_RANK"])
     use_cuda = torch.cuda.is_available() and device_flag != "cpu"
-    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_min))
     if use_cuda:
-        torch.cuda.set_device(local)
-    return dist.get_rank(), world, torch.device(f"cuda:{local}" if use_cuda else "cpu")
+        torch.cuda.set_device(local)  # before NCCL starts: each rank on its own GPU
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_min))
+    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if use_cuda else "cpu")
 
 
 def default_run_name(args) -> str:
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info(f"--resume auto: no checkpoint in {ckpts.folder}, starting fresh")
 
     train_model = model
-    if world > 1:
+    if dist.is_initialized():
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info(f"run folder {run_dir}; {len(train_ds)} train / {len(val_ds)} val captions; styles: {len(styles)}; "
                     f"trainable parameters {n_train / 1e6:.1f}M; effective batch size "
                     f"{args.bs_train * world * args.grad_accum} ({args.bs_train} x {world} processes x {args.grad_accum} accum)"
-                    + (f"; DDP timeout {args.ddp_timeout:g} min" if world > 1 else ""))
+                    + (f"; DDP timeout {args.ddp_timeout:g} min" if dist.is_initialized() else ""))
 
     val_loader = make_loader(val_ds, args.bs_eval, tok.pad_id)
     sample_rows = _sample_rows(val_data, args.num_samples)
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             if score is not None and (state.best_metric is None or score > state.best_metric):
                 state.best_metric = score
                 save("best.pt", rngs)
-        if world > 1:
+        if dist.is_initialized():
             dist.barrier()  # bounded by --ddp_timeout
         return metrics
 
@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 if stats["stopped"] or stop.agreed():  # at a step boundary: the checkpoint loses nothing
                     path = save(f"step_{state.step:08d}.pt")
                     if rank == 0:
+                        writer.close()  # flush the TensorBoard events written so far
                         logger.warning(f"stopped: saved {path}; continue with --resume auto")
                     return stop.exit_code
     except KeyboardInterrupt:  # a second Ctrl-C: abort now
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         writer.close()
         logger.info(f"done in {time.time() - t0:.0f}s; checkpoints in {ckpts.folder}")
-    if world > 1:
+    if dist.is_initialized():
         dist.destroy_process_group()
     return 0
 
