@@ -12,7 +12,9 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from stylecap.metrics import STANDARD, fmt100, image_stem, match_predictions, table_rows
+from stylecap.coco_metrics import STANDARD
+from stylecap.matching import image_stem, match_predictions
+from stylecap.tables import fmt100, table_rows
 from stylecap.utils import atomic_write_text
 
 THUMB_PX = 160
