@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stylecap.eval_inputs import (IMAGE_EXTS, PRED_FORMATS, REF_FORMATS, image_paths_for,  # noqa: E402,F401
                                   load_predictions, load_references)
+from stylecap.segmentation import SEGMENT_CHOICES  # noqa: E402
 from stylecap.utils import run_main, setup_logging  # noqa: E402
 
 # The loaders and image_paths_for live in stylecap.eval_inputs, the scoring in stylecap.scoring
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spice_jars", default=None,
                    help="folder with stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar, which SPICE needs "
                         "(default: $STYLECAP_SPICE_JARS, then pycocoevalcap/spice/lib); nothing is downloaded")
+    p.add_argument("--segment", choices=SEGMENT_CHOICES, default="auto",
+                   help="how Chinese (CJK) captions are split into tokens for every metric, the diversity measures and "
+                        "the style classifier: auto (default: the language is detected from the text; Chinese -> char, "
+                        "else none), char (each CJK character a token, as published Flickr30k-CN/COCO-CN tables), "
+                        "jieba (jieba words), none (PTBTokenizer only, which leaves Chinese sentences whole)")
     p.add_argument("--strict", action="store_true",
                    help="fail when a prediction has no references or a referenced image has no prediction")
     p.add_argument("--quiet", action="store_true", help="less logging")
@@ -63,7 +69,7 @@ def main(argv=None) -> int:
                              train_captions=args.train_captions, report=args.report, image_dir=args.image_dir,
                              max_report_images=args.max_report_images, clip_model_path=args.clip_model_path,
                              java=False if args.no_java else None, spice=not args.no_spice,
-                             spice_jars=args.spice_jars, strict=args.strict)
+                             spice_jars=args.spice_jars, strict=args.strict, segment=args.segment)
     print(format_table(metrics))
     return 0
 

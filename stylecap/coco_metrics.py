@@ -42,6 +42,7 @@ import numpy as np
 from loguru import logger
 
 from stylecap.ptb_tokenize import python_tokenize
+from stylecap.segmentation import Segmenter, resolve_segmentation
 
 STANDARD = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
@@ -153,7 +154,7 @@ class MeteorStats:
 # ============================================================================ scoring
 def _none_metrics(reason: str) -> dict:
     return {**{m: None for m in STANDARD}, "skipped": {m: reason for m in STANDARD}, "per_image": {},
-            "tokenizer": None, "subsets": {}}
+            "tokenizer": None, "segmentation": None, "subsets": {}}
 
 
 ALL_SCORERS = ("BLEU", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
@@ -182,13 +183,18 @@ def _bleu(scorer, ids: list[int] | None = None):
 def score_captions(predictions: dict[Hashable, str], references: dict[Hashable, list[str]], *,
                    java: bool | None = None, spice: bool = True, spice_jars: str | None = None,
                    subsets: dict[str, list[Hashable]] | None = None,
-                   metrics: tuple[str, ...] = ALL_SCORERS, quiet: bool = False) -> dict:
+                   metrics: tuple[str, ...] = ALL_SCORERS, quiet: bool = False,
+                   segment: "str | Segmenter | None" = "auto") -> dict:
     """COCO-toolkit metrics of ``predictions[key]`` against ``references[key]`` (several each).
 
     Returns BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE (0-1; None when skipped, the reason in
-    ``skipped``), ``per_image`` {key: {metric: value}}, ``tokenizer`` ("ptb" | "python") and, for
-    each named list of keys in ``subsets``, the same metrics on that subset (see module doc).
+    ``skipped``), ``per_image`` {key: {metric: value}}, ``tokenizer`` ("ptb" | "python", or the
+    segmentation method "char" | "jieba" that replaced it), ``segmentation`` {language, method}
+    and, for each named list of keys in ``subsets``, the same metrics on that subset (module doc).
     ``metrics`` limits the scorers run (names in ALL_SCORERS; the rest are skipped).
+    ``segment``: 'auto' (Chinese -> characters, else none), 'char', 'jieba', 'none' or a
+    Segmenter (see stylecap.segmentation). Segmented text replaces PTBTokenizer; SPICE, which is
+    English-only, is skipped for Chinese.
     """
     missing = [k for k in predictions if not references.get(k)]
     if missing:
@@ -203,14 +209,18 @@ def score_captions(predictions: dict[Hashable, str], references: dict[Hashable, 
 
     use_java, java_reason = java_status(java)
     skipped: dict[str, str] = {}
-    tokenizer = "ptb" if use_java else "python"
     groups = {("g", i): list(references[k]) for i, k in enumerate(keys)}
     groups.update({("r", i): [predictions[k]] for i, k in enumerate(keys)})
-    try:
-        tok = _tokenize(groups, use_java)  # one Java start for references and predictions
-    except Exception as e:  # e.g. a read-only site-packages: PTBTokenizer writes a temp file there
-        logger.warning(f"PTBTokenizer failed ({e}); using the pure-Python tokenizer")
-        tok, tokenizer = _tokenize(groups, False), "python"
+    segmenter, seg_info = resolve_segmentation(segment, (c for v in groups.values() for c in v))
+    if segmenter is not None:  # PTBTokenizer would leave each Chinese sentence whole
+        tok, tokenizer = {k: [segmenter(c) for c in v] for k, v in groups.items()}, segmenter.method
+    else:
+        tokenizer = "ptb" if use_java else "python"
+        try:
+            tok = _tokenize(groups, use_java)  # one Java start for references and predictions
+        except Exception as e:  # e.g. a read-only site-packages: PTBTokenizer writes a temp file there
+            logger.warning(f"PTBTokenizer failed ({e}); using the pure-Python tokenizer")
+            tok, tokenizer = _tokenize(groups, False), "python"
     gts = {i: tok[("g", i)] for i in ids}
     res = {i: tok[("r", i)] for i in ids}
 
@@ -251,6 +261,9 @@ def score_captions(predictions: dict[Hashable, str], references: dict[Hashable, 
         skipped["SPICE"] = not_asked
     elif not spice:
         skipped["SPICE"] = "disabled (--no_spice / spice=False)"
+    elif seg_info["language"] != "en":
+        skipped["SPICE"] = (f"SPICE is English-only (its scene graphs come from Stanford CoreNLP's English "
+                            f"parser); not computed for {seg_info['language']} captions")
     elif not use_java:
         skipped["SPICE"] = java_reason
     else:
@@ -268,6 +281,7 @@ def score_captions(predictions: dict[Hashable, str], references: dict[Hashable, 
     result = {m: out[m] for m in STANDARD}
     result["skipped"] = skipped
     result["tokenizer"] = tokenizer
+    result["segmentation"] = seg_info
     result["per_image"] = {k: {m: float(v[i]) for m, v in per.items()} for i, k in enumerate(keys)}
     result["subsets"] = {}
     try:

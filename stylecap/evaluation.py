@@ -153,7 +153,7 @@ def run_eval_mode(args) -> int:
     metrics = run_evaluation(jsonl, data_path, out / "metrics.json", report=out / "report.html",
                              train_captions=train_captions or None, image_dir=image_dir,
                              clip_model_path=clip_path if clip_path and Path(clip_path).is_file() else None,
-                             java=False if args.no_java else None)
+                             java=False if args.no_java else None, segment=getattr(args, "segment", "auto"))
     print(format_table(metrics))
     _tensorboard_eval(out, preds, meta)
     logger.info(f"predictions, metrics.json and report.html in {out}")

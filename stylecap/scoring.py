@@ -12,6 +12,7 @@ from stylecap.clipscore import clip_score
 from stylecap.coco_metrics import STANDARD, score_captions
 from stylecap.diversity import diversity, normalise_caption
 from stylecap.matching import Matching, group_of, match_predictions
+from stylecap.segmentation import Segmenter, resolve_segmentation
 
 
 def _scored_keys_by(mt: Matching, fn) -> dict[str, list]:
@@ -24,16 +25,18 @@ def _scored_keys_by(mt: Matching, fn) -> dict[str, list]:
 
 
 def most_frequent_caption_baseline(train_captions: list[dict], references: list[dict], *,
-                                   java: bool | None = None, normalised: list[str] | None = None) -> dict:
+                                   java: bool | None = None, normalised: list[str] | None = None,
+                                   segmenter: Segmenter | None = None) -> dict:
     """Score 'always emit the most frequent training caption' against ``references``.
 
     One caption for every image and style: the single most frequent training caption overall
     (counted after :func:`normalise_caption`; ties -> alphabetically first), NOT one per style,
     so the baseline knows nothing about the image or the requested style. Only BLEU and CIDEr
     are computed (speed); the tokenizer is the same as the main evaluation's.
-    ``normalised``: normalise_caption of each training caption, if already computed."""
+    ``normalised``: normalise_caption of each training caption, if already computed.
+    ``segmenter``: the main evaluation's (Chinese); None: PTB-style tokens."""
     if normalised is None:
-        normalised = [normalise_caption(c["caption"]) for c in train_captions]
+        normalised = [normalise_caption(c["caption"], segmenter) for c in train_captions]
     counts = Counter(normalised)
     if not counts or not references:
         return {"caption": None, **{m: None for m in STANDARD}}
@@ -44,6 +47,7 @@ def most_frequent_caption_baseline(train_captions: list[dict], references: list[
     for r in references:
         refs[(str(r["image_id"]), r["style"]) if styled else str(r["image_id"])].append(r["caption"])
     scores = score_captions({k: original for k in refs}, dict(refs), java=java, spice=False,
+                            segment=segmenter if segmenter is not None else "none",
                             metrics=("BLEU", "CIDEr"), quiet=True)
     return {"caption": original, **{m: scores[m] for m in STANDARD}, "tokenizer": scores["tokenizer"]}
 
@@ -51,24 +55,33 @@ def most_frequent_caption_baseline(train_captions: list[dict], references: list[
 def evaluate_predictions(predictions: list[dict], references: list[dict], *,
                          train_captions: list[dict] | None = None, clip_model=None,
                          image_features: dict[str, torch.Tensor] | None = None, java: bool | None = None,
-                         spice: bool = True, spice_jars: str | None = None) -> dict:
+                         spice: bool = True, spice_jars: str | None = None, segment: str = "auto") -> dict:
     """Match, then compute every metric: standard (top level), per_style, per_group, diversity,
-    style_fidelity, clip_score, per_image, counts and (with train_captions) baseline."""
+    style_fidelity, clip_score, per_image, counts, segmentation and (with train_captions) baseline.
+
+    ``segment`` ('auto', 'char', 'jieba', 'none'; see stylecap.segmentation) is resolved once, from
+    the predictions and references, and the same segmenter feeds the metrics, the diversity
+    measures, the style classifier and the baseline."""
     mt = match_predictions(predictions, references)
+    segmenter, seg_info = resolve_segmentation(segment, [p["caption"] for p in predictions]
+                                               + [r["caption"] for r in references])
+    seg_arg = segmenter if segmenter is not None else "none"
     by_style = _scored_keys_by(mt, lambda s: s)
     by_group = _scored_keys_by(mt, group_of)
     subsets = {**{f"style:{s}": k for s, k in by_style.items()}, **{f"group:{g}": k for g, k in by_group.items()}}
     scores = score_captions(mt.predictions, {k: mt.references[k] for k in mt.predictions},
-                            java=java, spice=spice, spice_jars=spice_jars, subsets=subsets)
+                            java=java, spice=spice, spice_jars=spice_jars, subsets=subsets, segment=seg_arg)
     result: dict[str, Any] = {m: scores[m] for m in STANDARD}
     skipped = dict(scores["skipped"])
     result["tokenizer"] = scores["tokenizer"]
+    result["segmentation"] = seg_info
     result["per_style"] = {s: {"group": group_of(s), **scores["subsets"].get(f"style:{s}", {})} for s in by_style}
     result["per_group"] = {g: scores["subsets"].get(f"group:{g}", {}) for g in by_group}
 
-    train_norm = [normalise_caption(c["caption"]) for c in train_captions] if train_captions else None
+    train_norm = [normalise_caption(c["caption"], segmenter) for c in train_captions] if train_captions else None
     result["diversity"] = diversity([p["caption"] for p in predictions],
-                                    train_normalised=set(train_norm) if train_norm is not None else None)
+                                    train_normalised=set(train_norm) if train_norm is not None else None,
+                                    segmenter=seg_arg)
     if train_norm is None:
         skipped["copied"] = "no training captions given (--train_captions)"
 
@@ -78,7 +91,7 @@ def evaluate_predictions(predictions: list[dict], references: list[dict], *,
         skipped["style_fidelity"] = "needs training captions with at least two styles (--train_captions)"
     else:
         from stylecap.style_classifier import StyleClassifier
-        clf = StyleClassifier().fit([c["caption"] for c in train_styled], [c["style"] for c in train_styled])
+        clf = StyleClassifier(segmenter=segmenter).fit([c["caption"] for c in train_styled], [c["style"] for c in train_styled])
         gen = [p for p in predictions if p.get("style") is not None]
         fid = {"generated": clf.accuracy([p["caption"] for p in gen], [p["style"] for p in gen]),
                "references": clf.accuracy([r["caption"] for r in references], [r.get("style") for r in references]),
@@ -118,7 +131,7 @@ def evaluate_predictions(predictions: list[dict], references: list[dict], *,
         matched_refs = [r for r in references if (((str(r["image_id"]), r.get("style")) if mt.styled
                                                    else str(r["image_id"])) in mt.predictions)]
         result["baseline"] = most_frequent_caption_baseline(train_captions, matched_refs, java=java,
-                                                            normalised=train_norm)
+                                                            normalised=train_norm, segmenter=segmenter)
     result["skipped"] = skipped
     return _jsonable(result)
 
@@ -140,7 +153,8 @@ def _jsonable(obj):
 # ============================================================================ files in, files out
 def run_evaluation(predictions, references, output_path, *, train_captions=None, report=None, image_dir=None,
                    max_report_images: int = 60, clip_model_path=None, java: bool | None = None,
-                   spice: bool = True, spice_jars: str | None = None, strict: bool = False) -> dict:
+                   spice: bool = True, spice_jars: str | None = None, strict: bool = False,
+                   segment: str = "auto") -> dict:
     """Score a predictions file against a references file and write metrics.json (and the HTML
     report with ``report``): what evaluate.py does, callable without it. Returns the metrics."""
     from pathlib import Path
@@ -188,7 +202,7 @@ def run_evaluation(predictions, references, output_path, *, train_captions=None,
                            "(sha256 differs): CLIPScore compares unrelated embeddings")
     metrics = evaluate_predictions(preds, refs, train_captions=train, clip_model=clip_model,
                                    image_features=info["image_features"], java=java,
-                                   spice=spice, spice_jars=spice_jars)
+                                   spice=spice, spice_jars=spice_jars, segment=segment)
     if clip_model_path and not info["image_features"]:
         metrics["skipped"]["CLIPScore"] = (f"references ({info['format']}) carry no CLIP image features; "
                                            "give a feature file from process_*.py as --references")

@@ -42,6 +42,12 @@ def table_rows(metrics: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def segmentation_line(metrics: dict) -> str:
+    """'segmentation: zh, char' (language detected from the text, method used), or '' when absent."""
+    seg = metrics.get("segmentation")
+    return f"segmentation: {seg['language']}, {seg['method']}" if seg else ""
+
+
 def format_table(metrics: dict) -> str:
     """The printed summary: one row per metric; standard metrics x100 like papers."""
     rows = table_rows(metrics)
@@ -55,5 +61,6 @@ def format_table(metrics: dict) -> str:
         lines.append(f"scored {counts['scored']} of {counts['reference_keys']} referenced "
                      f"{'image/style pairs' if counts['styled_matching'] else 'images'}; "
                      f"{counts['unmatched_predictions']} unmatched predictions, "
-                     f"{counts['missing_predictions']} missing predictions; tokenizer {metrics.get('tokenizer')}")
+                     f"{counts['missing_predictions']} missing predictions; tokenizer {metrics.get('tokenizer')}; "
+                     f"{segmentation_line(metrics)}")
     return "\n".join(lines)
