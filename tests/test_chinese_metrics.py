@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 import evaluate
+from scripts.chinese_metrics_check import NEAR_PREDS, NEAR_REFS, zh_reference_set
 from scripts.make_demo_data import sample_content, zh_captions
 from stylecap.metrics import diversity, evaluate_predictions, score_captions
 from stylecap.segmentation import detect_language, segmenter_for
@@ -17,15 +18,7 @@ from stylecap.style_classifier import StyleClassifier
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="Java not installed")
 
 
-def _zh_set(n: int = 8, seed: int = 0):
-    """n images with the demo's five Chinese references each (different contents)."""
-    rng, seen, refs = random.Random(seed), set(), {}
-    while len(refs) < n:
-        c = sample_content(rng)
-        if tuple(sorted(c.items())) not in seen:
-            seen.add(tuple(sorted(c.items())))
-            refs[f"img{len(refs)}"] = zh_captions(c)
-    return refs
+_zh_set = zh_reference_set
 
 
 def test_chinese_exact_match_scores_like_an_exact_match():
@@ -40,9 +33,7 @@ def test_chinese_exact_match_scores_like_an_exact_match():
 
 
 def test_chinese_near_match_gets_a_sensible_bleu1():
-    refs = {"a": ["白色背景上有一个小的红色圆形"], "b": ["黑色背景上有一个大的蓝色正方形"]}
-    preds = {"a": "白色背景上有一个小的绿色圆形", "b": "黑色背景上有一个大的蓝色三角形"}  # 1 and 2 chars differ
-    out = score_captions(preds, refs, java=False)
+    out = score_captions(NEAR_PREDS, NEAR_REFS, java=False)  # 1 and 2 characters wrong
     # 14 + 15 characters, 1 + 2 of them wrong, equal lengths (no brevity penalty): (13 + 13) / 29
     assert out["BLEU-1"] == pytest.approx((13 + 13) / 29, abs=1e-6)
     assert 0.4 < out["BLEU-4"] < 0.9
