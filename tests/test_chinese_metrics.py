@@ -143,3 +143,30 @@ def test_evaluate_main_on_flickr30k_cn_demo_data(demo_data, tmp_path, segment):
     assert 0.5 < m["BLEU-1"] < 1 and 0 < m["BLEU-4"] < 1 and m["CIDEr"] > 0.3
     assert m["SPICE"] is None and "English" in m["skipped"]["SPICE"]
     assert f"segmentation: zh, {method}" in report.read_text(encoding="utf-8")
+
+
+def test_train_eval_mode_segments_a_chinese_model(small_models, tmp_path):
+    """train.py --mode eval with a (small, random) Chinese GPT-2: its captions are joined without
+    spaces (models/tokenizer.py), the references are the demo's Chinese ones; --segment reaches the metrics."""
+    import torch
+
+    import train
+    from models import ModelConfig, build_model
+    from models.captioner import checkpoint_payload
+    from stylecap.features import save_features
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(gpt2_path=str(small_models / "small_gpt2_chinese"), style_mode="none", max_len=8))
+    ckpt = tmp_path / "model.pt"
+    torch.save(checkpoint_payload(model), ckpt)
+    refs = zh_reference_set(4)
+    caps = [{"image_id": k, "caption": c, "clip_embedding": i} for i, (k, v) in enumerate(refs.items()) for c in v]
+    feats = save_features(tmp_path / "test.pkl", {"clip_embedding": torch.randn(len(refs), 512), "captions": caps,
+                                                  "meta": {"synthetic": True}}) or tmp_path / "test.pkl"
+    out = tmp_path / "eval"
+    assert train.main(["--mode", "eval", "--model_path", str(ckpt), "--data_path", str(feats),
+                       "--output_path", str(out), "--no_java", "--segment", "jieba"]) == 0
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert m["segmentation"]["language"] == "zh" and m["segmentation"]["method"] == "jieba"
+    assert m["tokenizer"] == "jieba" and m["diversity"]["segmentation"] == "jieba"
+    assert m["SPICE"] is None and "English" in m["skipped"]["SPICE"]
+    assert "segmentation: zh, jieba" in (out / "report.html").read_text(encoding="utf-8")
