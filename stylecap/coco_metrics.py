@@ -9,6 +9,10 @@ Java. PTBTokenizer, METEOR and SPICE run Java. Without Java (``java=False`` or n
 PATH) :func:`python_tokenize` replaces PTBTokenizer for BLEU, ROUGE-L and CIDEr (pure-Python
 scorers), and METEOR/SPICE are skipped with the reason.
 
+Chinese (CJK) text: neither tokenizer segments it, so ``segment`` (default 'auto': detected from
+the text) splits it into characters or jieba words instead (:mod:`stylecap.segmentation`); SPICE,
+English-only, is then skipped.
+
 SPICE needs Stanford CoreNLP 3.6.0 (``stanford-corenlp-3.6.0.jar`` and
 ``stanford-corenlp-3.6.0-models.jar``), which pycocoevalcap downloads on first use. There is no
 network here, so we never call its downloader: we look for both jars in ``spice_jars``

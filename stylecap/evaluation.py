@@ -124,9 +124,9 @@ def quick_caption_metrics(model: StyleCapModel, data: dict, n_images: int, batch
 def run_eval_mode(args) -> int:
     """train.py --mode eval: caption --data_path with --model_path, score it, write the run folder."""
     from models import load_model
+    from stylecap.features import load_features
     from stylecap.scoring import run_evaluation
     from stylecap.tables import format_table
-    from stylecap.features import load_features
     from stylecap.utils import UserError, resolve_device, setup_logging
     if not args.model_path or not args.data_path:
         raise UserError("--mode eval needs --model_path (a checkpoint) and --data_path (a feature file to score)")

@@ -3,6 +3,7 @@
 * :mod:`stylecap.coco_metrics`: the COCO toolkit's BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE
   (tokenization, Java detection, SPICE/METEOR runners).
 * :mod:`stylecap.ptb_tokenize`: the pure-Python stand-in for PTBTokenizer.
+* :mod:`stylecap.segmentation`: Chinese (CJK) detection and segmentation (characters / jieba).
 * :mod:`stylecap.clipscore`: CLIPScore / RefCLIPScore.
 * :mod:`stylecap.diversity`: distinct-n, vocabulary, copies of training captions.
 * :mod:`stylecap.matching`: pairing predictions with references.
@@ -19,11 +20,13 @@ from stylecap.coco_metrics import (ALL_SCORERS, CORENLP_JARS, JRE_HINT, SPICE_JA
 from stylecap.diversity import diversity, normalise_caption
 from stylecap.matching import Matching, group_of, image_stem, match_predictions
 from stylecap.ptb_tokenize import PTB_PUNCTUATIONS, python_tokenize
-from stylecap.scoring import evaluate_predictions, most_frequent_caption_baseline
+from stylecap.scoring import evaluate_predictions, most_frequent_caption_baseline, run_evaluation
+from stylecap.segmentation import SEGMENT_CHOICES, Segmenter, detect_language, resolve_segmentation, segmenter_for
 from stylecap.tables import fmt100, format_table, table_rows
 
-__all__ = ["ALL_SCORERS", "CLIPSCORE_PROMPT", "CORENLP_JARS", "JRE_HINT", "PTB_PUNCTUATIONS", "SPICE_JARS_ENV",
-           "STANDARD", "Matching", "MeteorStats", "clip_score", "diversity", "evaluate_predictions",
+__all__ = ["ALL_SCORERS", "CLIPSCORE_PROMPT", "CORENLP_JARS", "JRE_HINT", "PTB_PUNCTUATIONS", "SEGMENT_CHOICES",
+           "SPICE_JARS_ENV", "STANDARD", "Matching", "Segmenter", "detect_language", "resolve_segmentation",
+           "run_evaluation", "segmenter_for", "MeteorStats", "clip_score", "diversity", "evaluate_predictions",
            "find_spice_jars", "fmt100", "format_table", "group_of", "image_stem", "java_status",
            "match_predictions", "most_frequent_caption_baseline", "normalise_caption", "python_tokenize",
            "run_spice", "score_captions", "spice_dir", "table_rows"]

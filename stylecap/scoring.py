@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from loguru import logger
 
 from stylecap.clipscore import clip_score
 from stylecap.coco_metrics import STANDARD, score_captions
 from stylecap.diversity import diversity, normalise_caption
+from stylecap.eval_inputs import image_paths_for, load_predictions, load_references
 from stylecap.matching import Matching, group_of, match_predictions
 from stylecap.segmentation import Segmenter, resolve_segmentation
+from stylecap.utils import UserError, atomic_write_json, code_version
 
 
 def _scored_keys_by(mt: Matching, fn) -> dict[str, list]:
@@ -157,13 +161,6 @@ def run_evaluation(predictions, references, output_path, *, train_captions=None,
                    segment: str = "auto") -> dict:
     """Score a predictions file against a references file and write metrics.json (and the HTML
     report with ``report``): what evaluate.py does, callable without it. Returns the metrics."""
-    from pathlib import Path
-
-    from loguru import logger
-
-    from stylecap.eval_inputs import image_paths_for, load_predictions, load_references
-    from stylecap.utils import UserError, atomic_write_json, code_version
-
     if image_dir and not Path(image_dir).is_dir():
         raise UserError(f"--image_dir {image_dir} is not a folder")
     preds, pred_fmt = load_predictions(predictions)
