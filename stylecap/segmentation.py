@@ -17,6 +17,7 @@ step drops punctuation for English. The segmented text REPLACES PTBTokenizer for
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import warnings
@@ -84,6 +85,7 @@ class Segmenter:
         return " ".join(self.tokens(text))
 
 
+@functools.lru_cache(maxsize=None)
 def _jieba():
     try:
         with warnings.catch_warnings():  # jieba 0.42.1 imports the deprecated pkg_resources
