@@ -87,6 +87,9 @@ def get_parser() -> argparse.ArgumentParser:
                    "and the baseline; default: the data the checkpoint was trained on")
     g.add_argument("--clip_model_path", help="CLIP model for CLIPScore; default: the one named in the features' meta")
     g.add_argument("--no_java", action="store_true", help="score without Java (METEOR and SPICE skipped)")
+    from stylecap.segmentation import SEGMENT_CHOICES
+    g.add_argument("--segment", choices=SEGMENT_CHOICES, default="auto",
+                   help="tokens of Chinese captions for the metrics (as evaluate.py --segment): auto (Chinese -> char)")
     add_decode_args(g, with_max_len=False)
     return p
 

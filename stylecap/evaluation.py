@@ -113,7 +113,8 @@ def log_preview(preds: list[dict], n: int = 5) -> None:
 def quick_caption_metrics(model: StyleCapModel, data: dict, n_images: int, batch_size: int = 64) -> dict:
     """Greedy captions for the first ``n_images`` images, scored with BLEU-4, ROUGE-L and CIDEr only
     (no METEOR/SPICE: they start Java and cost seconds). Used at each epoch end to keep ``best``."""
-    from stylecap.metrics import match_predictions, score_captions
+    from stylecap.coco_metrics import score_captions
+    from stylecap.matching import match_predictions
     preds = caption_items(model, data["clip_embedding"], eval_items(data, model, max_images=n_images),
                           DecodeConfig(), batch_size, with_scores=False)
     mt = match_predictions(preds, references_of(data))
@@ -124,9 +125,10 @@ def quick_caption_metrics(model: StyleCapModel, data: dict, n_images: int, batch
 
 def run_eval_mode(args) -> int:
     """train.py --mode eval: caption --data_path with --model_path, score it, write the run folder."""
-    import evaluate
     from models import load_model
     from stylecap.features import load_features
+    from stylecap.scoring import run_evaluation
+    from stylecap.tables import format_table
     from stylecap.utils import UserError, resolve_device, setup_logging
     if not args.model_path or not args.data_path:
         raise UserError("--mode eval needs --model_path (a checkpoint) and --data_path (a feature file to score)")
@@ -151,20 +153,15 @@ def run_eval_mode(args) -> int:
         train_captions = trained_on if trained_on and Path(trained_on).is_file() else None
     meta = data.get("meta", {})
     clip_path = args.clip_model_path or meta.get("clip_model")
-    argv = ["--predictions", str(jsonl), "--references", str(data_path), "--output_path", str(out / "metrics.json"),
-            "--report", str(out / "report.html")]
-    if train_captions:
-        argv += ["--train_captions", str(train_captions)]
-    if meta.get("image_dir") and Path(meta["image_dir"]).is_dir():
-        argv += ["--image_dir", meta["image_dir"]]
-    if clip_path and Path(clip_path).is_file():
-        argv += ["--clip_model_path", str(clip_path)]
-    if args.no_java:
-        argv += ["--no_java"]
-    rc = evaluate.main(argv)
+    image_dir = meta.get("image_dir") if meta.get("image_dir") and Path(meta["image_dir"]).is_dir() else None
+    metrics = run_evaluation(jsonl, data_path, out / "metrics.json", report=out / "report.html",
+                             train_captions=train_captions or None, image_dir=image_dir,
+                             clip_model_path=clip_path if clip_path and Path(clip_path).is_file() else None,
+                             java=False if args.no_java else None, segment=getattr(args, "segment", "auto"))
+    print(format_table(metrics))
     _tensorboard_eval(out, preds, meta)
     logger.info(f"predictions, metrics.json and report.html in {out}")
-    return rc
+    return 0
 
 
 def write_eval_config(out: Path, model: StyleCapModel, model_path: Path, data_path: Path, dc: DecodeConfig) -> None:
@@ -192,8 +189,8 @@ def _tensorboard_eval(out: Path, preds: list[dict], meta: dict, n_images: int = 
     """Metrics as scalars and a few images with their captions, for `tensorboard --logdir`."""
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
-    from evaluate import image_paths_for
-    from stylecap.metrics import STANDARD
+    from stylecap.coco_metrics import STANDARD
+    from stylecap.eval_inputs import image_paths_for
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     by_image = captions_by_image(preds)
     image_dir = meta.get("image_dir")

@@ -12,7 +12,9 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from stylecap.metrics import STANDARD, fmt100, image_stem, match_predictions, table_rows
+from stylecap.coco_metrics import STANDARD
+from stylecap.matching import image_stem, match_predictions
+from stylecap.tables import fmt100, segmentation_line, table_rows
 from stylecap.utils import atomic_write_text
 
 THUMB_PX = 160
@@ -135,7 +137,7 @@ def write_report(path, predictions: list[dict], references: list[dict], metrics:
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>StyleCap evaluation</title>",
         f"<style>{CSS}</style></head><body><h1>StyleCap evaluation</h1>",
-        f"<p>tokenizer: {_e(metrics.get('tokenizer'))}</p>",
+        f"<p>tokenizer: {_e(metrics.get('tokenizer'))}; {_e(segmentation_line(metrics))}</p>",
         "<h2>Metrics</h2>", _metric_table(metrics),
         _breakdown("Per style", metrics.get("per_style") or {}, True),
         _breakdown("Per group", metrics.get("per_group") or {}, False),

@@ -4,7 +4,10 @@ Model: multinomial Naive Bayes over word unigrams and bigrams, trained on the tr
 of a stylised dataset (PersonalityCaptions: one trait per caption).
 
 * Features: the caption is lower-cased and split into words and single punctuation marks
-  (punctuation is KEPT here, unlike the caption metrics: "!" is a strong "Happy" cue);
+  (punctuation is KEPT here, unlike the caption metrics: "!" is a strong "Happy" cue); with a
+  ``segmenter`` (Chinese, see stylecap.segmentation) each CJK word is split into characters or
+  jieba words exactly as the caption metrics split it (unsegmented, a Chinese sentence would be
+  one "word" and the classifier could only recognise whole training sentences);
   unigrams plus bigrams over ``<s> w1 ... wn </s>`` (so "starts with 'oh'" is a feature).
 * The ``max_features`` most frequent features are kept (ties broken by the feature string) so the
   [features x styles] table stays small: 100k x 215 traits is 86 MB of float32.
@@ -26,12 +29,17 @@ from collections import Counter
 
 import numpy as np
 
+from stylecap.segmentation import Segmenter
+
 _TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 
 
-def features(caption: str) -> list[str]:
-    """Unigrams and bigrams of a caption (lower-cased words and punctuation marks)."""
+def features(caption: str, segmenter: Segmenter | None = None) -> list[str]:
+    """Unigrams and bigrams of a caption (lower-cased words and punctuation marks; CJK words
+    segmented by ``segmenter``)."""
     toks = _TOKEN.findall(caption.lower())
+    if segmenter is not None:
+        toks = [w for t in toks for w in segmenter.split_word(t)]
     padded = ["<s>"] + toks + ["</s>"]
     return toks + [f"{a} {b}" for a, b in zip(padded, padded[1:])]
 
@@ -39,8 +47,9 @@ def features(caption: str) -> list[str]:
 class StyleClassifier:
     """Multinomial Naive Bayes over unigrams + bigrams (see the module docstring)."""
 
-    def __init__(self, alpha: float = 0.1, max_features: int = 100_000):
+    def __init__(self, alpha: float = 0.1, max_features: int = 100_000, segmenter: Segmenter | None = None):
         self.alpha = alpha
+        self.segmenter = segmenter
         self.max_features = max_features
         self.styles: list[str] = []
         self.vocab: dict[str, int] = {}
@@ -60,7 +69,7 @@ class StyleClassifier:
         per_style: list[Counter] = [Counter() for _ in self.styles]
         docs = np.zeros(len(self.styles))
         for caption, style in pairs:
-            per_style[col[style]].update(features(caption))
+            per_style[col[style]].update(features(caption, self.segmenter))
             docs[col[style]] += 1
         total = Counter()
         for c in per_style:
@@ -86,7 +95,7 @@ class StyleClassifier:
             raise RuntimeError("StyleClassifier.fit() has not been called")
         out = np.tile(self.log_prior, (len(captions), 1))
         for n, caption in enumerate(captions):
-            counted = Counter(self.vocab[f] for f in features(caption) if f in self.vocab)
+            counted = Counter(self.vocab[f] for f in features(caption, self.segmenter) if f in self.vocab)
             if counted:
                 idx = np.fromiter(counted.keys(), dtype=np.int64)
                 cnt = np.fromiter(counted.values(), dtype=np.float64)
@@ -119,4 +128,4 @@ class StyleClassifier:
 
     def describe(self) -> dict:
         return {"model": "multinomial naive Bayes, word unigrams+bigrams", "alpha": self.alpha,
-                "n_train": self.n_train, "n_styles": len(self.styles), "n_features": len(self.vocab)}
+                "segmentation": self.segmenter.method if self.segmenter else "none", "n_train": self.n_train, "n_styles": len(self.styles), "n_features": len(self.vocab)}

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from scripts.make_demo_data import STYLES, en_captions, sample_content, styled_captions
+from stylecap import coco_metrics as C
 from stylecap import metrics as M
 from stylecap.style_classifier import StyleClassifier
 
@@ -117,7 +118,7 @@ def test_no_java_path_matches_ptb_on_plain_captions(ptb_scores):
 
 
 def test_no_java_path_without_java_at_all(monkeypatch):
-    monkeypatch.setattr(M.shutil, "which", lambda name: None)
+    monkeypatch.setattr(C.shutil, "which", lambda name: None)
     py = M.score_captions(PREDS, REFS)  # autodetect finds no java
     assert py["tokenizer"] == "python"
     assert py["METEOR"] is None and py["skipped"]["METEOR"].startswith("Java not found")
@@ -148,16 +149,16 @@ def test_python_tokenize_agrees_with_ptbtokenizer():
     for _ in range(40):
         c = sample_content(rng)
         sents += styled_captions(rng.choice(STYLES), c) + en_captions(c)
-    ptb = M._tokenize({i: [s] for i, s in enumerate(sents)}, use_ptb=True)
+    ptb = C._tokenize({i: [s] for i, s in enumerate(sents)}, use_ptb=True)
     assert [ptb[i][0] for i in range(len(sents))] == [M.python_tokenize(s) for s in sents]
 
 
 # ----------------------------------------------------------------------------- SPICE
 def test_spice_unavailable_is_skipped_with_how_to(monkeypatch, tmp_path):
-    monkeypatch.setattr(M, "spice_dir", lambda: tmp_path)  # a pycocoevalcap without the CoreNLP jars
+    monkeypatch.setattr(C, "spice_dir", lambda: tmp_path)  # a pycocoevalcap without the CoreNLP jars
     monkeypatch.delenv(M.SPICE_JARS_ENV, raising=False)
-    monkeypatch.setattr(M.shutil, "which", lambda name: "/usr/bin/java")  # Java "present"
-    monkeypatch.setattr(M, "_tokenize", lambda groups, use_ptb: {k: [M.python_tokenize(c) for c in v]
+    monkeypatch.setattr(C.shutil, "which", lambda name: "/usr/bin/java")  # Java "present"
+    monkeypatch.setattr(C, "_tokenize", lambda groups, use_ptb: {k: [M.python_tokenize(c) for c in v]
                                                                   for k, v in groups.items()})
     out = M.score_captions(PREDS, REFS, metrics=("BLEU", "ROUGE-L", "CIDEr", "SPICE"))
     assert out["SPICE"] is None
@@ -168,7 +169,7 @@ def test_spice_unavailable_is_skipped_with_how_to(monkeypatch, tmp_path):
 
 
 def test_find_spice_jars_prefers_given_folder(monkeypatch, tmp_path):
-    monkeypatch.setattr(M, "spice_dir", lambda: tmp_path / "pycoco")
+    monkeypatch.setattr(C, "spice_dir", lambda: tmp_path / "pycoco")
     monkeypatch.delenv(M.SPICE_JARS_ENV, raising=False)
     jars = tmp_path / "jars"
     jars.mkdir()
@@ -192,7 +193,7 @@ def test_spice_result_parsing_and_classpath(monkeypatch, tmp_path):
                for i, it in enumerate(items)]
         open(cmd[cmd.index("-out") + 1], "w").write(json.dumps(out))
         return subprocess.CompletedProcess(cmd, 0, "", "")
-    monkeypatch.setattr(M.subprocess, "run", fake_run)
+    monkeypatch.setattr(C.subprocess, "run", fake_run)
     avg, per = M.run_spice({0: ["a b"], 1: ["c d"]}, {0: ["a"], 1: ["c"]}, tmp_path)
     assert per == [0.25, 0.5] and avg == pytest.approx(0.375)
     assert any(str(tmp_path / M.CORENLP_JARS[1]) in part for part in seen["cmd"])
