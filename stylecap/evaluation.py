@@ -144,12 +144,11 @@ def run_eval_mode(args) -> int:
     preds = caption_items(model, data["clip_embedding"], eval_items(data, model), dc, args.bs_eval, progress=True)
     _, jsonl = write_predictions(out, preds)
     log_preview(preds)
-    write_eval_config(out, model, model_path, data_path, dc)
+    train_args = write_eval_config(out, model, model_path, data_path, dc)
 
     train_captions = args.train_captions
     if train_captions is None:  # default: the data the model was trained on, if it is still there
-        ck = torch.load(model_path, map_location="cpu", weights_only=True, mmap=True)
-        trained_on = (ck.get("args") or {}).get("data_path") if isinstance(ck, dict) else None
+        trained_on = train_args.get("data_path")
         train_captions = trained_on if trained_on and Path(trained_on).is_file() else None
     meta = data.get("meta", {})
     clip_path = args.clip_model_path or meta.get("clip_model")
@@ -164,9 +163,10 @@ def run_eval_mode(args) -> int:
     return 0
 
 
-def write_eval_config(out: Path, model: StyleCapModel, model_path: Path, data_path: Path, dc: DecodeConfig) -> None:
+def write_eval_config(out: Path, model: StyleCapModel, model_path: Path, data_path: Path, dc: DecodeConfig) -> dict:
     """eval_config.json: what was evaluated and how (the checkpoint's training settings, the decoding),
-    so that compare.py can label eval folders by the settings in which they differ."""
+    so that compare.py can label eval folders by the settings in which they differ. Returns the
+    checkpoint's training settings ({} for ClipCap weights)."""
     from dataclasses import asdict
     from models.captioner import load_checkpoint_file
     ck = load_checkpoint_file(model_path, mmap=True)  # lazy: reads no weights
@@ -175,6 +175,7 @@ def write_eval_config(out: Path, model: StyleCapModel, model_path: Path, data_pa
     atomic_write_json(out / "eval_config.json", {
         "model_path": str(model_path.resolve()), "data_path": str(data_path), "decode": asdict(dc),
         "train_args": ck.get("args") or {}, "model_config": ck.get("config") or {}, "trainable_parameters": params})
+    return ck.get("args") or {}
 
 
 def captions_by_image(preds: list[dict]) -> dict[str, list[str]]:
