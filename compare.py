@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from loguru import logger
 
-from stylecap.significance import bleu_statistic, mean_statistic, paired_bootstrap, stats_array
+from stylecap.significance import (bleu_statistic, group_statistic, mean_statistic, paired_bootstrap,
+                                   stats_array)
 from stylecap.utils import UserError, atomic_write_json, atomic_write_text, run_main, setup_logging
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
@@ -117,16 +118,16 @@ def check_comparable(entries: list[dict]) -> bool:
     first = scored[0]
     first_keys = {_image_key(r, by_image) for r in first["metrics"]["per_image"]}
     for e in scored[1:]:
-        for field in ("tokenizer", "segmentation", "references_sha256"):
-            a, b = first["metrics"].get(field), e["metrics"].get(field)
-            if a != b:
-                raise UserError(f"{first['path']} and {e['path']} differ in {field} ({a} vs {b}): scores made with "
-                                "different references or tokenization cannot be compared; re-score both the same way")
         keys = {_image_key(r, by_image) for r in e["metrics"]["per_image"]}
         if keys != first_keys:
             extra = sorted(map(str, keys ^ first_keys))[:3]
             raise UserError(f"{first['path']} ({len(first_keys)} images) and {e['path']} ({len(keys)} images) were "
                             f"scored on different test sets (e.g. {extra}); evaluate every run on the same split")
+        for field in ("references_sha256", "tokenizer", "segmentation"):
+            a, b = first["metrics"].get(field), e["metrics"].get(field)
+            if a != b:
+                raise UserError(f"{first['path']} and {e['path']} differ in {field} ({a} vs {b}): scores made with "
+                                "different references or tokenization cannot be compared; re-score both the same way")
     return by_image
 
 
@@ -140,7 +141,7 @@ def row_values(m: dict) -> dict:
     div = m.get("diversity") or {}
     return {**{k: m.get(k) for k in METRICS}, "style top-1": _style_top1(m),
             "style ppl": (m.get("style_ppl") or {}).get("generated"),
-            "distinct-1": div.get("distinct-1"), "distinct-2": div.get("distinct-2"), "vocabulary": div.get("vocabulary")}
+            "distinct-1": div.get("distinct-1"), "distinct-2": div.get("distinct-2"), "vocabulary": div.get("vocab_size")}
 
 
 def group_rows(entries: list[dict]) -> list[dict]:
@@ -184,27 +185,24 @@ def per_image_arrays(e: dict, keys: list, by_image: bool) -> dict[str, np.ndarra
 
 
 def significance(entries: list[dict], baseline: str, by_image: bool, resamples: int, seed: int) -> dict:
-    """Each label vs the baseline label, paired over images; a group's per-image score is its seeds' mean."""
+    """Each label vs the baseline label, paired over images. A group's value on a resample is the mean
+    of its runs' (seeds') corpus metrics, as in the table."""
     scored = [e for e in entries if "metrics" in e]
     keys = sorted({_image_key(r, by_image) for r in scored[0]["metrics"]["per_image"]}, key=str)
+    stats = {"CIDEr": mean_statistic, "BLEU-4": bleu_statistic, "style top-1": mean_statistic}
 
-    def group_arrays(label: str) -> dict:
-        arrays = [per_image_arrays(e, keys, by_image) for e in scored if e["label"] == label]
-        return {m: (None if any(a[m] is None for a in arrays) else np.mean([a[m] for a in arrays], axis=0))
-                for m in arrays[0]}
+    def group(label: str, metric: str):
+        arrays = [per_image_arrays(e, keys, by_image)[metric] for e in scored if e["label"] == label]
+        return None if any(a is None for a in arrays) else group_statistic(arrays, stats[metric])
 
-    base = group_arrays(baseline)
     out = {}
     for label in dict.fromkeys(e["label"] for e in scored):
-        if label == baseline:
-            continue
-        sys_ = group_arrays(label)
-        out[label] = {}
-        for metric, stat in (("CIDEr", mean_statistic), ("BLEU-4", bleu_statistic), ("style top-1", mean_statistic)):
-            if sys_[metric] is None or base[metric] is None:
-                out[label][metric] = None
-            else:
-                out[label][metric] = paired_bootstrap(sys_[metric], base[metric], stat, resamples, seed)
+        if label != baseline:
+            out[label] = {}
+            for metric in stats:
+                sys_, base = group(label, metric), group(baseline, metric)
+                out[label][metric] = (None if sys_ is None or base is None
+                                      else paired_bootstrap(sys_, base, len(keys), resamples, seed))
     return out
 
 

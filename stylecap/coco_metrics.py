@@ -287,6 +287,10 @@ def score_captions(predictions: dict[Hashable, str], references: dict[Hashable, 
     result["tokenizer"] = tokenizer
     result["segmentation"] = seg_info
     result["per_image"] = {k: {m: float(v[i]) for m, v in per.items()} for i, k in enumerate(keys)}
+    if bleu_scorer is not None:  # n-gram statistics: compare.py's bootstrap recomputes corpus BLEU from them
+        from stylecap.significance import bleu_stats
+        for i, k in enumerate(keys):
+            result["per_image"][k]["bleu_stats"] = bleu_stats(res[i][0], gts[i])
     result["subsets"] = {}
     try:
         for name, sub_keys in (subsets or {}).items():

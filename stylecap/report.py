@@ -95,6 +95,18 @@ def _fidelity(fid: dict | None) -> str:
             + (_table(["requested style", "top-1 (generated)"], per) if per else ""))
 
 
+def _style_ppl(ppl: dict | None) -> str:
+    if not ppl or ppl.get("generated") is None:
+        return ""
+    lm = ppl.get("lm", {})
+    rows = [[s, f"{v:.1f}", "-" if ppl["per_style_references"].get(s) is None else f"{ppl['per_style_references'][s]:.1f}"]
+            for s, v in ppl["per_style"].items()]
+    refs = "-" if ppl.get("references") is None else f"{ppl['references']:.1f}"
+    return ("<h2>Style perplexity</h2><p>" + _e(f"order-{lm.get('order')} n-gram LM per style ({lm.get('smoothing')}), "
+            f"trained on the training captions; lower is better. Generated: {ppl['generated']:.1f}; human "
+            f"references: {refs}.") + "</p>" + _table(["requested style", "generated", "references"], rows))
+
+
 def _image_index(image_paths: dict) -> dict:
     """Exact ids plus basename-without-extension forms, so '1000092795' finds '1000092795.jpg'."""
     index = {image_stem(k): v for k, v in image_paths.items()}
@@ -143,6 +155,7 @@ def write_report(path, predictions: list[dict], references: list[dict], metrics:
         _breakdown("Per group", metrics.get("per_group") or {}, False),
         "<h2>Diversity</h2>" + _table(["measure", "value"], [[k, v] for k, v in div.items()]) if div else "",
         _fidelity(metrics.get("style_fidelity")),
+        _style_ppl(metrics.get("style_ppl")),
         "<h2>Counts</h2>" + _table(["count", "value"], [[k, v] for k, v in counts.items()]) if counts else "",
         f"<h2>Images ({len(cards)} of {len(preds_by_image)})</h2><div class='grid'>", "\n".join(cards),
         "</div></body></html>",

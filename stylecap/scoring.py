@@ -16,6 +16,7 @@ from stylecap.diversity import diversity, normalise_caption
 from stylecap.eval_inputs import image_paths_for, load_predictions, load_references
 from stylecap.matching import Matching, group_of, match_predictions
 from stylecap.segmentation import Segmenter, resolve_segmentation
+from stylecap.style_metrics import style_measures
 from stylecap.utils import UserError, atomic_write_json, code_version
 
 
@@ -56,6 +57,15 @@ def most_frequent_caption_baseline(train_captions: list[dict], references: list[
     return {"caption": original, **{m: scores[m] for m in STANDARD}, "tokenizer": scores["tokenizer"]}
 
 
+def references_fingerprint(mt: Matching) -> str:
+    """sha256 of every scored image's references (by image id, whatever the matching), so that
+    compare.py can refuse to compare scores made against different references."""
+    import hashlib
+    import json
+    refs = sorted((str(mt.image_of(k)), sorted(mt.references[k])) for k in mt.predictions)
+    return hashlib.sha256(json.dumps(refs, ensure_ascii=False).encode()).hexdigest()
+
+
 def evaluate_predictions(predictions: list[dict], references: list[dict], *,
                          train_captions: list[dict] | None = None, clip_model=None,
                          image_features: dict[str, torch.Tensor] | None = None, java: bool | None = None,
@@ -89,23 +99,10 @@ def evaluate_predictions(predictions: list[dict], references: list[dict], *,
     if train_norm is None:
         skipped["copied"] = "no training captions given (--train_captions)"
 
-    result["style_fidelity"] = None
-    train_styled = [c for c in (train_captions or []) if c.get("style") is not None]
-    if len({c["style"] for c in train_styled}) < 2:
-        skipped["style_fidelity"] = "needs training captions with at least two styles (--train_captions)"
-    else:
-        from stylecap.style_classifier import StyleClassifier
-        clf = StyleClassifier(segmenter=segmenter).fit([c["caption"] for c in train_styled], [c["style"] for c in train_styled])
-        gen = [p for p in predictions if p.get("style") is not None]
-        fid = {"generated": clf.accuracy([p["caption"] for p in gen], [p["style"] for p in gen]),
-               "references": clf.accuracy([r["caption"] for r in references], [r.get("style") for r in references]),
-               "classifier": clf.describe(), "per_style_top1": {}}
-        for style in sorted({p["style"] for p in gen}):
-            fid["per_style_top1"][style] = clf.accuracy([p["caption"] for p in gen if p["style"] == style],
-                                                        [style] * sum(p["style"] == style for p in gen))["top1"]
-        result["style_fidelity"] = fid
-        if not gen:
-            skipped["style_fidelity"] = "the predictions carry no requested style"
+    result["style_fidelity"], result["style_ppl"], style_skipped = style_measures(
+        mt, predictions, references, train_captions, segmenter, scores["per_image"])
+    skipped.update(style_skipped)
+    result["references_sha256"] = references_fingerprint(mt)
 
     result["clip_score"] = None
     if clip_model is None:

@@ -53,25 +53,29 @@ def stats_array(stats: list[dict]) -> np.ndarray:
     return np.array([[s["testlen"], s["reflen"], *s["guess"], *s["correct"]] for s in stats], dtype=np.float64)
 
 
-def paired_bootstrap(system: np.ndarray, baseline: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], float],
+def paired_bootstrap(system: Callable[[np.ndarray], float], baseline: Callable[[np.ndarray], float], n: int,
                      resamples: int = 1000, seed: int = 0) -> dict:
-    """``statistic(values, idx)`` is the corpus metric of the images ``idx``; system and baseline are
-    per-image arrays aligned on the same images. Returns the difference (system - baseline) on all
+    """``system(idx)`` / ``baseline(idx)``: the corpus metric of the images ``idx`` (indices into the
+    same n images, in the same order for both). Returns the difference (system - baseline) on all
     images, its 95% percentile interval over resamples, and the share of resamples in which the
     baseline scores higher."""
-    n = len(system)
-    if n != len(baseline) or n == 0:
-        raise ValueError(f"paired bootstrap needs the same non-empty image set ({n} vs {len(baseline)})")
+    if n == 0:
+        raise ValueError("paired bootstrap needs at least one image")
     rng = np.random.default_rng(seed)
     everything = np.arange(n)
-    diff = statistic(system, everything) - statistic(baseline, everything)
+    diff = system(everything) - baseline(everything)
     diffs = np.empty(resamples)
     for r in range(resamples):
         idx = rng.integers(0, n, n)
-        diffs[r] = statistic(system, idx) - statistic(baseline, idx)
+        diffs[r] = system(idx) - baseline(idx)
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return {"diff": float(diff), "ci95": [float(lo), float(hi)], "baseline_wins": float(np.mean(diffs < 0)),
             "resamples": resamples, "images": n}
+
+
+def group_statistic(members: list[np.ndarray], statistic: Callable[[np.ndarray, np.ndarray], float]):
+    """idx -> the mean over a group's runs (seeds) of each run's corpus metric on the images idx."""
+    return lambda idx: float(np.mean([statistic(values, idx) for values in members]))
 
 
 def mean_statistic(values: np.ndarray, idx: np.ndarray) -> float:

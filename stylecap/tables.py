@@ -36,6 +36,10 @@ def table_rows(metrics: dict) -> list[tuple[str, str, str]]:
             gv = "-" if g[k] is None else f"{g[k]:.4f}"
             rv = "-" if r[k] is None else f"{r[k]:.4f}"
             rows.append((f"style {k}", gv, f"human references: {rv}"))
+    ppl = metrics.get("style_ppl")
+    if ppl and ppl.get("generated") is not None:
+        rv = "-" if ppl.get("references") is None else f"{ppl['references']:.1f}"
+        rows.append(("style ppl", f"{ppl['generated']:.1f}", f"trigram LM of the style (lower is better); human references: {rv}"))
     base = metrics.get("baseline")
     if base and base.get("CIDEr") is not None:
         rows.append(("baseline CIDEr", fmt100(base["CIDEr"]), f"always '{base['caption']}'"))

@@ -33,11 +33,12 @@ def test_corpus_bleu_from_per_image_stats_equals_pycocoevalcap():
 def test_paired_bootstrap_identical_and_clearly_better_systems():
     rng = np.random.default_rng(0)
     base = rng.random(200)
-    same = paired_bootstrap(base, base.copy(), mean_statistic, resamples=200, seed=1)
+    stat = lambda values: (lambda idx: mean_statistic(values, idx))
+    same = paired_bootstrap(stat(base), stat(base.copy()), 200, resamples=200, seed=1)
     assert same["diff"] == 0 and same["ci95"] == [0, 0] and same["baseline_wins"] == 0
-    better = paired_bootstrap(base + 0.1 + 0.01 * rng.random(200), base, mean_statistic, resamples=200, seed=1)
+    better = paired_bootstrap(stat(base + 0.1 + 0.01 * rng.random(200)), stat(base), 200, resamples=200, seed=1)
     assert better["ci95"][0] > 0 and better["baseline_wins"] == 0 and better["diff"] == pytest.approx(0.105, abs=0.01)
-    noisy = paired_bootstrap(base + rng.normal(0, 0.3, 200), base, mean_statistic, resamples=500, seed=1)
+    noisy = paired_bootstrap(stat(base + rng.normal(0, 0.3, 200)), stat(base), 200, resamples=500, seed=1)
     assert noisy["ci95"][0] < 0 < noisy["ci95"][1] and 0.05 < noisy["baseline_wins"] < 0.95
 
 
@@ -71,8 +72,14 @@ def test_compare_labels_groups_seeds_tests_significance_and_plots(evals, tmp_pat
     assert rows["style_mode=embedding"]["std"]["CIDEr"] is not None and rows["style_mode=token"]["std"]["CIDEr"] is None
     cider = [json.loads((evals[("embedding", s)][1] / "metrics.json").read_text())["CIDEr"] for s in (3, 4)]
     assert rows["style_mode=embedding"]["mean"]["CIDEr"] == pytest.approx(np.mean(cider))
-    sig = result["significance"]["style_mode=token"]["CIDEr"]
-    assert sig["images"] == 8 and sig["ci95"][0] <= sig["diff"] <= sig["ci95"][1] and 0 <= sig["baseline_wins"] <= 1
+    for metric in ("CIDEr", "BLEU-4", "style top-1"):  # per-image data stored by the eval folders
+        sig = result["significance"]["style_mode=token"][metric]
+        assert sig["images"] == 8 and sig["ci95"][0] <= sig["diff"] <= sig["ci95"][1] and 0 <= sig["baseline_wins"] <= 1
+    bleu = {key: json.loads((evals[key][1] / "metrics.json").read_text())["BLEU-4"]
+            for key in (("token", 3), ("embedding", 3), ("embedding", 4))}
+    expected = bleu[("token", 3)] - (bleu[("embedding", 3)] + bleu[("embedding", 4)]) / 2  # the table's numbers
+    assert result["significance"]["style_mode=token"]["BLEU-4"]["diff"] == pytest.approx(expected, abs=1e-9)
+    assert rows["style_mode=token"]["mean"]["style ppl"] > 1 and rows["style_mode=token"]["mean"]["vocabulary"] > 0
     md = (tmp_path / "comparison.md").read_text()
     assert "| style_mode=embedding | 2 |" in md and " ± " in md and "Paired bootstrap" in md
     assert (tmp_path / "comparison.csv").read_text().startswith("label,n,seeds")
@@ -98,3 +105,7 @@ def test_compare_refuses_different_test_sets_and_non_folders(evals, small_models
     (retok / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(UserError, match="differ in tokenizer"):
         compare.main([str(ev), str(retok), "--output_path", str(tmp_path / "c3")])
+    metrics["references_sha256"] = "0" * 64  # same images, other references
+    (retok / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(UserError, match="differ in references_sha256"):
+        compare.main([str(ev), str(retok), "--output_path", str(tmp_path / "c4")])
