@@ -27,7 +27,7 @@ from stylecap.data import CaptionDataset, SkipSampler, collate, encode_data, spl
 from stylecap.evaluation import add_decode_args
 from stylecap.engine import (CheckpointManager, TrainState, evaluate_loss, rng_state, set_rng_state,
                              train_one_epoch)
-from stylecap.features import load_features
+from stylecap.features import clip_record, load_features
 from stylecap.utils import UserError, atomic_write_json, code_version, resolve_device, run_main, setup_logging
 
 
@@ -84,6 +84,8 @@ def get_parser() -> argparse.ArgumentParser:
                    "and the baseline; default: the data the checkpoint was trained on")
     g.add_argument("--clip_model_path", help="CLIP model for CLIPScore; default: the one named in the features' meta")
     g.add_argument("--no_java", action="store_true", help="score without Java (METEOR and SPICE skipped)")
+    g.add_argument("--allow_clip_mismatch", action="store_true", help="evaluate even when --data_path's features "
+                   "are not of the CLIP the model was trained with (checked by sha256 and normalisation)")
     add_decode_args(g, with_max_len=False)
     return p
 
@@ -248,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank != 0:
             return None
         payload = checkpoint_payload(model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                     clip=clip_record(train_data["meta"]),  # the CLIP it was trained on
                                      scaler=scaler.state_dict() if scaler is not None else None,
                                      train_state=asdict(state), rng=rng_state(), args=vars(args))
         path = ckpts.save(payload, name)
