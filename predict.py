@@ -17,6 +17,7 @@ from loguru import logger
 
 from models import load_model
 from stylecap.clip_check import check_clip
+from stylecap.features import clip_record
 from stylecap.evaluation import (add_decode_args, caption_items, captioned_image, captions_by_image, decode_config,
                                  eval_items, log_preview, write_predictions)
 from stylecap.utils import UserError, resolve_device, run_main, setup_logging
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     styles = requested_styles(args, model)
 
     if args.features:
-        from stylecap.features import clip_record, load_features
+        from stylecap.features import load_features
         data = load_features(args.features)
         check_clip(args.model_path, clip_record(data["meta"]), f"--features {args.features} holds",
                    args.allow_clip_mismatch, noun=" features")
@@ -103,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         features, sources = data["clip_embedding"], {}
     else:
         from stylecap.clip_utils import load_clip
-        from stylecap.features import clip_record
         from stylecap.extract import extract_features
         paths = list_images(args.image_path)
         clip_model, preprocess, info = load_clip(args.clip_model_path, device)

@@ -11,10 +11,12 @@ two opt-ins against that exact path, on photo-like JPEGs (bench/photos.py; quali
 
 Reported per flag and image set: the normalised pixel tensors' mean and max |difference| (and their
 spread, for scale); the features' cosine distance (1 - cos) and relative L2 ||f - f_exact|| / ||f_exact||
-(mean and max over images) with the small CLIP of scripts/make_small_models.py and, unless --no_full, a
-full-size random-weight ViT-B/32 ``clip.model.CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)``
-(random weights: the released ViT-B/32 may be more or less sensitive); speed as images/s of decode +
-preprocess alone (one process) and end to end (``extract_features``, DataLoader workers, small CLIP).
+(mean and max over images; for scale, also between different images of the set) with the small CLIP
+of scripts/make_small_models.py and, unless --no_full, a full-size random-weight ViT-B/32
+``clip.model.CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)`` (random weights: the released
+ViT-B/32 may be more or less sensitive); speed as images/s of decode + preprocess alone (one process:
+what a DataLoader worker runs, i.e. decode, resize, crop, RGB, as uint8) and end to end
+(``extract_features``: DataLoader workers decode, the small CLIP encodes).
 Timings interleave the variants and keep the best of ``--repeats``: the machine is shared and noisy.
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 from bench.photos import photo_like, save_jpeg  # noqa: E402
 from stylecap.clip_utils import _import_clip, load_clip, open_image  # noqa: E402
-from stylecap.extract import extract_features  # noqa: E402
+from stylecap.extract import extract_features, split_preprocess  # noqa: E402
 from stylecap.utils import atomic_write_json  # noqa: E402
 
 FLAGS = {"fast_jpeg_decode": {"fast_jpeg_decode": True}, "exif_transpose": {"exif_transpose": True}}
@@ -74,13 +76,15 @@ def distances(f: torch.Tensor, ref: torch.Tensor) -> dict:
             "rel_l2_mean": rel.mean().item(), "rel_l2_max": rel.max().item()}
 
 
-def rate(fn, n: int, repeats: int) -> float:
-    best = float("inf")
+def rates(fns: dict, n: int, repeats: int) -> dict:
+    """images/s of each fn (best of ``repeats``), the variants interleaved so that load spikes hit all."""
+    best = {k: float("inf") for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t)
+    return {k: n / v for k, v in best.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=50, help="images per set (default: %(default)s)")
     ap.add_argument("--no_full", action="store_true", help="skip the full-size random-weight ViT-B/32")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for end to end (default: %(default)s)")
-    ap.add_argument("--repeats", type=int, default=2, help="timing repeats, best kept (default: %(default)s)")
+    ap.add_argument("--repeats", type=int, default=3, help="timing repeats, best kept (default: %(default)s)")
+    ap.add_argument("--parts", default="fidelity,speed", help="what to measure (default: %(default)s)")
     ap.add_argument("--out", default="bench/decode_fidelity.json", help="results file (default: %(default)s)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -109,11 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"made {sum(map(len, sets.values()))} images in {time.perf_counter() - t:.0f}s", flush=True)
 
         results: dict = {"n_per_set": args.n, "torch_threads": 2, "workers": args.workers, "fidelity": {}, "speed": {}}
-        for name, paths in sets.items():
+        for name, paths in (sets.items() if "fidelity" in args.parts else ()):
             ref = pixels(paths, preprocess, None)
             exact = pixels(paths, preprocess, {})
             assert torch.equal(exact, ref), "the default decoding must give openai-clip's own pixels"
             ref_feats = {m: encode(model, ref) for m, model in models.items()}
+            # scale: the distance between DIFFERENT images' exact features (each image vs the next one)
+            results["fidelity"][f"between images | {name}"] = {
+                m: distances(f.roll(1, dims=0), f) for m, f in ref_feats.items()}
             for flag, opts in FLAGS.items():
                 if name not in SETS[flag]:
                     continue
@@ -126,16 +134,15 @@ def main(argv: list[str] | None = None) -> int:
                 results["fidelity"][f"{flag} | {name}"] = row
                 print(f"{flag} | {name}: {json.dumps(row)}", flush=True)
 
-        for name in ("1024x768", "2048x1536"):
+        worker_tf, _ = split_preprocess(preprocess)  # what a DataLoader worker runs: decode, resize, crop, RGB
+        for name in (("1024x768", "2048x1536") if "speed" in args.parts else ()):
             paths = sets[name]
-            speed = {}
             variants = {"exact": {}, **FLAGS}
-            for v, opts in variants.items():  # decode + preprocess alone, one process
-                speed[f"decode+preprocess {v}"] = rate(lambda: pixels(paths, preprocess, opts), len(paths), args.repeats)
-            for v, opts in variants.items():  # end to end: workers decode, small CLIP encodes
-                speed[f"end to end {v}"] = rate(
-                    lambda: extract_features([str(p) for p in paths], small, preprocess, batch_size=32,
-                                             num_workers=args.workers, **opts), len(paths), args.repeats)
+            speed = rates({f"decode+preprocess {v}": (lambda o=o: [worker_tf(open_image(p, **o)) for p in paths])
+                           for v, o in variants.items()}, len(paths), args.repeats)
+            speed.update(rates({f"end to end {v}": (lambda o=o: extract_features(
+                [str(p) for p in paths], small, preprocess, batch_size=25, num_workers=args.workers, **o))
+                for v, o in variants.items()}, len(paths), args.repeats))
             results["speed"][name] = {k: round(v, 1) for k, v in speed.items()}
             print(f"speed {name} (images/s): {json.dumps(results['speed'][name])}", flush=True)
     atomic_write_json(args.out, results)
