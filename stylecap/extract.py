@@ -5,7 +5,10 @@ first appearance, their caption records, source-level meta) and calls :func:`run
 
 * encodes every image ONCE (however many captions it has) through a DataLoader whose worker
   processes decode + preprocess (``num_workers``); bad images come back as (index, reason) instead
-  of a tensor, so they are skipped and recorded without killing the batch;
+  of a tensor, so they are skipped and recorded without killing the batch. Images are decoded as
+  openai-clip decodes them (:func:`stylecap.clip_utils.open_image`): the features equal its own
+  ``encode_image(preprocess(Image.open(p)))``; ``--fast_jpeg_decode`` / ``--exif_transpose`` opt out,
+  and are recorded in ``meta["extraction"]`` and the run key;
 * saves the work in chunks as it goes: every ``chunk_batches`` batches an atomically written
   ``<output>.partial/chunk_00012.pt`` plus ``manifest.json`` holding a hash of the run's inputs and
   settings (``run_key``). Batches sit at fixed positions (``k * batch_size``) and chunks are whole
