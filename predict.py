@@ -16,6 +16,8 @@ import torch
 from loguru import logger
 
 from models import load_model
+from stylecap.clip_check import check_clip
+from stylecap.features import clip_record
 from stylecap.evaluation import (add_decode_args, caption_items, captioned_image, captions_by_image, decode_config,
                                  eval_items, log_preview, write_predictions)
 from stylecap.utils import UserError, resolve_device, run_main, setup_logging
@@ -30,6 +32,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--image_path", help="an image file, a folder of images, or a glob such as 'photos/*.jpg'")
     a("--features", help="caption every image of a feature file (from process_*.py) instead of image files")
     a("--clip_model_path", default="pre_model/ViT-B-32.pt", help="CLIP model used to encode --image_path")
+    a("--allow_clip_mismatch", action="store_true", help="caption even when --clip_model_path (or the CLIP named "
+      "by --features) is not the CLIP the model was trained with (checked by sha256 and normalisation)")
     a("--gpt2_path", help="GPT-2 folder: needed for ClipCap weights, or if a frozen GPT-2 moved")
     a("--style", help="a style name (exact trait string), or 'all' for every style of the model")
     a("--style_file", help="a file with one style per line")
@@ -94,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.features:
         from stylecap.features import load_features
         data = load_features(args.features)
+        check_clip(args.model_path, clip_record(data["meta"]), f"--features {args.features} holds",
+                   args.allow_clip_mismatch, noun=" features")
         items = eval_items(data, model, None if styles in (None, [None]) else styles)
         features, sources = data["clip_embedding"], {}
     else:
@@ -104,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         if info["dim"] != model.cfg.clip_size:
             raise UserError(f"{args.clip_model_path} gives {info['dim']}-d features but the model expects "
                             f"{model.cfg.clip_size}-d; pass the CLIP model it was trained with")
+        check_clip(args.model_path, clip_record(info), "--clip_model_path is", args.allow_clip_mismatch)
         features, ok, bad = extract_features([str(p) for p in paths], clip_model, preprocess,
                                              batch_size=args.batch_size, num_workers=args.num_workers, device=device)
         for i, reason in bad:

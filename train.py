@@ -28,7 +28,7 @@ from stylecap.data import (CaptionDataset, SkipSampler, collate, drop_unknown_st
 from stylecap.evaluation import add_decode_args
 from stylecap.engine import (CheckpointManager, GracefulStop, TrainState, all_rng_states, evaluate_loss,
                              set_rng_state, train_one_epoch)
-from stylecap.features import load_features
+from stylecap.features import clip_record, load_features
 from stylecap.utils import UserError, atomic_write_json, code_version, resolve_device, run_main, setup_logging
 
 
@@ -90,6 +90,8 @@ def get_parser() -> argparse.ArgumentParser:
     from stylecap.segmentation import SEGMENT_CHOICES
     g.add_argument("--segment", choices=SEGMENT_CHOICES, default="auto",
                    help="tokens of Chinese captions for the metrics (as evaluate.py --segment): auto (Chinese -> char)")
+    g.add_argument("--allow_clip_mismatch", action="store_true", help="evaluate even when --data_path's features "
+                   "are not of the CLIP the model was trained with (checked by sha256 and normalisation)")
     add_decode_args(g, with_max_len=False)
     return p
 
@@ -280,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank != 0:
             return None
         payload = checkpoint_payload(model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                     clip=clip_record(train_data["meta"]),  # the CLIP it was trained on
                                      scaler=scaler.state_dict() if scaler is not None else None,
                                      train_state=asdict(state), rng=rngs[0], rng_per_rank=rngs, world_size=world,
                                      args=vars(args))

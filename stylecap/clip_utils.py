@@ -1,4 +1,4 @@
-"""CLIP loading (OpenAI TorchScript archive, plain state dict, or model name) and robust image decoding."""
+"""CLIP loading (OpenAI TorchScript archive, plain state dict, or model name) and image decoding as openai-clip does it."""
 from __future__ import annotations
 
 import os
@@ -74,11 +74,36 @@ class ImageLoadError(Exception):
     """An image that cannot be decoded; the extractor skips it and records the reason."""
 
 
-def load_image(path: str | Path, allow_truncated: bool = False, min_size: int = 224) -> Image.Image:
-    """Decode any PIL-readable image to RGB, honouring EXIF orientation.
+# 16-bit (and 32-bit integer) greyscale: convert("RGB") clips these to 0..255, so nearly every pixel
+# of a 16-bit image turns white (tested). They are scaled to 8 bits instead: the one mode where our
+# pixels deliberately differ from openai-clip's.
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")
 
-    CMYK, L, P, RGBA (composited on white) and 16-bit images become RGB. Large JPEGs are decoded
-    at a reduced DCT scale (``draft``) that still leaves at least ``min_size`` pixels per side.
+
+def open_image(path: str | Path, allow_truncated: bool = False, *, fast_jpeg_decode: bool = False,
+               exif_transpose: bool = False, min_size: int = 224) -> Image.Image:
+    """Decode an image exactly as openai-clip's ``preprocess(Image.open(path))`` receives it.
+
+    By default the result is the file as ``Image.open`` gives it, fully decoded, in its own mode:
+    CLIP's preprocess then resizes it (bicubic, short side) in that mode, centre-crops and applies
+    ``convert("RGB")`` (openai-clip's ``_convert_image_to_rgb``). So RGBA, LA and P images are not
+    composited on a background but converted as openai-clip converts them, EXIF orientation is NOT
+    applied, and JPEGs are decoded at full resolution: the feature equals openai-clip's own, which is
+    what ClipCap's features and released weights were made with (tests/test_features_exact.py).
+
+    Exceptions, each where openai-clip's handling is bad or impossible:
+
+    * 16-bit greyscale (modes I;16*, I): scaled from 0..65535 to 0..255 (``WIDE_MODES``), because
+      ``convert("RGB")`` clips them and the image becomes almost entirely white;
+    * truncated files, only with ``allow_truncated``: openai-clip cannot open them at all; PIL then
+      decodes what is there (the rest is grey).
+
+    Opt-ins (``--fast_jpeg_decode`` / ``--exif_transpose`` of process_*.py; their cost in feature
+    distance and gain in speed are measured by ``python -m bench.decode_fidelity``, see the README):
+
+    * ``fast_jpeg_decode``: decode JPEGs at a reduced DCT scale (PIL ``draft``) that still leaves at
+      least ``min_size`` pixels per side (the CLIP input size): several times faster for large photos;
+    * ``exif_transpose``: rotate/flip as the EXIF orientation tag says (the image as a viewer shows it).
     """
     path = Path(path)
     if not path.is_file():
@@ -90,29 +115,33 @@ def load_image(path: str | Path, allow_truncated: bool = False, min_size: int = 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.format == "JPEG":
+            with Image.open(path) as img:  # the pixels stay loaded after the file is closed
+                if fast_jpeg_decode and img.format == "JPEG":
                     img.draft("RGB", (min_size, min_size))
                 img.load()
-                img = ImageOps.exif_transpose(img)
+                if exif_transpose:
+                    img = ImageOps.exif_transpose(img)
     except (Image.UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"not a readable image ({type(e).__name__})") from None
     except OSError as e:
         raise ImageLoadError(f"corrupt or truncated image ({e}); --allow_truncated loads truncated JPEGs") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = old
-    return to_rgb(img)
+    return _eight_bit(img)
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        return Image.fromarray(np.clip(arr * 255.0 / top, 0, 255).astype(np.uint8)).convert("RGB")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA"):
-        background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img, mask=img.getchannel("A"))
-        return background
-    return img.convert("RGB")
+def load_image(path: str | Path, allow_truncated: bool = False, min_size: int = 224, *,
+               fast_jpeg_decode: bool = False, exif_transpose: bool = False) -> Image.Image:
+    """:func:`open_image` converted to RGB with openai-clip's ``convert("RGB")`` (for display and thumbnails;
+    CLIP features go through :func:`open_image` so that the resize happens in the file's own mode)."""
+    return open_image(path, allow_truncated, fast_jpeg_decode=fast_jpeg_decode, exif_transpose=exif_transpose,
+                      min_size=min_size).convert("RGB")
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16/32-bit integer greyscale -> 8-bit L (see WIDE_MODES); every other mode unchanged."""
+    if img.mode not in WIDE_MODES:
+        return img
+    arr = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    return Image.fromarray(np.clip(arr * 255.0 / top, 0, 255).astype(np.uint8))

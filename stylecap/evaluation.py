@@ -135,6 +135,8 @@ def run_eval_mode(args) -> int:
     model_path, data_path = Path(args.model_path), Path(args.data_path)
     out = Path(args.output_path or Path("output") / f"eval-{model_path.parent.parent.name or model_path.stem}-{data_path.stem}")
     setup_logging(out / "eval.log")
+    from stylecap.clip_check import check_features_clip  # features of the model's CLIP, before any work
+    check_features_clip(model_path, data_path, "--data_path", getattr(args, "allow_clip_mismatch", False))
     device = resolve_device(args.device)
     model = load_model(model_path, args.gpt2_path, device)
     data = load_features(data_path)

@@ -5,7 +5,10 @@ first appearance, their caption records, source-level meta) and calls :func:`run
 
 * encodes every image ONCE (however many captions it has) through a DataLoader whose worker
   processes decode + preprocess (``num_workers``); bad images come back as (index, reason) instead
-  of a tensor, so they are skipped and recorded without killing the batch;
+  of a tensor, so they are skipped and recorded without killing the batch. Images are decoded as
+  openai-clip decodes them (:func:`stylecap.clip_utils.open_image`): the features equal its own
+  ``encode_image(preprocess(Image.open(p)))``; ``--fast_jpeg_decode`` / ``--exif_transpose`` opt out,
+  and are recorded in ``meta["extraction"]`` and the run key;
 * saves the work in chunks as it goes: every ``chunk_batches`` batches an atomically written
   ``<output>.partial/chunk_00012.pt`` plus ``manifest.json`` holding a hash of the run's inputs and
   settings (``run_key``). Batches sit at fixed positions (``k * batch_size``) and chunks are whole
@@ -30,7 +33,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stylecap.clip_utils import ImageLoadError, load_clip, load_image
+from stylecap.clip_utils import ImageLoadError, load_clip, open_image
 from stylecap.features import save_features
 from stylecap.utils import (UserError, atomic_torch_save, atomic_write_json, atomic_write_text,
                             code_version, resolve_device)
@@ -47,7 +49,6 @@ from stylecap.utils import (UserError, atomic_torch_save, atomic_write_json, ato
 FORMAT_VERSION = 1
 CHUNK_IMAGES = 2048  # default chunk size in images: a kill loses at most this much work
 VOLATILE_META = ("created", "code_version")  # the only meta keys that differ between identical runs
-DIE_ENV = "STYLECAP_DIE_AFTER_CHUNKS"  # test hook: SIGKILL ourselves after writing this many chunks
 
 
 def default_workers() -> int:
@@ -73,6 +74,12 @@ def add_args(p) -> None:
     p.add_argument("--fp16", action="store_true", help="store clip_embedding as float16 (half the size)")
     p.add_argument("--allow_truncated", action="store_true",
                    help="decode what is there of truncated images instead of skipping them")
+    p.add_argument("--fast_jpeg_decode", action="store_true",
+                   help="decode large JPEGs at a reduced DCT scale (still >= the CLIP input size per side): faster, "
+                        "but features no longer equal openai-clip's (see README, 'Extracting CLIP features')")
+    p.add_argument("--exif_transpose", action="store_true",
+                   help="rotate images as their EXIF orientation tag says before encoding; openai-clip (and "
+                        "ClipCap's features) encode the stored pixels, unrotated, which is the default")
     p.add_argument("--shard", default=None, metavar="i/n",
                    help="encode only shard i of n (0-based; contiguous blocks of whole batches) into "
                         "<output stem>.shard<i>of<n>.pkl; combine the n shard files with --merge")
@@ -155,10 +162,12 @@ def run_key(job: Job, settings: dict) -> str:
 
 # ----------------------------------------------------------------------------- the encoding engine
 class ImageDataset(Dataset):
-    """paths[k] -> (offset + k, tensor, None) or (offset + k, None, reason) for an unloadable image."""
+    """paths[k] -> (offset + k, tensor, None) or (offset + k, None, reason) for an unloadable image.
+    ``decode``: open_image's keyword options (fast_jpeg_decode, exif_transpose, min_size)."""
 
-    def __init__(self, paths, transform, allow_truncated=False, offset=0):
+    def __init__(self, paths, transform, allow_truncated=False, offset=0, decode: dict | None = None):
         self.paths, self.transform, self.allow_truncated, self.offset = paths, transform, allow_truncated, offset
+        self.decode = decode or {}
 
     def __len__(self):
         return len(self.paths)
@@ -166,7 +175,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, k):
         i = self.offset + k
         try:
-            return i, self.transform(load_image(self.paths[k], self.allow_truncated)), None
+            return i, self.transform(open_image(self.paths[k], self.allow_truncated, **self.decode)), None
         except ImageLoadError as e:
             return i, None, str(e)
         except Exception as e:  # one odd file (bad EXIF, odd mode) must not end a day-long run
@@ -212,15 +221,18 @@ def autocast_dtype(name: str, device: torch.device):
 
 
 def encode_batches(paths, model, preprocess, *, batch_size=128, num_workers=0, device="cpu",
-                   allow_truncated=False, autocast="auto", start=0):
+                   allow_truncated=False, autocast="auto", start=0, fast_jpeg_decode=False, exif_transpose=False):
     """Yield (ok, emb, bad, n) for each batch of paths[start:], batches at start + k * batch_size.
+    Images are decoded as openai-clip decodes them unless fast_jpeg_decode / exif_transpose (see open_image).
 
     ok: LongTensor [n_ok] indices into ``paths``; emb: [n_ok, D] on ``device`` (autocast dtype), or
     None when the whole batch was bad; bad: [(index, reason)]; n: images the batch covered.
     """
     device = torch.device(device)
     worker_tf, norm = split_preprocess(preprocess)
-    loader = DataLoader(ImageDataset(paths[start:], worker_tf, allow_truncated, offset=start),
+    decode = {"fast_jpeg_decode": fast_jpeg_decode, "exif_transpose": exif_transpose,
+              "min_size": int(model.visual.input_resolution)}  # draft never goes below CLIP's input size
+    loader = DataLoader(ImageDataset(paths[start:], worker_tf, allow_truncated, offset=start, decode=decode),
                         batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers > 0 else None)
     if norm is not None:  # [3, 1, 1] each, as torchvision's normalize shapes them
@@ -240,7 +252,8 @@ def encode_batches(paths, model, preprocess, *, batch_size=128, num_workers=0, d
 
 
 def extract_features(image_paths, model, preprocess, batch_size=128, num_workers=None, device="cpu",
-                     allow_truncated=False, autocast="auto", progress=False):
+                     allow_truncated=False, autocast="auto", progress=False, fast_jpeg_decode=False,
+                     exif_transpose=False):
     """Encode images -> (emb fp32 [n_ok, D] on CPU, ok indices, bad [(index, reason)]). No files written.
 
     Embeddings stay on the device until the end, so the GPU never waits for a copy back."""
@@ -250,7 +263,8 @@ def extract_features(image_paths, model, preprocess, batch_size=128, num_workers
     with tqdm(total=len(image_paths), unit="img", disable=not progress) as bar:
         for ok, emb, bad, n in encode_batches(image_paths, model, preprocess, batch_size=batch_size,
                                               num_workers=num_workers, device=device,
-                                              allow_truncated=allow_truncated, autocast=autocast):
+                                              allow_truncated=allow_truncated, autocast=autocast,
+                                              fast_jpeg_decode=fast_jpeg_decode, exif_transpose=exif_transpose):
             if emb is not None:
                 rows.append(emb)
                 oks.append(ok)
@@ -304,14 +318,15 @@ def extract_job(job: Job, model, preprocess, settings: dict, key: str, args):
     start = len(chunks) * per_chunk
     if chunks:
         logger.info(f"{job.path}: resuming after {len(chunks)} of {n_chunks} chunks ({start} images done)")
-    die_after, written = int(os.environ.get(DIE_ENV) or 0), 0
     buf_ok, buf_emb, buf_bad, covered = [], [], [], 0
     t0 = time.perf_counter()
     with tqdm(total=n_images, initial=start, unit="img", desc=job.path.name, mininterval=1.0) as bar:
         for ok, emb, bad, n in encode_batches(job.image_paths, model, preprocess, batch_size=batch,
                                               num_workers=args.num_workers, device=args.device_obj,
                                               allow_truncated=settings["allow_truncated"],
-                                              autocast=settings["autocast"], start=start):
+                                              autocast=settings["autocast"], start=start,
+                                              fast_jpeg_decode=settings["fast_jpeg_decode"],
+                                              exif_transpose=settings["exif_transpose"]):
             if emb is not None:
                 buf_ok.append(ok)
                 buf_emb.append(emb)  # stays on the device until the chunk is saved
@@ -327,9 +342,6 @@ def extract_job(job: Job, model, preprocess, settings: dict, key: str, args):
                 atomic_torch_save(chunk, part / f"chunk_{len(chunks):05d}.pt")
                 chunks.append(chunk)
                 buf_ok, buf_emb, buf_bad, covered = [], [], [], 0
-                written += 1
-                if die_after and written >= die_after:
-                    os.kill(os.getpid(), signal.SIGKILL)  # simulates kill -9 (tests of resume)
     done, elapsed = n_images - start, time.perf_counter() - t0
     logger.info(f"{job.path.name}: {done} images in {elapsed:.1f}s ({done / max(elapsed, 1e-9):.1f} images/s)")
     emb = torch.cat([c["emb"] for c in chunks]) if chunks else torch.zeros(0, settings["dim"])
@@ -426,9 +438,12 @@ def run(jobs: list[Job], args) -> int:
     settings = {"clip_model": info["clip_model"], "clip_sha256": info["clip_sha256"], "dim": info["dim"],
                 "batch_size": args.batch_size, "device_type": args.device_obj.type,
                 "autocast": {None: "none", torch.float16: "fp16", torch.bfloat16: "bf16"}[ac],
-                "allow_truncated": bool(args.allow_truncated), "fp16": bool(args.fp16)}
+                "allow_truncated": bool(args.allow_truncated), "fp16": bool(args.fp16),
+                # how images were decoded: both False = exactly openai-clip's preprocess(Image.open(p))
+                "fast_jpeg_decode": bool(args.fast_jpeg_decode), "exif_transpose": bool(args.exif_transpose)}
     logger.info(f"CLIP {info['clip_model']} (dim {info['dim']}) on {args.device_obj}, batch {args.batch_size}, "
-                f"{args.num_workers} workers, autocast {settings['autocast']}")
+                f"{args.num_workers} workers, autocast {settings['autocast']}; decoding: " +
+                (", ".join(k for k in ("fast_jpeg_decode", "exif_transpose") if settings[k]) or "as openai-clip"))
     encoded, skipped, first_bad = 0, 0, None
     for job in jobs:
         sharded = args.shard_count is not None

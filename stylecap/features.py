@@ -129,6 +129,17 @@ def save_features(path: str | Path, data: dict) -> None:
     atomic_torch_save(validate(data, path), path)
 
 
+def clip_record(meta: dict) -> dict | None:
+    """The CLIP that made a feature file, from its meta: {"clip_model", "clip_sha256", "normalized"};
+    None when the file does not say (legacy pickles, hand-made files). Checkpoints store it (train.py)
+    so that predict.py and eval mode can refuse features or images of another CLIP (stylecap/clip_check.py).
+    Also accepts load_clip's ``info`` (features it encodes are not normalised)."""
+    if not meta.get("clip_sha256"):
+        return None
+    return {"clip_model": meta.get("clip_model"), "clip_sha256": meta["clip_sha256"],
+            "normalized": bool(meta.get("normalized", False))}
+
+
 def styles_of(data: dict) -> list[str]:
     """The style vocabulary of a feature file, in first-seen order ([] for plain captions)."""
     seen: dict[str, None] = {}

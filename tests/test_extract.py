@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -159,37 +161,62 @@ def test_personality(small_models, demo_data, tmp_path):
             assert len(caps) == (5 if s == "test" else 1)
 
 
-def test_kill_and_resume_equals_clean_run(small_models, demo_data, karpathy_out, tmp_path):
-    fl = demo_data / "flickr30k"
-    out = tmp_path / "fl.pkl"
-    argv = ["--caption_path", str(fl / "dataset_flickr30k.json"), "--image_path", str(fl / "flickr30k-images"),
-            "--clip_model_path", str(small_models / "small_clip.pt"), "--output_path", str(out),
-            "--batch_size", "4", "--num_workers", "0", "--chunk_batches", "1"]
-    env = {**os.environ, extract.DIE_ENV: "2"}  # SIGKILL itself after writing 2 chunks of fl_train.pkl
-    proc = subprocess.run([sys.executable, "process_flickr.py", *argv], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == -9, proc.stderr[-2000:]
-    train = tmp_path / "fl_train.pkl"
-    assert not train.exists() and not list(tmp_path.glob("*.pkl"))  # no final file after the kill
-    assert sorted(p.name for p in Path(f"{train}.partial").glob("chunk_*.pt")) == ["chunk_00000.pt", "chunk_00001.pt"]
+def _large_photos(folder: Path, n: int) -> Path:
+    """n distinct 1600x1200 photo-like JPEGs and a token file: tens of ms each to decode and resize, so an
+    extraction takes long enough for a test to kill it from outside between chunks."""
+    import numpy as np
+    from PIL import Image
+    from bench.photos import photo_like, save_jpeg
+    folder.mkdir()
+    base = np.asarray(photo_like(0, 1600, 1200))
+    for i in range(n):  # shifted copies: distinct content without generating n photos
+        save_jpeg(Image.fromarray(np.roll(base, (37 * i, 53 * i), axis=(0, 1))), folder / f"p{i:03d}.jpg")
+    token = folder / "caps.token"
+    token.write_text("".join(f"p{i:03d}.jpg#0\ta photo number {i} .\n" for i in range(n)))
+    return token
 
-    assert process_flickr.main(argv) == 0
-    assert "resuming after 2 of 6 chunks" in (tmp_path / "fl.log").read_text()
-    for s in SPLITS:
-        assert_same_file(tmp_path / f"fl_{s}.pkl", karpathy_out.with_name(f"fl_{s}.pkl"))
-        assert not Path(f"{tmp_path / f'fl_{s}.pkl'}.partial").exists()
+
+def test_kill_and_resume_equals_clean_run(small_models, tmp_path):
+    """kill -9 from outside after some chunks; the rerun resumes and writes the uninterrupted run's file."""
+    n, per_chunk = 12, 1  # 12 chunks of one image
+    token = _large_photos(tmp_path / "img", n)
+    argv = lambda out: ["--caption_path", str(token), "--image_path", str(token.parent), "--clip_model_path",
+                        str(small_models / "small_clip.pt"), "--output_path", str(out), "--val_ratio", "0",
+                        "--test_ratio", "0", "--batch_size", "1", "--num_workers", "0",
+                        "--chunk_batches", str(per_chunk)]
+    clean = tmp_path / "clean.pkl"
+    assert process_flickr.main(argv(clean)) == 0
+
+    out = tmp_path / "fl.pkl"
+    part = Path(f"{out}.partial")
+    proc = subprocess.Popen([sys.executable, "process_flickr.py", *argv(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "killed.err", "w"))
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(part.glob("chunk_*.pt"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)  # as kill -9 from a shell
+    finally:
+        rc = proc.wait(timeout=60)
+    assert rc == -signal.SIGKILL, (tmp_path / "killed.err").read_text()[-2000:]  # killed, not finished
+    done = len(list(part.glob("chunk_*.pt")))
+    assert 2 <= done < n // per_chunk and not out.exists()  # no final file after the kill
+
+    assert process_flickr.main(argv(out)) == 0
+    assert f"resuming after {done} of {n // per_chunk} chunks" in (tmp_path / "fl.log").read_text()
+    assert_same_file(out, clean)
+    assert not part.exists()
 
     # A partial folder from other arguments is stale: discarded, not reused.
-    part = Path(f"{train}.partial")
     part.mkdir()
     (part / "manifest.json").write_text(json.dumps({"run_key": "other"}))
-    torch.save({"first": 0, "count": 4}, part / "chunk_00000.pt")
-    train.unlink()
-    assert process_flickr.main(argv) == 0
-    assert_same_file(train, karpathy_out.with_name("fl_train.pkl"))
+    torch.save({"first": 0, "count": 1}, part / "chunk_00000.pt")
+    out.unlink()
+    assert process_flickr.main(argv(out)) == 0
+    assert_same_file(out, clean)
     # Same command again: up to date, not redone.
-    mtime = train.stat().st_mtime_ns
-    assert process_flickr.main(argv) == 0 and train.stat().st_mtime_ns == mtime
+    mtime = out.stat().st_mtime_ns
+    assert process_flickr.main(argv(out)) == 0 and out.stat().st_mtime_ns == mtime
 
 
 def test_dirty_flickr(small_models, dirty_data, tmp_path):
@@ -220,7 +247,9 @@ def test_dirty_images_decode_to_rgb_with_exif(dirty_data):
         img = load_image(dirty_data / man["image_dir"] / f"{image_id}.jpg")
         assert img.mode == "RGB"
         if "transposed_size" in want:
-            assert list(img.size) == want["transposed_size"]  # EXIF orientation honoured
+            assert list(img.size) == want["size"]  # stored pixels by default, as openai-clip encodes them
+            rotated = load_image(dirty_data / man["image_dir"] / f"{image_id}.jpg", exif_transpose=True)
+            assert list(rotated.size) == want["transposed_size"]  # EXIF orientation honoured on request
 
 
 def test_dirty_personality(small_models, dirty_data, tmp_path):
