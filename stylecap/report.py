@@ -44,7 +44,7 @@ def thumbnail(path) -> str | None:
     if path is None:
         return None
     try:
-        img = load_image(path, allow_truncated=True, min_size=THUMB_PX)
+        img = load_image(path, allow_truncated=True, min_size=THUMB_PX, fast_jpeg_decode=True)  # display only
         img.thumbnail((THUMB_PX, THUMB_PX))
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=80)
