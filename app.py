@@ -163,7 +163,8 @@ def thumbnail_uri(path: Path, size: int = 160) -> str:
 
 
 def results_html(preds: list[dict], sources: dict[str, Path]) -> str:
-    """Captions grouped per image, then per style, each with its score (mean log-probability per token)."""
+    """Captions grouped per image, then per style, each with its score (its log-probability under
+    the model, summed over its tokens, as predictions.jsonl has it)."""
     grouped: dict[str, dict[str | None, list[dict]]] = {}
     for p in preds:
         grouped.setdefault(p["image"], {}).setdefault(p.get("style"), []).append(p)
