@@ -185,3 +185,12 @@ def test_page_builds_with_and_without_styles(styled_demo, plain_demo, images):
         groups = [b for b in page.blocks.values() if isinstance(b, gr.Group)]
         assert groups[0].visible == bool(demo.styles)  # a plain model hides the style controls
         assert dropdown.choices == [(s, s) for s in demo.styles]
+
+
+def test_no_telemetry_or_update_check():
+    pytest.importorskip("gradio")
+    from gradio import analytics
+    assert not analytics.analytics_enabled()  # gradio's telemetry and its version check are both off
+    theme = app.offline_theme()
+    import gradio as gr
+    assert not any(isinstance(f, gr.themes.GoogleFont) for f in theme._font + theme._font_mono)
