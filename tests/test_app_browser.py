@@ -158,7 +158,7 @@ def test_page_captions_an_upload_in_three_styles_offline(server, browser, tmp_pa
     print(f"  {len(urls)} requests, all to {port_prefix} or inline data:")
 
 
-def test_page_reports_a_bad_upload_and_serves_the_next(server, browser, tmp_path):
+def test_page_reports_a_bad_upload_then_captions_an_example(server, browser, tmp_path):
     url, examples = server
     browser.get(url)
     WebDriverWait(browser, 60).until(EC.element_to_be_clickable((By.ID, "sc-run")))
@@ -168,7 +168,9 @@ def test_page_reports_a_bad_upload_and_serves_the_next(server, browser, tmp_path
     status = run_and_wait(browser, "")
     assert "Error" in status and "holiday.jpg" in status and "not a readable image" in status, status
     browser.find_element(By.CSS_SELECTOR, "#sc-files button[aria-label='Clear']").click()
-    upload(browser, sorted(examples.glob("*.jpg"))[1])
+    example = sorted(examples.glob("*.jpg"))[1]  # the next request: click an example image
+    next(b for b in browser.find_elements(By.CSS_SELECTOR, "button.gallery-item") if b.text == example.name).click()
+    WebDriverWait(browser, 30).until(lambda d: example.stem[:8] in d.find_element(By.ID, "sc-files").text)
     status = run_and_wait(browser, status)
     assert "1 captions for 1 image × 1 style" in status, status
     assert len(browser.find_elements(By.CSS_SELECTOR, "#sc-results .sc-caption")) == 1
