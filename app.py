@@ -1,0 +1,283 @@
+r"""StyleCap web demo: upload photos, pick personalities, read the captions in the browser.
+
+    python app.py --model_path output/demo_personality/checkpoints/best.pt --clip_model_path pre_model/small_clip.pt
+    python app.py --model_path output/<run>/checkpoints/best.pt --host 0.0.0.0 --port 7860
+
+The model and CLIP load once; each request runs predict.py's own code (predict.caption_images: CLIP
+preprocessing, encoding, batched decoding), so the page gives the captions predict.py gives. The page is
+served whole from this machine: no CDN, no analytics, no update check, system fonts only.
+Needs the packages of requirements-app.txt (`make app` installs them).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Offline by construction, set before gradio / huggingface_hub are imported: no telemetry, no
+# version check (gradio runs it only with analytics on), no hub look-ups.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["DO_NOT_TRACK"] = "1"
+
+import torch
+from loguru import logger
+
+from models import load_model
+from models.decoding import DecodeConfig
+from predict import IMAGE_SUFFIXES, caption_images, load_clip_for
+from stylecap.evaluation import write_predictions
+from stylecap.utils import UserError, resolve_device, run_main, setup_logging
+
+DEFAULT_EXAMPLES = "data/demo/personality/yfcc_images"  # made by `make demo`
+DECODINGS = ["greedy", "beam", "sample"]
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--model_path", required=True, help="StyleCap checkpoint (e.g. output/<run>/checkpoints/best.pt) or ClipCap weights")
+    a("--clip_model_path", default="pre_model/ViT-B-32.pt", help="CLIP model used to encode the images")
+    a("--gpt2_path", help="GPT-2 folder: needed for ClipCap weights, or if a frozen GPT-2 moved")
+    a("--allow_clip_mismatch", action="store_true", help="serve even when --clip_model_path is not the CLIP "
+      "the model was trained with (checked by sha256)")
+    a("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    a("--port", type=int, default=7860, help="port to listen on")
+    a("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
+    a("--examples", default=DEFAULT_EXAMPLES, help="folder whose first --n_examples images are offered as examples")
+    a("--n_examples", type=int, default=4, help="example images shown under the upload box")
+    a("--max_images", type=int, default=16, help="most images captioned per request")
+    a("--batch_size", type=int, default=1024,
+      help="images x styles decoded per batched call; a request within it is decoded in one call")
+    a("--max_file_size", default="25mb", help="largest upload accepted (gradio size string)")
+    return p
+
+
+@dataclass
+class Demo:
+    """The loaded model and CLIP, and the request handler the page calls."""
+    model: torch.nn.Module
+    clip_model: torch.nn.Module
+    preprocess: object
+    device: torch.device
+    batch_size: int = 1024
+    max_images: int = 16
+    out_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="stylecap-app-")))
+
+    @property
+    def styles(self) -> list[str]:
+        """The model's styles; empty for a plain (unstyled) model."""
+        return [] if self.model.cfg.style_mode == "none" else list(self.model.cfg.styles)
+
+    def caption(self, files, styles: list[str] | None = None, all_styles: bool = False, decode: str = "greedy",
+                beam_size: int = 3, temperature: float = 1.0, topp: float = 1.0, num_captions: int = 1,
+                seed: int = 0) -> tuple[str, str, str | None]:
+        """One request -> (status HTML, captions HTML, path of its predictions.jsonl or None).
+
+        Bad input (no image, unknown style, bad decoding settings, unreadable uploads) is reported in
+        the status; the server goes on serving."""
+        try:
+            return self._caption(files, styles, all_styles, decode, beam_size, temperature, topp, num_captions, seed)
+        except UserError as e:
+            logger.warning(f"request refused: {e}")
+            return _status(f"Error: {e}", error=True), "", None
+
+    def _caption(self, files, styles, all_styles, decode, beam_size, temperature, topp, num_captions, seed):
+        # gradio gives file paths (str); older gradio gave tempfile objects with the path in .name
+        paths = [Path(f if isinstance(f, (str, os.PathLike)) else f.name) for f in (files or [])]
+        if not paths:
+            raise UserError("upload one or more images (or click an example) first")
+        if len(paths) > self.max_images:
+            raise UserError(f"{len(paths)} images given; this demo captions at most {self.max_images} per request")
+        chosen = self.chosen_styles(styles, all_styles)
+        dc = DecodeConfig(decode, int(beam_size), 1.0, float(temperature), 0, float(topp),
+                          1 if decode == "greedy" else int(num_captions))
+        dc.check()
+        torch.manual_seed(int(seed or 0))  # sampling is reproducible for a given seed, as predict.py --seed
+        names = unique_names(paths)
+        t0 = time.perf_counter()
+        preds, ok, bad = caption_images(self.model, self.clip_model, self.preprocess, paths, chosen, dc,
+                                        self.batch_size, self.device, num_workers=0, names=names)
+        seconds = time.perf_counter() - t0
+        skipped = [f"skipped {names[i]}: {page_reason(reason)}" for i, reason in bad]
+        if not ok:
+            raise UserError(f"none of the {len(paths)} uploads could be read as an image: " + "; ".join(skipped))
+        folder = Path(tempfile.mkdtemp(prefix="request-", dir=self.out_dir))
+        _, jsonl = write_predictions(folder, preds)
+        n_styles = len(chosen) if chosen != [None] else 0
+        summary = (f"{len(preds)} captions for {len(ok)} image{'s' * (len(ok) != 1)}"
+                   + (f" × {n_styles} style{'s' * (n_styles != 1)}" if n_styles else "")
+                   + f" in {seconds:.2f} s ({decode})")
+        logger.info(summary + "".join(f"; {s}" for s in skipped))
+        status = _status(summary) + "".join(_status(s, error=True) for s in skipped)
+        return status, results_html(preds, {names[i]: paths[i] for i in ok}), str(jsonl)
+
+    def chosen_styles(self, styles: list[str] | None, all_styles: bool) -> list[str | None]:
+        if not self.styles:
+            return [None]  # a plain model: one caption set per image
+        if all_styles:
+            return self.styles
+        chosen = [styles] if isinstance(styles, str) else list(styles or [])
+        if not chosen:
+            raise UserError("choose at least one style (type in the box to search), or tick 'all styles'")
+        for s in chosen:
+            self.model.style_id(s)  # unknown style: UserError naming the closest valid ones
+        return chosen
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """File names as image ids; a repeated name gets ' (2)', ' (3)' ... so captions never merge."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        seen[p.name] = seen.get(p.name, 0) + 1
+        out.append(p.name if seen[p.name] == 1 else f"{p.name} ({seen[p.name]})")
+    return out
+
+
+def page_reason(reason: str) -> str:
+    """load_image's reason, worded for the page (no command-line flags)."""
+    if "DecompressionBomb" in reason:
+        from PIL import Image
+        return f"image too large (over {2 * Image.MAX_IMAGE_PIXELS:,} pixels); resize it and upload again"
+    return reason.split("; --allow_truncated")[0]
+
+
+def _status(text: str, error: bool = False) -> str:
+    return f'<p class="sc-{"error" if error else "ok"}">{html.escape(text, quote=False)}</p>'
+
+
+def thumbnail_uri(path: Path, size: int = 160) -> str:
+    """A small JPEG data: URI of the image (kept inside the page: nothing fetched from elsewhere)."""
+    from stylecap.clip_utils import load_image
+    img = load_image(path)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def results_html(preds: list[dict], sources: dict[str, Path]) -> str:
+    """Captions grouped per image, then per style, each with its score (its log-probability under
+    the model, summed over its tokens, as predictions.jsonl has it)."""
+    grouped: dict[str, dict[str | None, list[dict]]] = {}
+    for p in preds:
+        grouped.setdefault(p["image"], {}).setdefault(p.get("style"), []).append(p)
+    parts = ['<div class="sc-results">']
+    for image, by_style in grouped.items():
+        parts.append(f'<div class="sc-image"><img alt="" src="{thumbnail_uri(sources[image])}">'
+                     f'<div class="sc-captions"><h4>{html.escape(image)}</h4>')
+        for style, caps in by_style.items():
+            parts.append('<div class="sc-style">')
+            if style is not None:
+                parts.append(f'<span class="sc-style-name">{html.escape(style)}</span>')
+            parts.append("<ol>" + "".join(
+                f'<li><span class="sc-caption">{html.escape(c["caption"])}</span> '
+                f'<span class="sc-score">score {c["score"]:.2f}</span></li>' for c in caps) + "</ol></div>")
+        parts.append("</div></div>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def example_images(folder: str | None, n: int) -> list[str]:
+    if not folder or not Path(folder).is_dir():
+        return []
+    return [str(p) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES][:n]
+
+
+CSS = """
+.sc-results { display: flex; flex-direction: column; gap: 12px; }
+.sc-image { display: flex; gap: 14px; align-items: flex-start; border: 1px solid #ddd; border-radius: 8px; padding: 10px; }
+.sc-image img { width: 160px; border-radius: 4px; flex: none; }
+.sc-captions h4 { margin: 0 0 6px 0; }
+.sc-style { margin-bottom: 6px; }
+.sc-style-name { font-weight: 600; }
+.sc-style ol { margin: 2px 0 0 0; }
+.sc-score { color: #777; font-size: 0.85em; margin-left: 6px; }
+.sc-error { color: #b00020; font-weight: 600; }
+"""
+
+
+def build_ui(demo: Demo, examples: list[str] | None = None):
+    """The gradio page (gr.Blocks), wired to ``demo.caption``."""
+    import gradio as gr
+    styles = demo.styles
+    with gr.Blocks(title="StyleCap", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
+        gr.Markdown("# StyleCap\nUpload photos, pick personalities, and read the captions. "
+                    + (f"This model knows {len(styles)} styles." if styles else "This model writes plain captions."))
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="sc-files")
+                if examples:
+                    gr.Examples([[[p]] for p in examples], inputs=[files], label="Example images")
+                with gr.Group(visible=bool(styles)):
+                    style_box = gr.Dropdown(styles, value=styles[:1], multiselect=True, filterable=True,
+                                            label="Styles (type to search)", elem_id="sc-styles")
+                    all_box = gr.Checkbox(False, label=f"all {len(styles)} styles", elem_id="sc-all")
+                with gr.Accordion("Decoding", open=False):
+                    decode = gr.Radio(DECODINGS, value="greedy", label="Decoding", elem_id="sc-decode")
+                    beam = gr.Slider(1, 10, value=3, step=1, label="Beam size", visible=False)
+                    temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature", visible=False)
+                    topp = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p", visible=False)
+                    num = gr.Slider(1, 5, value=1, step=1, label="Captions per image and style", visible=False)
+                    seed = gr.Number(0, precision=0, label="Seed", visible=False)
+                run = gr.Button("Caption", variant="primary", elem_id="sc-run")
+            with gr.Column(scale=2):
+                status = gr.HTML(elem_id="sc-status")
+                results = gr.HTML(elem_id="sc-results")
+                download = gr.File(label="predictions.jsonl (as predict.py writes it)", elem_id="sc-download")
+
+        def show_decoding(strategy: str):
+            beam_on, sample_on = strategy == "beam", strategy == "sample"
+            return (gr.update(visible=beam_on), gr.update(visible=sample_on), gr.update(visible=sample_on),
+                    gr.update(visible=beam_on or sample_on), gr.update(visible=sample_on))
+
+        decode.change(show_decoding, decode, [beam, temperature, topp, num, seed], queue=False)
+        run.click(demo.caption, [files, style_box, all_box, decode, beam, temperature, topp, num, seed],
+                  [status, results, download], concurrency_limit=1)  # one model: one request at a time
+    return page
+
+
+def offline_theme():
+    """The default look with system fonts: gradio's default theme names web fonts."""
+    import gradio as gr
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logging()
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("the web demo needs gradio: .venv/bin/pip install -r requirements-app.txt "
+                        "(or run `make app`)") from None
+    device = resolve_device(args.device)
+    model = load_model(args.model_path, args.gpt2_path, device)  # in eval mode
+    clip_model, preprocess = load_clip_for(model, args.clip_model_path, device, args.model_path,
+                                           args.allow_clip_mismatch)
+    demo = Demo(model, clip_model, preprocess, device, args.batch_size, args.max_images)
+    page = build_ui(demo, example_images(args.examples, args.n_examples))
+    page.queue(default_concurrency_limit=1)
+    _, url, _ = page.launch(server_name=args.host, server_port=args.port, share=False, show_error=True,
+                            prevent_thread_lock=True, quiet=True, ssr_mode=False, mcp_server=False, pwa=False,
+                            enable_monitoring=False, max_file_size=args.max_file_size, theme=offline_theme(),
+                            css=CSS, allowed_paths=[str(Path(p).parent) for p in example_images(args.examples, 1)])
+    print(f"StyleCap demo running at {url} (Ctrl+C stops it)", flush=True)
+    try:
+        page.block_thread()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

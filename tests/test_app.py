@@ -1,0 +1,196 @@
+"""app.py's request handler with small real-class models: styled and plain models, bad uploads, bad styles.
+
+The handler itself needs no gradio; building the page does (those tests skip without it)."""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import struct
+import zlib
+
+import pytest
+import torch
+
+import app
+import predict
+from models import ModelConfig, build_model, load_model
+from models.captioner import checkpoint_payload
+from models.decoding import DecodeConfig
+from stylecap.utils import UserError
+from tests.helpers import STYLES
+
+
+def save_tiny_model(small_models, path, styled: bool):
+    torch.manual_seed(0)
+    cfg = ModelConfig(gpt2_path=str(small_models / "small_gpt2"), max_len=8,
+                      **({"style_mode": "embedding", "styles": STYLES} if styled else {}))
+    torch.save(checkpoint_payload(build_model(cfg)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(small_models, tmp_path_factory):
+    d = tmp_path_factory.mktemp("app_ckpt")
+    return {"styled": save_tiny_model(small_models, d / "styled.pt", True),
+            "plain": save_tiny_model(small_models, d / "plain.pt", False)}
+
+
+def make_demo(small_models, ckpt) -> app.Demo:
+    model = load_model(ckpt, None, "cpu")
+    clip_model, preprocess = predict.load_clip_for(model, str(small_models / "small_clip.pt"), "cpu", ckpt)
+    return app.Demo(model, clip_model, preprocess, torch.device("cpu"), batch_size=64, max_images=4)
+
+
+@pytest.fixture(scope="module")
+def styled_demo(small_models, checkpoints):
+    return make_demo(small_models, checkpoints["styled"])
+
+
+@pytest.fixture(scope="module")
+def plain_demo(small_models, checkpoints):
+    return make_demo(small_models, checkpoints["plain"])
+
+
+@pytest.fixture()
+def images(demo_data, tmp_path):
+    src = sorted((demo_data / "personality" / "yfcc_images").glob("*.jpg"))[:2]
+    out = []
+    for p in src:
+        shutil.copy(p, tmp_path / p.name)
+        out.append(str(tmp_path / p.name))
+    return out
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def huge_png(path, side: int = 20000):
+    """A valid PNG header claiming side x side pixels (400 M: past PIL's decompression-bomb limit)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return str(path)
+
+
+def test_styled_captions_match_predict(styled_demo, images, small_models, checkpoints, tmp_path):
+    status, page, jsonl = styled_demo.caption(images, ["Happy", "Gloomy"], decode="beam", beam_size=3, num_captions=2)
+    preds = read_jsonl(jsonl)
+    assert len(preds) == 2 * 2 * 2 and "8 captions for 2 images × 2 styles" in status
+    assert {(p["image"], p["style"]) for p in preds} == {(f.split("/")[-1], s) for f in images for s in ("Happy", "Gloomy")}
+    for p in preds:  # every caption on the page, grouped under its image and style, with its score
+        assert html.escape(p["caption"]) in page
+    assert page.count('class="sc-image"') == 2 and page.count('class="sc-style"') == 4 and "score -" in page
+    # the same code as predict.py: its predictions.jsonl is identical for the same images and settings
+    out = tmp_path / "predict_out"
+    predict.main(["--model_path", str(checkpoints["styled"]), "--image_path", str(tmp_path / "*.jpg"),
+                  "--clip_model_path", str(small_models / "small_clip.pt"), "--style_file", str(_styles(tmp_path)),
+                  "--decode", "beam", "--beam_size", "3", "--num_generate", "2", "--output_path", str(out),
+                  "--num_workers", "0"])
+    assert read_jsonl(out / "predictions.jsonl") == preds
+
+
+def _styles(tmp_path):
+    f = tmp_path / "styles.txt"
+    f.write_text("Happy\nGloomy\n")
+    return f
+
+
+def test_all_styles_in_one_batched_call(styled_demo, images, monkeypatch):
+    import stylecap.evaluation
+    n_gen, real_gen = [], stylecap.evaluation.generate_captions
+    monkeypatch.setattr(stylecap.evaluation, "generate_captions",  # counts the calls, runs the real one
+                        lambda model, feats, *rest: n_gen.append(feats.shape[0]) or real_gen(model, feats, *rest))
+    status, _, jsonl = styled_demo.caption(images, [], all_styles=True)
+    assert len(read_jsonl(jsonl)) == len(images) * len(STYLES)
+    assert n_gen == [len(images) * len(STYLES)]  # every image x style in one generate call
+
+
+def test_plain_model_captions_once_per_image(plain_demo, images):
+    assert plain_demo.styles == []
+    status, page, jsonl = plain_demo.caption(images, ["Happy"], decode="greedy")  # styles ignored
+    preds = read_jsonl(jsonl)
+    assert len(preds) == len(images) and all(p["style"] is None for p in preds)
+    assert "sc-style-name" not in page and "×" not in status
+
+
+def test_non_image_upload_is_reported_and_server_goes_on(styled_demo, images, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not an image")
+    status, page, jsonl = styled_demo.caption([str(bad)], ["Happy"])
+    assert "Error" in status and "notes.jpg" in status and "not a readable image" in status
+    assert page == "" and jsonl is None
+    # mixed with good images: those are captioned, the bad one is named in the status
+    status, page, jsonl = styled_demo.caption([str(bad)] + images, ["Happy"])
+    assert len(read_jsonl(jsonl)) == len(images) and "skipped notes.jpg: not a readable image" in status
+
+
+def test_truncated_and_enormous_images_are_reported(styled_demo, images, tmp_path):
+    data = open(images[0], "rb").read()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    huge = huge_png(tmp_path / "huge.png")
+    status, _, jsonl = styled_demo.caption([cut, huge, images[1]], ["Happy"])
+    assert "skipped cut.jpg: corrupt or truncated image" in status and "--allow_truncated" not in status
+    assert "skipped huge.png: image too large" in status
+    assert [p["image"] for p in read_jsonl(jsonl)] == [images[1].split("/")[-1]]
+
+
+def test_unknown_style_and_bad_settings_are_reported(styled_demo, images):
+    status, page, jsonl = styled_demo.caption(images, ["Hapy"])
+    assert "Error: unknown style 'Hapy'" in status and "'Happy'" in status and jsonl is None
+    status, _, _ = styled_demo.caption(images, [])
+    assert "choose at least one style" in status
+    status, _, _ = styled_demo.caption([], ["Happy"])
+    assert "upload one or more images" in status
+    status, _, _ = styled_demo.caption(images * 3, ["Happy"])  # 6 > max_images 4
+    assert "at most 4" in status
+    status, _, _ = styled_demo.caption(images, ["Happy"], decode="beam", beam_size=2, num_captions=3)
+    assert "exceeds" in status
+    status, _, jsonl = styled_demo.caption(images, ["Happy"])  # and the next request is served
+    assert jsonl and len(read_jsonl(jsonl)) == len(images)
+
+
+def test_repeated_file_names_stay_apart(styled_demo, images, tmp_path):
+    other = tmp_path / "sub"
+    other.mkdir()
+    twin = other / images[0].split("/")[-1]
+    shutil.copy(images[1], twin)
+    _, _, jsonl = styled_demo.caption([images[0], str(twin)], ["Happy"])
+    names = [p["image"] for p in read_jsonl(jsonl)]
+    assert len(set(names)) == 2 and names[1] == names[0] + " (2)"
+
+
+def test_sampling_follows_the_seed(styled_demo, images):
+    run = lambda seed: read_jsonl(styled_demo.caption(images, ["Happy"], decode="sample", temperature=1.5,
+                                                       topp=1.0, num_captions=2, seed=seed)[2])
+    assert run(3) == run(3)
+
+
+def test_bad_model_path_is_a_user_error(small_models, tmp_path):
+    pytest.importorskip("gradio")
+    with pytest.raises(UserError, match="not found"):
+        app.main(["--model_path", str(tmp_path / "missing.pt"), "--clip_model_path", str(small_models / "small_clip.pt")])
+
+
+def test_page_builds_with_and_without_styles(styled_demo, plain_demo, images):
+    gr = pytest.importorskip("gradio")
+    for demo in (styled_demo, plain_demo):
+        page = app.build_ui(demo, images)
+        assert isinstance(page, gr.Blocks)
+        dropdown = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "sc-styles")
+        groups = [b for b in page.blocks.values() if isinstance(b, gr.Group)]
+        assert groups[0].visible == bool(demo.styles)  # a plain model hides the style controls
+        assert dropdown.choices == [(s, s) for s in demo.styles]
+
+
+def test_no_telemetry_or_update_check():
+    pytest.importorskip("gradio")
+    from gradio import analytics
+    assert not analytics.analytics_enabled()  # gradio's telemetry and its version check are both off
+    theme = app.offline_theme()
+    import gradio as gr
+    assert not any(isinstance(f, gr.themes.GoogleFont) for f in theme._font + theme._font_mono)
