@@ -190,8 +190,11 @@ def read_py2_pickle(path: Path) -> list[str]:
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
     except pickle.UnpicklingError as e:
-        raise UserError(f"{path}: refused to unpickle ({str(e).splitlines()[0]}); train.p may hold only a "
-                        "list of image names. Re-download FlickrStyle_v0.9") from None
+        if "is not allowed" in str(e):  # RestrictedUnpickler.find_class refused a global: code, not data
+            raise UserError(f"{path}: refused to unpickle ({str(e).splitlines()[0]}); train.p may hold only a "
+                            "list of image names. Re-download FlickrStyle_v0.9") from None
+        raise UserError(f"{path}: not a readable pickle ({e}); expected FlickrStyle10K's train.p, "
+                        "a list of image names") from None
     except Exception as e:  # truncated or not a pickle at all: EOFError, ValueError, KeyError, ...
         raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {e}); "
                         "expected FlickrStyle10K's train.p, a list of image names") from None
@@ -342,7 +345,7 @@ def read_senticap(path: Path, image_dir: Path | None = None) -> CaptionSource:
     path = _need(Path(path))
     with open(path, "rb") as f:
         head = f.read(64).lstrip(b"\xef\xbb\xbf").lstrip()
-    return _read_senticap_json(path, image_dir) if head[:1] == b"{" else _read_senticap_csv(path, image_dir)
+    return _read_senticap_json(path, image_dir) if head[:1] in (b"{", b"[") else _read_senticap_csv(path, image_dir)
 
 
 # ----------------------------------------------------------------------------- dispatch
