@@ -350,14 +350,16 @@ def read_senticap(path: Path, image_dir: Path | None = None) -> CaptionSource:
 
 # ----------------------------------------------------------------------------- dispatch
 def detect_stylized_format(path: Path) -> str:
-    """A folder -> flickrstyle; JSON with images[].sentences[].sentiment or a filename,is_positive_sentiment
-    csv -> senticap; other JSON lines -> jsonl; other text -> csv."""
+    """A folder -> flickrstyle; *.jsonl / *.ndjson -> jsonl; a JSON document (not one object a line) or a
+    filename,is_positive_sentiment,caption csv -> senticap; other JSON lines -> jsonl; other text -> csv."""
     path = Path(path)
     if path.is_dir():
         return "flickrstyle"
     if not path.is_file():
         raise UserError(f"caption source {path} not found; pass --caption_path (a .jsonl/.csv file, "
                         "senticap_dataset.json, or the FlickrStyle_v0.9 folder)")
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return "jsonl"  # by name: its first line may be the malformed one
     with open(path, "rb") as f:
         first = f.readline(1 << 20).lstrip(b"\xef\xbb\xbf").strip()
     if first.startswith(b"{"):
