@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Seeded generator of small synthetic datasets in the real on-disk formats of
-Flickr30k (English, Karpathy split), Flickr30k-CN (ClipCap-Chinese txt) and
-PersonalityCaptions (ParlAI json + YFCC-style hashed images).
+Flickr30k (English, Karpathy split), Flickr30k-CN (ClipCap-Chinese txt),
+PersonalityCaptions (ParlAI json + YFCC-style hashed images) and, under stylized/, the generic
+jsonl/csv input, FlickrStyle10K and SentiCap (scripts/demo_stylized.py).
 
 Every image is one coloured shape on a plain background. Captions are built
 mainly from COLOUR, SIZE and BACKGROUND because those are what a linear probe
@@ -31,6 +32,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+try:
+    from scripts.demo_stylized import write_stylized
+except ModuleNotFoundError:  # run as a file: python scripts/make_demo_data.py (scripts/ is on sys.path)
+    from demo_stylized import write_stylized
 
 TRAITS_JSON = Path(__file__).resolve().parents[1] / "stylecap/data/personality_traits.json"
 IMG_SIZE = 224
@@ -327,7 +333,8 @@ def _manifest_entry(image_dir: Path, out: Path, good: list[dict], specials: list
 def _prepare_out(out: Path) -> None:
     """Refuse to overwrite dataset folders we did not create (e.g. --out data with real
     Flickr30k in it); otherwise wipe our previous output so no stale files remain."""
-    owned = [out / "flickr30k", out / "flickr30k_cn", out / "personality", out / "dirty_manifest.json"]
+    owned = [out / "flickr30k", out / "flickr30k_cn", out / "personality", out / "stylized",
+             out / "dirty_manifest.json"]
     if any(p.exists() for p in owned) and not (out / MARKER).exists():
         raise SystemExit(f"refusing to overwrite {out}: it holds dataset folders not made by this script")
     for p in owned:
@@ -341,11 +348,12 @@ def _prepare_out(out: Path) -> None:
 
 def generate(out_dir, seed: int = 0, variant: str = "clean", n_flickr: int = 400,
              n_personality: int = 1000, n_personality_val: int | None = None,
-             n_personality_test: int | None = None, n_dirty_good: int = 12) -> dict:
+             n_personality_test: int | None = None, n_dirty_good: int = 12, n_stylized: int = 24) -> dict:
     """Write the demo datasets under out_dir; returns {name: Path} of what it wrote.
     Clean: n_flickr Flickr images (80/10/10 Karpathy split, shared by Flickr30k-CN),
     n_personality train + val/test (default 10% each, min 1) PersonalityCaptions images.
-    Dirty: n_dirty_good good images per dataset plus the broken/unusual files."""
+    Dirty: n_dirty_good good images per dataset plus the broken/unusual files.
+    Both: n_stylized images for each stylized set (dirty: n_dirty_good), with malformed lines when dirty."""
     if variant not in ("clean", "dirty"):
         raise ValueError(f"variant must be 'clean' or 'dirty', not {variant!r}")
     out = Path(out_dir)
@@ -354,7 +362,7 @@ def generate(out_dir, seed: int = 0, variant: str = "clean", n_flickr: int = 400
     r_fl, r_pc = random.Random(f"{seed}-flickr"), random.Random(f"{seed}-personality")
     dirty = variant == "dirty"
     if dirty:
-        n_flickr = n_personality = n_dirty_good
+        n_flickr = n_personality = n_stylized = n_dirty_good
         n_personality_val = n_personality_test = 2
     n_val = n_personality_val if n_personality_val is not None else max(1, round(0.1 * n_personality))
     n_test = n_personality_test if n_personality_test is not None else max(1, round(0.1 * n_personality))
@@ -391,6 +399,8 @@ def generate(out_dir, seed: int = 0, variant: str = "clean", n_flickr: int = 400
         pc_extra = [(1, {"personality": "Happy", "image_hash": good}),  # no "comment"
                     (2, {"personality": "Gloomy", "image_hash": good, "comment": 42})]
     paths.update(write_personality(out / "personality", splits, r_pc, pc_extra))
+    # Own stream, written last: the other datasets' bytes do not depend on it.
+    paths.update(write_stylized(out / "stylized", random.Random(f"{seed}-stylized"), _make_items, n_stylized, dirty))
 
     if dirty:
         tok, cn = paths["flickr_token"], paths["cn_captions"]
@@ -424,13 +434,15 @@ def main(argv=None) -> int:
                     help="PersonalityCaptions val images (None: 10%% of train, min 1)")
     ap.add_argument("--n_personality_test", type=int, default=None,
                     help="PersonalityCaptions test images, 5 references each (None: 10%% of train, min 1)")
+    ap.add_argument("--n_stylized", type=int, default=24,
+                    help="images of each stylized set (generic jsonl/csv, FlickrStyle10K, SentiCap) in the clean variant")
     ap.add_argument("--n_dirty_good", type=int, default=12,
                     help="good images per dataset in the dirty variant (besides the broken/unusual ones)")
     a = ap.parse_args(argv)
-    if min(a.n_flickr, a.n_personality, a.n_dirty_good) < 3:
-        ap.error("--n_flickr, --n_personality and --n_dirty_good must be >= 3")
+    if min(a.n_flickr, a.n_personality, a.n_dirty_good, a.n_stylized) < 3:
+        ap.error("--n_flickr, --n_personality, --n_dirty_good and --n_stylized must be >= 3")
     paths = generate(a.out, a.seed, a.variant, a.n_flickr, a.n_personality,
-                     a.n_personality_val, a.n_personality_test, a.n_dirty_good)
+                     a.n_personality_val, a.n_personality_test, a.n_dirty_good, a.n_stylized)
     for k in sorted(paths):
         print(f"{k}: {paths[k]}")
     return 0

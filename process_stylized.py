@@ -1,0 +1,107 @@
+"""Extract CLIP image features for any stylized caption set (one encoding per image).
+
+Caption sources (--format auto detects which from the content; details in stylecap/stylized_sources.py):
+  jsonl        your captions, one JSON object a line:
+               {"image": "1.jpg", "caption": "...", "style": "humor", "split": "train"}
+  csv          your captions, a header row then one record a row:  image,caption,style,split
+               (style and split optional: on every record or on none)
+  flickrstyle  FlickrStyle10K: the FlickrStyle_v0.9 folder (humor/train.p + humor/funny_train.txt,
+               romantic/train.p + romantic/romantic_train.txt); images: Flickr30k's flickr30k-images
+  senticap     SentiCap: senticap_dataset.json (or its csv); images: COCO's val2014 (the folder or its parent)
+
+Every caption record carries "style" (FlickrStyle10K: "humor" / "romantic"; SentiCap: "positive" /
+"negative"; generic: your strings, exactly) and meta["styles"] lists them, the same in every split
+file, as PersonalityCaptions files do, so train.py's --style_mode works unchanged. Splits are by
+image, never by caption: the source's own split when it has one (generic "split", SentiCap's json),
+else a seeded split with --val_ratio / --test_ratio (FlickrStyle10K has no published split).
+Output: <stem>_train.pkl, <stem>_val.pkl, <stem>_test.pkl beside --output_path; with --val_ratio 0
+--test_ratio 0 and a source without splits, the single file --output_path. Log: <output stem>.log.
+
+Example:
+  python process_stylized.py --caption_path data/FlickrStyle_v0.9 \\
+      --image_path data/flickr30k/flickr30k-images --output_path data/features/flickrstyle.pkl
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from process_flickr import SPLITS, seeded_split, split_path
+from stylecap import extract
+from stylecap.stylized_sources import (FLICKRSTYLE_FILES, SENTICAP_STYLES, STYLIZED_FORMATS,
+                                       detect_stylized_format, read_stylized)
+from stylecap.utils import UserError, run_main, setup_logging
+
+DATASET = {"jsonl": "stylized", "csv": "stylized", "flickrstyle": "flickrstyle10k", "senticap": "senticap"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--caption_path", required=True,
+                   help="a .jsonl or .csv caption file, SentiCap's senticap_dataset.json (or csv), "
+                        "or the FlickrStyle_v0.9 folder")
+    p.add_argument("--image_path", required=True,
+                   help="folder with the images; 'image' paths of the generic formats are relative to it")
+    p.add_argument("--output_path", required=True,
+                   help="feature file path, e.g. data/features/flickrstyle.pkl; splits go to <stem>_<split>.pkl")
+    p.add_argument("--format", choices=("auto",) + STYLIZED_FORMATS, default="auto",
+                   help="caption source format; auto detects it from the content (default: auto)")
+    p.add_argument("--val_ratio", type=float, default=0.05,
+                   help="fraction of IMAGES for val when the source has no split (default: %(default)s)")
+    p.add_argument("--test_ratio", type=float, default=0.05,
+                   help="fraction of IMAGES for test when the source has no split (default: %(default)s); "
+                        "--val_ratio 0 --test_ratio 0 writes one file, --output_path itself")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split by image (default: %(default)s)")
+    extract.add_args(p)
+    return p
+
+
+def style_list(fmt: str, captions: list[dict]) -> list[str]:
+    """The style vocabulary: the dataset's fixed order for the two released sets (so style ids do not
+    depend on which style a file happens to list first), first appearance for the generic formats."""
+    fixed = {"flickrstyle": list(FLICKRSTYLE_FILES), "senticap": list(SENTICAP_STYLES)}.get(fmt, [])
+    seen = dict.fromkeys(fixed)
+    for c in captions:
+        if c.get("style") is not None:
+            seen.setdefault(c["style"], None)
+    present = {c.get("style") for c in captions}
+    return [s for s in seen if s in present]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    extract.check_args(args)
+    if not (0 <= args.val_ratio < 1 and 0 <= args.test_ratio < 1):
+        raise UserError("--val_ratio and --test_ratio must be in [0, 1)")
+    output = Path(args.output_path)
+    setup_logging(output.with_suffix(".log"))
+    image_dir = Path(args.image_path)
+    if not image_dir.is_dir():
+        raise UserError(f"image folder {image_dir} not found; pass --image_path (the folder the images are in)")
+
+    fmt = detect_stylized_format(Path(args.caption_path)) if args.format == "auto" else args.format
+    source = read_stylized(args.caption_path, fmt, image_dir)
+    extract.log_malformed(source.malformed)
+    ids = list(source.image_files)  # first-appearance order
+    meta = {"dataset": DATASET[fmt], "source_format": fmt, "sources": source.files, "image_dir": str(image_dir),
+            "styles": style_list(fmt, source.captions)}
+    if source.splits is not None:
+        splits = source.splits
+        meta["split_method"] = "source"
+    elif args.val_ratio == 0 and args.test_ratio == 0:
+        splits = None
+        meta["split_method"] = "none"
+    else:
+        splits = seeded_split(ids, args.val_ratio, args.test_ratio, args.seed)
+        meta.update(split_method="seeded", seed=args.seed, val_ratio=args.val_ratio, test_ratio=args.test_ratio)
+
+    if splits is None:
+        jobs = [extract.make_job(output, source, image_dir, ids, {**meta, "split": None})]
+    else:
+        jobs = [extract.make_job(split_path(output, s), source, image_dir, [i for i in ids if splits[i] == s],
+                                 {**meta, "split": s}) for s in SPLITS]
+    return extract.run(jobs, args)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,383 @@
+"""Parsers for the stylized caption sources process_stylized.py reads.
+
+    jsonl        generic: one JSON object a line, ``{"image", "caption"[, "style"][, "split"]}``
+    csv          generic: a header row naming the columns ``image,caption[,style][,split]``, then one
+                 record a row (comma-separated, double-quoted as Python's csv module writes it)
+    flickrstyle  FlickrStyle10K as released (``FlickrStyle_v0.9/``): ``humor/train.p`` +
+                 ``humor/funny_train.txt`` and ``romantic/train.p`` + ``romantic/romantic_train.txt``
+    senticap     SentiCap as released: ``senticap_dataset.json`` or the csv its reader writes
+
+Generic records: ``image`` is the image file relative to --image_path (``1000092795.jpg``,
+``val2014/COCO_val2014_000000000042.jpg``); ``caption`` the text; ``style`` any string, kept exactly
+(every record has one, or none has: a plain-caption set); ``split`` one of train/val/test (restval
+counts as train), on every record or on none (then process_stylized.py makes a seeded split by image).
+All records of an image must agree on the split. ``image_id`` is the image file's stem, so two
+different files with the same stem are refused (the later records are malformed).
+
+Bad input follows :mod:`stylecap.caption_sources`: a malformed LINE/RECORD is skipped, counted and
+reported (``CaptionSource.malformed``); a malformed FILE, or one without a usable line, raises
+:class:`UserError` with one line naming the file and the fix.
+
+Sources of the released formats (read, not copied):
+
+* FlickrStyle10K (Gan et al., CVPR 2017, ``FlickrStyle_v0.9.zip``): github.com/yiyang92/
+  caption-stylenet_tensorflow ``preprocess_captions.py`` (commit 6256dc6) loads ``humor/train.p`` /
+  ``romantic/train.p`` with ``pickle.load`` -- a list of image names, the same list in both folders --
+  and reads ``humor/funny_train.txt`` / ``romantic/romantic_train.txt`` line by line, line i being
+  the caption of name i; the Flickr30k image is ``name.split('_')[0] + '.jpg'`` (names are Flickr's
+  ``<photo id>_<secret>.jpg``). github.com/kacky24/stylenet ``preprocess.py`` maps names to
+  ``flickr30k_images/<digits>.jpg`` the same way. Both note that some caption lines are not UTF-8
+  (they decode with ``errors='replace'`` / ``encoding='latin1'``); train.p is a protocol-0 pickle
+  written by Python 2 (its ``V``/``aV`` opcode lines are parsed as text by some readers).
+* SentiCap (Mathews et al., AAAI 2016): the dataset's own ``senticap_reader.py``, copied in
+  github.com/Jiexin-Zheng/Image_captioning_with_sentiments ``senticap_reader.py`` (commit c1c167d):
+  ``{"images": [{"filename": "COCO_val2014_....jpg", "imgid", "split": train/val/test,
+  "sentences": [{"raw", "tokens", "word_sentiment", "sentiment": 0 negative / 1 positive}]}]}``;
+  its ``writeCSV`` writes ``filename,is_positive_sentiment,caption`` (tokenised, lower-cased caption).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+from pathlib import Path
+
+from stylecap.caption_sources import KARPATHY_SPLITS, CaptionSource, _json, _lines
+from stylecap.features import RestrictedUnpickler
+from stylecap.utils import UserError
+
+STYLIZED_FORMATS = ("jsonl", "csv", "flickrstyle", "senticap")
+# FlickrStyle10K: style string -> (folder, caption file). The folder names are the dataset's words.
+FLICKRSTYLE_FILES = {"humor": ("humor", "funny_train.txt"), "romantic": ("romantic", "romantic_train.txt")}
+SENTICAP_STYLES = ("positive", "negative")  # sentiment 1 / 0
+GENERIC_COLUMNS = ("image", "caption", "style", "split")
+
+
+def _first(src: CaptionSource) -> str:
+    return f"; first problem: {src.malformed[0]['where']}: {src.malformed[0]['reason']}" if src.malformed else ""
+
+
+def _need(path: Path) -> Path:
+    if not path.is_file():
+        raise UserError(f"caption file {path} not found; check --caption_path")
+    return path
+
+
+# ----------------------------------------------------------------------------- generic jsonl / csv
+def _add_generic(src: CaptionSource, path: Path, rows: list[tuple[str, dict]]) -> CaptionSource:
+    """Validate generic records ``(where, {"image", "caption", "style", "split"})`` into ``src``.
+
+    Two passes: a style (or split) on some records makes it required on all, since a style-conditioned
+    model cannot train on a caption without one, and a split by image needs every image placed."""
+    has_style = any(r.get("style") not in (None, "") for _, r in rows)
+    has_split = any(r.get("split") not in (None, "") for _, r in rows)
+    src.splits = {} if has_split else None
+    for where, r in rows:
+        image, caption, style, split = (r.get(k) for k in GENERIC_COLUMNS)
+        if not isinstance(image, str) or not image.strip():
+            src.bad(path, where, "'image' missing, empty or not a string")
+            continue
+        if not isinstance(caption, str) or not caption.strip():
+            src.bad(path, where, "'caption' missing, empty or not a string")
+            continue
+        if has_style and (not isinstance(style, str) or not style.strip()):
+            src.bad(path, where, "no 'style' while other records have one; give every record a style or none")
+            continue
+        image = image.strip()
+        image_id = Path(image).stem
+        if src.image_files.get(image_id, image) != image:
+            src.bad(path, where, f"image {image!r} has the same file stem as {src.image_files[image_id]!r}; "
+                                 "image ids are file stems, rename one")
+            continue
+        if has_split:
+            if split not in KARPATHY_SPLITS:
+                src.bad(path, where, f"split {split!r} is not train/val/test (give every record a split or none)")
+                continue
+            split = KARPATHY_SPLITS[split]
+            if src.splits.setdefault(image_id, split) != split:
+                src.bad(path, where, f"image {image!r} is in split {src.splits[image_id]!r} on an earlier "
+                                     f"record, {split!r} here; splits are by image")
+                continue
+        extra = {"style": style} if has_style else {}  # style kept exactly, never lower-cased
+        src.add(image, caption.strip(), **extra)
+    src.malformed.sort(key=lambda m: int(m["where"].split()[-1]))  # "line n", in file order
+    return src
+
+
+def read_jsonl(path: Path) -> CaptionSource:
+    src = CaptionSource(format="jsonl", files=[str(path)])
+    rows = []
+    for n, text in _lines(_need(path)):
+        where = f"line {n}"
+        if text is None:
+            src.bad(path, where, "not UTF-8 text")
+            continue
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            src.bad(path, where, f"invalid JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(rec, dict):
+            src.bad(path, where, "not a JSON object")
+            continue
+        rows.append((where, rec))
+    _add_generic(src, path, rows)
+    if not src.captions:
+        raise UserError(f'{path}: no usable JSON line (expected {{"image": "1.jpg", "caption": "...", '
+                        f'"style": "...", "split": "train"}} per line, style and split optional){_first(src)}')
+    return src
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict, bool]]]:
+    """(header, [(line number, row dict, had undecodable bytes)]) of a CSV file with a header row."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    # errors='replace' keeps the file readable; rows holding U+FFFD are reported as not UTF-8
+    text = raw.decode("utf-8-sig", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        rows = []
+        for fields in reader:
+            rows.append((reader.line_num, fields))
+    except csv.Error as e:
+        raise UserError(f"{path}: not a readable CSV file (line {reader.line_num}: {e})") from None
+    if not header:
+        raise UserError(f"{path}: empty CSV file; expected a header row such as image,caption,style,split")
+    header = [h.strip() for h in header]
+    out = []
+    for n, fields in rows:
+        if not any(f.strip() for f in fields):
+            continue  # blank line
+        bad_utf8 = any("\ufffd" in f for f in fields)
+        out.append((n, fields, bad_utf8))
+    return header, out
+
+
+def read_csv(path: Path) -> CaptionSource:
+    header, rows = _csv_rows(_need(path))
+    if "image" not in header or "caption" not in header:
+        raise UserError(f"{path}: the header row {','.join(header)[:80]!r} lacks image and caption columns; "
+                        "expected image,caption[,style][,split] (pass --format senticap for SentiCap's csv)")
+    src = CaptionSource(format="csv", files=[str(path)])
+    recs = []
+    for n, fields, bad_utf8 in rows:
+        where = f"line {n}"
+        if bad_utf8:
+            src.bad(path, where, "not UTF-8 text")
+        elif len(fields) != len(header):
+            src.bad(path, where, f"{len(fields)} fields, the header has {len(header)} (quote captions with commas)")
+        else:
+            recs.append((where, {k: v for k, v in zip(header, fields) if k in GENERIC_COLUMNS}))
+    _add_generic(src, path, recs)
+    if not src.captions:
+        raise UserError(f"{path}: no usable CSV row (expected rows image,caption[,style][,split] "
+                        f"under the header){_first(src)}")
+    return src
+
+
+# ----------------------------------------------------------------------------- FlickrStyle10K
+def read_py2_pickle(path: Path) -> list[str]:
+    """A Python-2 pickle of a list of image names (FlickrStyle10K's ``train.p``), read through the
+    project's restricted unpickler: builtins only, any global (code) refused before it runs.
+    Python 2 ``str`` items arrive as latin-1 text (``encoding="latin1"``), ``unicode`` items as str."""
+    try:
+        with open(path, "rb") as f:
+            obj = RestrictedUnpickler(f, encoding="latin1").load()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except pickle.UnpicklingError as e:
+        if "is not allowed" in str(e):  # RestrictedUnpickler.find_class refused a global: code, not data
+            raise UserError(f"{path}: refused to unpickle ({str(e).splitlines()[0]}); train.p may hold only a "
+                            "list of image names. Re-download FlickrStyle_v0.9") from None
+        raise UserError(f"{path}: not a readable pickle ({e}); expected FlickrStyle10K's train.p, "
+                        "a list of image names") from None
+    except Exception as e:  # truncated or not a pickle at all: EOFError, ValueError, KeyError, ...
+        raise UserError(f"{path}: not a readable pickle ({type(e).__name__}: {e}); "
+                        "expected FlickrStyle10K's train.p, a list of image names") from None
+    if not isinstance(obj, (list, tuple)):
+        raise UserError(f"{path}: expected a pickled list of image names, got {type(obj).__name__}")
+    return [o.decode("latin-1") if isinstance(o, bytes) else o for o in obj]
+
+
+def _flickrstyle_image(name) -> str | None:
+    """``1000092795_8c9bb3bd3b.jpg`` (Flickr's <photo id>_<secret>) -> ``1000092795.jpg``."""
+    if not isinstance(name, str) or not name.strip():
+        return None
+    base = Path(name.strip()).name
+    stem = base.split("_", 1)[0] if "_" in base else Path(base).stem
+    return f"{stem}.jpg" if stem else None
+
+
+def _decode_caption(line: bytes) -> str:
+    """UTF-8; else Windows-1252 (the romantic file's few non-UTF-8 lines), else latin-1 (never fails).
+    Decoding is per line, after splitting the bytes, so line i stays caption i."""
+    for enc in ("utf-8", "cp1252"):
+        try:
+            return line.decode(enc)
+        except UnicodeDecodeError:
+            pass
+    return line.decode("latin-1")
+
+
+def read_flickrstyle(folder: Path) -> CaptionSource:
+    """The FlickrStyle_v0.9 folder: each style folder present contributes one caption per image name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--caption_path {folder} is not a folder; pass the FlickrStyle_v0.9 folder "
+                        "(humor/train.p, humor/funny_train.txt, romantic/train.p, romantic/romantic_train.txt)")
+    src = CaptionSource(format="flickrstyle", files=[])
+    found = 0
+    for style, (sub, txt) in FLICKRSTYLE_FILES.items():
+        pfile, cfile = folder / sub / "train.p", folder / sub / txt
+        if not pfile.is_file() and not cfile.is_file():
+            continue
+        for f in (pfile, cfile):
+            if not f.is_file():
+                raise UserError(f"{f} not found: FlickrStyle10K needs both {sub}/train.p and {sub}/{txt}")
+        found += 1
+        src.files += [str(pfile), str(cfile)]
+        names = read_py2_pickle(pfile)
+        try:
+            lines = cfile.read_bytes().splitlines()  # bytes: only \n, \r, \r\n end a line
+        except OSError as e:
+            raise UserError(f"cannot read {cfile}: {e.strerror}") from None
+        for i, line in enumerate(lines):
+            where = f"line {i + 1}"
+            if i >= len(names):
+                src.bad(cfile, where, f"no image name for this line ({pfile.name} lists {len(names)})")
+                continue
+            image = _flickrstyle_image(names[i])
+            caption = _decode_caption(line).strip()
+            if image is None:
+                src.bad(pfile, f"item {i}", f"not an image name: {str(names[i])[:60]!r}")
+            elif not caption:
+                src.bad(cfile, where, "empty caption")
+            else:
+                src.add(image, caption, style=style)
+        if len(names) > len(lines):
+            src.bad(pfile, f"items {len(lines)}..{len(names) - 1}",
+                    f"{len(names) - len(lines)} image names without a caption line in {txt}; ignored")
+    if not found:
+        raise UserError(f"{folder}: no humor/ or romantic/ folder with train.p and the caption txt; pass the "
+                        "FlickrStyle_v0.9 folder as --caption_path")
+    if not src.captions:
+        raise UserError(f"{folder}: no usable FlickrStyle10K caption{_first(src)}")
+    return src
+
+
+# ----------------------------------------------------------------------------- SentiCap
+def senticap_image(filename: str, image_dir: Path | None) -> str:
+    """``COCO_val2014_000000000042.jpg`` -> ``val2014/COCO_val2014_000000000042.jpg`` when --image_path is
+    the COCO root with a val2014/ (train2014/) folder, else the name itself (a flat image folder)."""
+    parts = filename.split("_")
+    if image_dir is not None and len(parts) >= 3 and not (Path(image_dir) / filename).is_file() \
+            and (Path(image_dir) / parts[1]).is_dir():
+        return f"{parts[1]}/{filename}"
+    return filename
+
+
+def _read_senticap_json(path: Path, image_dir: Path | None) -> CaptionSource:
+    data = _json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UserError(f"{path}: not senticap_dataset.json (expected {{\"images\": [{{\"filename\", \"split\", "
+                        "\"sentences\": [{\"raw\", \"sentiment\"}]}]}})")
+    src = CaptionSource(format="senticap", files=[str(path)], splits={})
+    for i, img in enumerate(data["images"]):
+        where = f"images[{i}]"
+        if not isinstance(img, dict) or not isinstance(img.get("filename"), str) or not img["filename"].strip():
+            src.bad(path, where, "no 'filename'")
+            continue
+        if img.get("split") not in ("train", "val", "test"):
+            src.bad(path, where, f"unknown split {img.get('split')!r} (expected train/val/test)")
+            continue
+        if not isinstance(img.get("sentences"), list) or not img["sentences"]:
+            src.bad(path, where, "no 'sentences' (or an empty list)")
+            continue
+        name = senticap_image(img["filename"].strip(), image_dir)
+        for j, sent in enumerate(img["sentences"]):
+            raw = sent.get("raw") if isinstance(sent, dict) else None
+            senti = sent.get("sentiment") if isinstance(sent, dict) else None
+            if not isinstance(raw, str) or not raw.strip():
+                src.bad(path, f"{where}.sentences[{j}]", "no 'raw' caption text")
+            elif senti not in (0, 1) or isinstance(senti, bool):
+                src.bad(path, f"{where}.sentences[{j}]", f"sentiment {senti!r} is not 0 (negative) or 1 (positive)")
+            else:
+                src.add(name, raw.strip(), style=SENTICAP_STYLES[0] if senti == 1 else SENTICAP_STYLES[1])
+                src.splits.setdefault(Path(name).stem, img["split"])
+    if not src.captions:
+        raise UserError(f"{path}: no usable image/sentence in the SentiCap file{_first(src)}")
+    return src
+
+
+def _read_senticap_csv(path: Path, image_dir: Path | None) -> CaptionSource:
+    header, rows = _csv_rows(path)
+    cols = ("filename", "is_positive_sentiment", "caption")
+    if header != list(cols):
+        raise UserError(f"{path}: header {','.join(header)[:80]!r} is not SentiCap's "
+                        "filename,is_positive_sentiment,caption; pass --format csv for the generic csv")
+    src = CaptionSource(format="senticap", files=[str(path)])
+    for n, fields, bad_utf8 in rows:
+        where = f"line {n}"
+        if bad_utf8:
+            src.bad(path, where, "not UTF-8 text")
+        elif len(fields) != 3:
+            src.bad(path, where, f"{len(fields)} fields, expected filename,is_positive_sentiment,caption")
+        elif not fields[0].strip():
+            src.bad(path, where, "empty filename")
+        elif fields[1].strip() not in ("0", "1"):
+            src.bad(path, where, f"is_positive_sentiment {fields[1]!r} is not 0 or 1")
+        elif not fields[2].strip():
+            src.bad(path, where, "empty caption")
+        else:
+            style = SENTICAP_STYLES[0] if fields[1].strip() == "1" else SENTICAP_STYLES[1]
+            src.add(senticap_image(fields[0].strip(), image_dir), fields[2].strip(), style=style)
+    if not src.captions:
+        raise UserError(f"{path}: no usable SentiCap csv row{_first(src)}")
+    return src
+
+
+def read_senticap(path: Path, image_dir: Path | None = None) -> CaptionSource:
+    """senticap_dataset.json (with its train/val/test split) or SentiCap's csv (no split)."""
+    path = _need(Path(path))
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip(b"\xef\xbb\xbf").lstrip()
+    return _read_senticap_json(path, image_dir) if head[:1] in (b"{", b"[") else _read_senticap_csv(path, image_dir)
+
+
+# ----------------------------------------------------------------------------- dispatch
+def detect_stylized_format(path: Path) -> str:
+    """A folder -> flickrstyle; *.jsonl / *.ndjson -> jsonl; a JSON document (not one object a line) or a
+    filename,is_positive_sentiment,caption csv -> senticap; other JSON lines -> jsonl; other text -> csv."""
+    path = Path(path)
+    if path.is_dir():
+        return "flickrstyle"
+    if not path.is_file():
+        raise UserError(f"caption source {path} not found; pass --caption_path (a .jsonl/.csv file, "
+                        "senticap_dataset.json, or the FlickrStyle_v0.9 folder)")
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return "jsonl"  # by name: its first line may be the malformed one
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20).lstrip(b"\xef\xbb\xbf").strip()
+    if first.startswith(b"{"):
+        try:
+            rec = json.loads(first)
+        except ValueError:  # a pretty-printed or huge JSON document: not one object a line
+            return "senticap"
+        return "senticap" if isinstance(rec, dict) and "images" in rec else "jsonl"
+    return "senticap" if first.replace(b" ", b"") == b"filename,is_positive_sentiment,caption" else "csv"
+
+
+def read_stylized(path, fmt: str = "auto", image_dir: Path | None = None) -> CaptionSource:
+    """Read a stylized caption source; ``fmt`` is 'auto' (detected from the content) or one of STYLIZED_FORMATS."""
+    path = Path(path)
+    if fmt == "auto":
+        fmt = detect_stylized_format(path)
+    if fmt == "flickrstyle":
+        return read_flickrstyle(path)
+    if fmt == "senticap":
+        return read_senticap(path, image_dir)
+    return read_jsonl(path) if fmt == "jsonl" else read_csv(path)
