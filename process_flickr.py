@@ -17,15 +17,12 @@ Example:
 from __future__ import annotations
 
 import argparse
-import random
 from pathlib import Path
 
 from stylecap import extract
 from stylecap.caption_sources import FORMATS, read_flickr
+from stylecap.splits import jobs_by_split
 from stylecap.utils import UserError, run_main, setup_logging
-
-SPLITS = ("train", "val", "test")
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,27 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def seeded_split(image_ids: list[str], val_ratio: float, test_ratio: float, seed: int) -> dict[str, str]:
-    """image_id -> split: a seeded shuffle of the images; test first, then val, the rest train.
-    A non-zero ratio gets at least one image."""
-    n = len(image_ids)
-    count = lambda r: 0 if r == 0 else max(1, round(n * r))
-    n_val, n_test = count(val_ratio), count(test_ratio)
-    if n_val + n_test >= n:
-        raise UserError(f"--val_ratio {val_ratio} and --test_ratio {test_ratio} leave no training image "
-                        f"of {n}; use smaller ratios")
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    split = {image_ids[i]: "train" for i in range(n)}
-    for k, i in enumerate(order[:n_test + n_val]):
-        split[image_ids[i]] = "test" if k < n_test else "val"
-    return split
-
-
-def split_path(output: Path, split: str) -> Path:
-    return output.with_name(f"{output.stem}_{split}{output.suffix}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     extract.check_args(args)
@@ -80,24 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
     source = read_flickr(args.caption_path, args.format)
     extract.log_malformed(source.malformed)
-    ids = list(source.image_files)  # first-appearance order
     meta = {"dataset": "flickr30k-cn" if source.format == "cn" else "flickr30k",
             "source_format": source.format, "sources": source.files, "image_dir": str(image_dir), "styles": []}
-    if source.splits is not None:
-        splits = source.splits
-        meta["split_method"] = "karpathy"
-    elif args.val_ratio == 0 and args.test_ratio == 0:
-        splits = None
-        meta["split_method"] = "none"
-    else:
-        splits = seeded_split(ids, args.val_ratio, args.test_ratio, args.seed)
-        meta.update(split_method="seeded", seed=args.seed, val_ratio=args.val_ratio, test_ratio=args.test_ratio)
-
-    if splits is None:
-        jobs = [extract.make_job(output, source, image_dir, ids, {**meta, "split": None})]
-    else:
-        jobs = [extract.make_job(split_path(output, s), source, image_dir, [i for i in ids if splits[i] == s],
-                                 {**meta, "split": s}) for s in SPLITS]
+    jobs = jobs_by_split(output, source, image_dir, meta, args, "karpathy")
     return extract.run(jobs, args)
 
 

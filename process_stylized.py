@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from process_flickr import SPLITS, seeded_split, split_path
 from stylecap import extract
 from stylecap.stylized_sources import (FLICKRSTYLE_FILES, SENTICAP_STYLES, STYLIZED_FORMATS,
                                        detect_stylized_format, read_stylized)
+from stylecap.splits import jobs_by_split
 from stylecap.utils import UserError, run_main, setup_logging
 
 DATASET = {"jsonl": "stylized", "csv": "stylized", "flickrstyle": "flickrstyle10k", "senticap": "senticap"}
@@ -82,24 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     fmt = detect_stylized_format(Path(args.caption_path)) if args.format == "auto" else args.format
     source = read_stylized(args.caption_path, fmt, image_dir)
     extract.log_malformed(source.malformed)
-    ids = list(source.image_files)  # first-appearance order
     meta = {"dataset": DATASET[fmt], "source_format": fmt, "sources": source.files, "image_dir": str(image_dir),
             "styles": style_list(fmt, source.captions)}
-    if source.splits is not None:
-        splits = source.splits
-        meta["split_method"] = "source"
-    elif args.val_ratio == 0 and args.test_ratio == 0:
-        splits = None
-        meta["split_method"] = "none"
-    else:
-        splits = seeded_split(ids, args.val_ratio, args.test_ratio, args.seed)
-        meta.update(split_method="seeded", seed=args.seed, val_ratio=args.val_ratio, test_ratio=args.test_ratio)
-
-    if splits is None:
-        jobs = [extract.make_job(output, source, image_dir, ids, {**meta, "split": None})]
-    else:
-        jobs = [extract.make_job(split_path(output, s), source, image_dir, [i for i in ids if splits[i] == s],
-                                 {**meta, "split": s}) for s in SPLITS]
+    jobs = jobs_by_split(output, source, image_dir, meta, args, "source")
     return extract.run(jobs, args)
 
 

@@ -1,4 +1,5 @@
-"""Item 10: library code never imports a top-level script; the metrics modules stay small."""
+"""Issue 8 item 10: models/ is the lowest layer, library code never imports a top-level script, no
+test-only hooks in production code, and the metrics modules stay small."""
 from __future__ import annotations
 
 import ast
@@ -31,3 +32,15 @@ def test_metrics_modules_are_split_below_400_lines():
     sizes = {m: len((ROOT / "stylecap" / f"{m}.py").read_text(encoding="utf-8").splitlines())
              for m in modules if (ROOT / "stylecap" / f"{m}.py").exists()}
     assert len(sizes) >= 8 and all(n <= 400 for n in sizes.values()), sizes
+
+
+def test_models_import_nothing_from_stylecap():
+    offenders = [p.name for p in (ROOT / "models").glob("*.py") if "stylecap" in _imported(p)]
+    assert not offenders, f"models/ is the lowest layer but these import stylecap: {offenders}"
+
+
+def test_no_test_hooks_in_production_code():
+    hooks = ("STYLECAP_TEST_SIGNAL", "STYLECAP_DIE_AFTER_CHUNKS")
+    files = list(ROOT.glob("*.py")) + list((ROOT / "stylecap").glob("*.py")) + list((ROOT / "models").glob("*.py"))
+    found = [(str(p.relative_to(ROOT)), h) for p in files for h in hooks if h in p.read_text(encoding="utf-8")]
+    assert not found, f"test-only hooks in production code: {found}"

@@ -12,7 +12,7 @@ import torch
 
 import process_stylized
 import train
-from process_flickr import seeded_split
+from stylecap.splits import seeded_split
 from stylecap.stylized_sources import (detect_stylized_format, read_flickrstyle, read_jsonl, read_py2_pickle,
                                        read_senticap, read_stylized)
 from stylecap.utils import UserError

@@ -1,0 +1,54 @@
+"""Splits by image for the feature-extraction scripts: a caption source's own split, or a seeded one.
+
+Shared by process_flickr.py and process_stylized.py: one output file per split (``<stem>_<split>.pkl``),
+or one file when the source has no split and both ratios are 0."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from stylecap import extract
+from stylecap.utils import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+def seeded_split(image_ids: list[str], val_ratio: float, test_ratio: float, seed: int) -> dict[str, str]:
+    """image_id -> split: a seeded shuffle of the images; test first, then val, the rest train.
+    A non-zero ratio gets at least one image."""
+    n = len(image_ids)
+    count = lambda r: 0 if r == 0 else max(1, round(n * r))
+    n_val, n_test = count(val_ratio), count(test_ratio)
+    if n_val + n_test >= n:
+        raise UserError(f"--val_ratio {val_ratio} and --test_ratio {test_ratio} leave no training image "
+                        f"of {n}; use smaller ratios")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    split = {image_ids[i]: "train" for i in range(n)}
+    for k, i in enumerate(order[:n_test + n_val]):
+        split[image_ids[i]] = "test" if k < n_test else "val"
+    return split
+
+
+def split_path(output: Path, split: str) -> Path:
+    return output.with_name(f"{output.stem}_{split}{output.suffix}")
+
+
+def jobs_by_split(output: Path, source, image_dir: Path, meta: dict, args, source_method: str) -> list:
+    """extract Jobs for ``source``: by its own split (``source.splits``, recorded as ``source_method``),
+    else by a seeded split by image (--val_ratio/--test_ratio/--seed), else one file."""
+    ids = list(source.image_files)  # first-appearance order
+    meta = dict(meta)
+    if source.splits is not None:
+        splits = source.splits
+        meta["split_method"] = source_method
+    elif args.val_ratio == 0 and args.test_ratio == 0:
+        splits = None
+        meta["split_method"] = "none"
+    else:
+        splits = seeded_split(ids, args.val_ratio, args.test_ratio, args.seed)
+        meta.update(split_method="seeded", seed=args.seed, val_ratio=args.val_ratio, test_ratio=args.test_ratio)
+    if splits is None:
+        return [extract.make_job(output, source, image_dir, ids, {**meta, "split": None})]
+    return [extract.make_job(split_path(output, s), source, image_dir, [i for i in ids if splits[i] == s],
+                             {**meta, "split": s}) for s in SPLITS]
