@@ -2,7 +2,8 @@
 the human references of the evaluated split (the ceiling):
 
 * ``style_fidelity``: a classifier trained on the styled training captions (stylecap.style_classifier)
-  predicts each caption's style; top-1/top-5 accuracy against the *requested* style ("cls");
+  predicts each caption's style; top-1/top-5 accuracy against the *requested* style ("cls"), or, for
+  a plain model's captions of styled test data, against the test record's style (``against`` says which);
 * ``style_ppl``: perplexity of each caption under an n-gram model of its requested style's training
   captions (stylecap.style_lm; "ppl", lower is better).
 
@@ -26,8 +27,12 @@ def style_measures(mt: Matching, predictions: list[dict], references: list[dict]
     """(style_fidelity, style_ppl, skipped reasons); updates ``per_image`` {key: record} in place."""
     skipped: dict[str, str] = {}
     train_styled = [c for c in (train_captions or []) if c.get("style") is not None]
-    gen = [p for p in predictions if p.get("style") is not None]
+    # the scored captions with a style to judge them by: the requested one, or, for a plain model's
+    # captions matched by image, the test record's style (how styled a style-blind model reads)
     keys = [k for k in mt.predictions if mt.styles.get(k) is not None]
+    caps, wanted = [mt.predictions[k] for k in keys], [mt.styles[k] for k in keys]
+    against = ("the requested style" if all(p.get("style") is not None for p in predictions)
+               else "the test record's style (the predictions carry none)")
     fid = ppl = None
     if len({c["style"] for c in train_styled}) < 2:
         skipped["style_fidelity"] = "needs training captions with at least two styles (--train_captions)"
@@ -35,27 +40,27 @@ def style_measures(mt: Matching, predictions: list[dict], references: list[dict]
         from stylecap.style_classifier import StyleClassifier
         clf = StyleClassifier(segmenter=segmenter).fit([c["caption"] for c in train_styled],
                                                        [c["style"] for c in train_styled])
-        fid = {"generated": clf.accuracy([p["caption"] for p in gen], [p["style"] for p in gen]),
+        fid = {"generated": clf.accuracy(caps, wanted), "against": against,
                "references": clf.accuracy([r["caption"] for r in references], [r.get("style") for r in references]),
                "classifier": clf.describe(), "per_style_top1": {}}
-        for style in sorted({p["style"] for p in gen}):
-            fid["per_style_top1"][style] = clf.accuracy([p["caption"] for p in gen if p["style"] == style],
-                                                        [style] * sum(p["style"] == style for p in gen))["top1"]
-        for k, guess in zip(keys, clf.predict([mt.predictions[k] for k in keys])):
-            if mt.styles[k] in clf.styles:
-                per_image.setdefault(k, {})["style_top1"] = float(guess == mt.styles[k])
-        if not gen:
-            skipped["style_fidelity"] = "the predictions carry no requested style"
+        for style in sorted(set(wanted)):
+            mine = [c for c, w in zip(caps, wanted) if w == style]
+            fid["per_style_top1"][style] = clf.accuracy(mine, [style] * len(mine))["top1"]
+        for k, w, guess in zip(keys, wanted, clf.predict(caps) if caps else []):
+            if w in clf.styles:
+                per_image.setdefault(k, {})["style_top1"] = float(guess == w)
+        if not keys:
+            skipped["style_fidelity"] = "no scored caption has a requested or reference style"
     if not train_styled:
         skipped["style_ppl"] = "needs styled training captions (--train_captions)"
-    elif gen:
+    elif keys:
         from stylecap.style_lm import StyleLM
         lm = StyleLM(metric_tokenizer(segmenter)).fit([c["caption"] for c in train_styled],
                                                       [c["style"] for c in train_styled])
-        out = lm.perplexity([mt.predictions[k] for k in keys], [mt.styles[k] for k in keys])
+        out = lm.perplexity(caps, wanted)
         refs = lm.perplexity([r["caption"] for r in references if r.get("style") is not None],
                              [r["style"] for r in references if r.get("style") is not None])
-        ppl = {"generated": out["ppl"], "references": refs["ppl"], "per_style": out["per_style"],
+        ppl = {"generated": out["ppl"], "against": against, "references": refs["ppl"], "per_style": out["per_style"],
                "per_style_references": refs["per_style"], "n": out["n"], "lm": lm.describe()}
         for k, value in zip(keys, out["per_caption"]):
             if value is not None:

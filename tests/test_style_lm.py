@@ -34,3 +34,19 @@ def test_perplexity_is_finite_for_unseen_words_and_pools_tokens():
     pooled = 2 ** ((n1 * math.log2(out["per_caption"][0]) + n2 * math.log2(out["per_caption"][1])) / (n1 + n2))
     assert out["ppl"] == pytest.approx(pooled)
     assert lm.describe()["order"] == 3 and "Laplace" in lm.describe()["smoothing"]
+
+
+def test_style_measures_judge_a_plain_models_captions_by_the_test_records_style():
+    """A style-blind model's captions (no requested style, matched by image) are judged against each test
+    image's own style, so the ablation's `none` row has a style top-1 and ppl like the others."""
+    from stylecap.scoring import evaluate_predictions
+    train = [{"image_id": f"t{i}", "caption": c, "style": s}
+             for i, (s, cs) in enumerate(TRAIN.items()) for c in cs]
+    refs = [{"image_id": "a", "caption": "yay! a red circle!", "style": "Happy"},
+            {"image_id": "b", "caption": "a sad blue circle", "style": "Gloomy"}]
+    preds = [{"image": "a", "caption": "yay! a green circle!"}, {"image": "b", "caption": "yay! a blue circle!"}]
+    m = evaluate_predictions(preds, refs, train_captions=train, java=False, spice=False)
+    fid = m["style_fidelity"]
+    assert fid["generated"]["n"] == 2 and fid["generated"]["top1"] == 0.5 and "test record" in fid["against"]
+    assert [r["style_top1"] for r in m["per_image"]] == [1.0, 0.0]
+    assert m["style_ppl"]["n"] == 2 and all(r["style_ppl"] > 1 for r in m["per_image"])
