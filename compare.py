@@ -152,9 +152,9 @@ def group_rows(entries: list[dict]) -> list[dict]:
         scored = [e for e in members if "metrics" in e]
         row = {"label": label, "n": len(scored), "seeds": [e["seed"] for e in members],
                "params": members[0].get("params"), "mean": {}, "std": {}}
+        values = [row_values(e["metrics"]) for e in scored]
         for k in row_values({}):
-            vals = [row_values(e["metrics"])[k] for e in scored]
-            vals = [v for v in vals if v is not None]
+            vals = [v[k] for v in values if v[k] is not None]
             row["mean"][k] = float(np.mean(vals)) if vals else None
             row["std"][k] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
         rows.append(row)
@@ -190,10 +190,11 @@ def significance(entries: list[dict], baseline: str, by_image: bool, resamples: 
     scored = [e for e in entries if "metrics" in e]
     keys = sorted({_image_key(r, by_image) for r in scored[0]["metrics"]["per_image"]}, key=str)
     stats = {"CIDEr": mean_statistic, "BLEU-4": bleu_statistic, "style top-1": mean_statistic}
+    arrays = [(e["label"], per_image_arrays(e, keys, by_image)) for e in scored]  # once per entry
 
     def group(label: str, metric: str):
-        arrays = [per_image_arrays(e, keys, by_image)[metric] for e in scored if e["label"] == label]
-        return None if any(a is None for a in arrays) else group_statistic(arrays, stats[metric])
+        members = [a[metric] for lab, a in arrays if lab == label]
+        return None if any(m is None for m in members) else group_statistic(members, stats[metric])
 
     out = {}
     for label in dict.fromkeys(e["label"] for e in scored):

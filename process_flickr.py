@@ -21,7 +21,7 @@ from pathlib import Path
 
 from stylecap import extract
 from stylecap.caption_sources import FORMATS, read_flickr
-from stylecap.splits import jobs_by_split
+from stylecap.splits import add_split_args, check_split_args, jobs_by_split
 from stylecap.utils import UserError, run_main, setup_logging
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,12 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature file path, e.g. data/features/flickr.pkl; splits go to <stem>_<split>.pkl")
     p.add_argument("--format", choices=("auto",) + FORMATS, default="auto",
                    help="caption source format; auto detects it from the content (default: auto)")
-    p.add_argument("--val_ratio", type=float, default=0.05,
-                   help="fraction of IMAGES for val when the source has no split (default: %(default)s)")
-    p.add_argument("--test_ratio", type=float, default=0.05,
-                   help="fraction of IMAGES for test when the source has no split (default: %(default)s); "
-                        "--val_ratio 0 --test_ratio 0 writes one file, --output_path itself")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split by image (default: %(default)s)")
+    add_split_args(p)
     extract.add_args(p)
     return p
 
@@ -46,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     extract.check_args(args)
-    if not (0 <= args.val_ratio < 1 and 0 <= args.test_ratio < 1):
-        raise UserError("--val_ratio and --test_ratio must be in [0, 1)")
+    check_split_args(args)
     output = Path(args.output_path)
     setup_logging(output.with_suffix(".log"))
     image_dir = Path(args.image_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +32,12 @@ def drop_unknown_styles(data: dict, styles: list[str], what: str = "validation")
     if not styles:
         return data
     known = set(styles)
-    unknown: dict[str, int] = {}
-    for c in data["captions"]:
-        if c.get("style") not in known:
-            unknown[str(c.get("style"))] = unknown.get(str(c.get("style")), 0) + 1
+    kept = [c for c in data["captions"] if c.get("style") in known]
+    unknown = Counter(str(c.get("style")) for c in data["captions"] if c.get("style") not in known)
     if not unknown:
         return data
     n = sum(unknown.values())
-    kept = [c for c in data["captions"] if c.get("style") in known]
-    listed = ", ".join(f"{s!r} ({k})" for s, k in sorted(unknown.items(), key=lambda x: -x[1]))
+    listed = ", ".join(f"{s!r} ({k})" for s, k in unknown.most_common())
     if not kept:
         raise UserError(f"none of the {n} {what} records has a style of the training data (they have {listed}); "
                         "give a --val_path with the training styles, or leave --val_path out for a split of --data_path")

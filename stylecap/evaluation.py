@@ -173,11 +173,12 @@ def write_eval_config(out: Path, model: StyleCapModel, model_path: Path, data_pa
     from models.captioner import load_checkpoint_file
     ck = load_checkpoint_file(model_path, mmap=True)  # lazy: reads no weights
     ck = ck if isinstance(ck, dict) and "format" in ck else {}  # a ClipCap state dict has no settings
+    train_args = ck.get("args") or {}
     params = sum(v.numel() for v in model.trainable_state_dict().values() if v.is_floating_point())
     atomic_write_json(out / "eval_config.json", {
         "model_path": str(model_path.resolve()), "data_path": str(data_path), "decode": asdict(dc),
-        "train_args": ck.get("args") or {}, "model_config": ck.get("config") or {}, "trainable_parameters": params})
-    return ck.get("args") or {}
+        "train_args": train_args, "model_config": ck.get("config") or {}, "trainable_parameters": params})
+    return train_args
 
 
 def captions_by_image(preds: list[dict]) -> dict[str, list[str]]:

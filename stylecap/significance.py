@@ -26,18 +26,9 @@ def bleu_stats(candidate: str, references: list[str], n: int = 4) -> dict:
             "correct": list(comps["correct"])}
 
 
-def corpus_bleu(stats: list[dict], n: int = 4) -> float:
+def corpus_bleu(stats: list[dict]) -> float:
     """Corpus BLEU-n from per-image statistics (BleuScorer.compute_score's aggregation)."""
-    testlen = sum(s["testlen"] for s in stats)
-    reflen = sum(s["reflen"] for s in stats)
-    log_p = 0.0
-    for k in range(n):
-        correct = sum(s["correct"][k] for s in stats)
-        guess = sum(s["guess"][k] for s in stats)
-        log_p += math.log((correct + BLEU_TINY) / (guess + BLEU_SMALL))
-    bleu = math.exp(log_p / n)
-    ratio = (testlen + BLEU_TINY) / (reflen + BLEU_SMALL)
-    return bleu * (math.exp(1 - 1 / ratio) if ratio < 1 else 1.0)
+    return _bleu_from_arrays(stats_array(stats), np.arange(len(stats)))
 
 
 def _bleu_from_arrays(arr: np.ndarray, idx: np.ndarray) -> float:

@@ -13,6 +13,21 @@ from stylecap.utils import UserError
 SPLITS = ("train", "val", "test")
 
 
+def add_split_args(p) -> None:
+    """--val_ratio, --test_ratio, --seed: the split by image for sources without their own split."""
+    p.add_argument("--val_ratio", type=float, default=0.05,
+                   help="fraction of IMAGES for val when the source has no split (default: %(default)s)")
+    p.add_argument("--test_ratio", type=float, default=0.05,
+                   help="fraction of IMAGES for test when the source has no split (default: %(default)s); "
+                        "--val_ratio 0 --test_ratio 0 writes one file, --output_path itself")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split by image (default: %(default)s)")
+
+
+def check_split_args(args) -> None:
+    if not (0 <= args.val_ratio < 1 and 0 <= args.test_ratio < 1):
+        raise UserError("--val_ratio and --test_ratio must be in [0, 1)")
+
+
 def seeded_split(image_ids: list[str], val_ratio: float, test_ratio: float, seed: int) -> dict[str, str]:
     """image_id -> split: a seeded shuffle of the images; test first, then val, the rest train.
     A non-zero ratio gets at least one image."""
