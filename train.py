@@ -28,7 +28,7 @@ from stylecap.data import (CaptionDataset, SkipSampler, collate, drop_unknown_st
 from stylecap.evaluation import add_decode_args
 from stylecap.engine import (CheckpointManager, GracefulStop, TrainState, all_rng_states, evaluate_loss,
                              set_rng_state, train_one_epoch)
-from stylecap.features import clip_record, load_features
+from stylecap.features import FeatureStore, clip_record, load_features
 from stylecap.utils import UserError, atomic_write_json, code_version, resolve_device, run_main, setup_logging
 
 
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         val_data = load_features(args.val_path)
     else:
         train_data, val_data = split_by_image(train_data, args.val_fraction, args.seed)
-    styles = style_vocabulary(train_data["captions"])
+    styles = style_vocabulary(train_data)
     if args.style_mode == "auto":
         args.style_mode = "embedding" if styles else "none"
     if args.style_mode == "none":
@@ -214,8 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     model.to(device)
     tok = model.tokenizer
     cache = run_dir / "cache"
+    # Tokenized once per machine: local rank 0 writes the cache, the other ranks then map the same file,
+    # so N ranks share one copy of the tokens (as of the features) in the page cache.
+    local_first = dist.is_initialized() and int(os.environ.get("LOCAL_RANK", 0)) != 0
+    if local_first:
+        dist.barrier()
     train_enc = encode_data(train_data, tok, args.max_len, cache, args.data_path)
-    val_enc = encode_data(val_data, tok, args.max_len, cache if args.val_path else None, args.val_path)
+    val_enc = encode_data(val_data, tok, args.max_len, cache, args.val_path or args.data_path)
+    if dist.is_initialized() and not local_first:
+        dist.barrier()
     train_ds = CaptionDataset(train_data["clip_embedding"], train_enc)
     val_ds = CaptionDataset(val_data["clip_embedding"], val_enc)
     if len(train_ds) == 0 or len(val_ds) == 0:
@@ -365,18 +372,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _sample_rows(data: dict, n: int) -> list[dict]:
-    """The first n distinct (image, style) pairs of the validation data: fixed across validations."""
+def _sample_rows(data: FeatureStore, n: int) -> list[dict]:
+    """The first n distinct (image, style) pairs of the validation data: fixed across validations.
+    Reads records one at a time: the validation split of a CC3M-size file is never materialised."""
     seen, rows = set(), []
-    for c in data["captions"]:
-        key = (c["image_id"], c.get("style"))
-        if key not in seen and len(rows) < n:
+    for i in range(len(data)):
+        if len(rows) == n:
+            break
+        key = (int(data.caption_row[i]), int(data.caption_style[i]))
+        if key not in seen:
             seen.add(key)
-            rows.append(c)
+            rows.append(data.record(i))
     return rows
 
 
-def _log_samples(model, data: dict, rows: list[dict], writer, step: int) -> None:
+def _log_samples(model, data: FeatureStore, rows: list[dict], writer, step: int) -> None:
     if not rows:
         return
     device = next(model.parameters()).device

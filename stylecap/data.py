@@ -2,59 +2,75 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from loguru import logger
 from torch.utils.data import Dataset
 
 from models.tokenizer import CaptionTokenizer
+from stylecap.features import FeatureStore, as_store
 from stylecap.styles import all_traits
-from stylecap.utils import UserError, atomic_torch_save, sha256_file
+from stylecap.utils import UserError, atomic_torch_save
 
 
-def style_vocabulary(captions: list[dict]) -> list[str]:
-    """Styles present in the data: known traits in published order, then any others sorted."""
-    present = {c["style"] for c in captions if c.get("style") is not None}
+def style_vocabulary(data: "FeatureStore | list[dict]") -> list[str]:
+    """Styles present in the data (a store, or caption records): known traits in published order,
+    then any others sorted."""
+    if isinstance(data, FeatureStore):
+        present = set(data.present_styles())
+    else:
+        present = {c["style"] for c in data if c.get("style") is not None}
     known = [t for t in all_traits() if t in present]
     return known + sorted(present - set(known))
 
 
-def drop_unknown_styles(data: dict, styles: list[str], what: str = "validation") -> dict:
+def drop_unknown_styles(data: "FeatureStore | dict", styles: list[str], what: str = "validation") -> FeatureStore:
     """Leave out the records whose style the model does not know (absent from the training data),
     with one warning that names each such style and its count. Validation has no other sensible
     choice: a style the model never saw has no embedding or token to condition on. A plain model
     (no styles) keeps every record."""
+    store = as_store(data)
     if not styles:
-        return data
-    known = set(styles)
-    kept = [c for c in data["captions"] if c.get("style") in known]
-    unknown = Counter(str(c.get("style")) for c in data["captions"] if c.get("style") not in known)
-    if not unknown:
-        return data
+        return store
+    wanted = set(styles)
+    known = torch.tensor([s in wanted for s in store.styles] + [False])  # index -1 (no style) -> last
+    keep = known[store.caption_style.long()]  # (N_captions,) bool
+    if bool(keep.all()):
+        return store
+    names = store.styles + ["None"]
+    counts = torch.bincount(store.caption_style.long()[~keep] % len(names), minlength=len(names))
+    unknown = Counter({names[k]: n for k, n in enumerate(counts.tolist()) if n})
     n = sum(unknown.values())
     listed = ", ".join(f"{s!r} ({k})" for s, k in unknown.most_common())
-    if not kept:
+    if not bool(keep.any()):
         raise UserError(f"none of the {n} {what} records has a style of the training data (they have {listed}); "
                         "give a --val_path with the training styles, or leave --val_path out for a split of --data_path")
     logger.warning(f"{n} {what} records in {len(unknown)} style{'s' if len(unknown) > 1 else ''} unknown to the "
                    f"training data are left out: {listed}")
-    return {**data, "captions": kept}
+    return store.subset(keep)
 
 
-def split_by_image(data: dict, val_fraction: float, seed: int) -> tuple[dict, dict]:
-    """Seeded split of a feature dict into (train, val) by image: no image is in both."""
-    images = sorted({c["image_id"] for c in data["captions"]})
-    rng = random.Random(seed)
-    rng.shuffle(images)
+def split_by_image(data: "FeatureStore | dict", val_fraction: float, seed: int) -> tuple[FeatureStore, FeatureStore]:
+    """Seeded split of a feature file into (train, val) by image id: no image is in both.
+    Vectorised over rows, so it takes seconds at Conceptual Captions scale."""
+    store = as_store(data)
+    row_ids = store.image_ids()  # (N_images,) str; several rows may share an id (ClipCap's COCO files)
+    used = torch.unique(store.caption_row).tolist()
+    images = sorted({row_ids[r] for r in used})
+    order = list(range(len(images)))
+    random.Random(seed).shuffle(order)  # the same permutation as shuffling ``images`` itself
     n_val = max(1, round(len(images) * val_fraction)) if len(images) > 1 else 0
-    val_ids = set(images[:n_val])
-    pick = lambda keep: {**data, "captions": [c for c in data["captions"] if (c["image_id"] in val_ids) == keep]}
-    return pick(False), pick(True)
+    val_ids = {images[k] for k in order[:n_val]}
+    val_row = torch.tensor([i in val_ids for i in row_ids], dtype=torch.bool)  # (N_images,)
+    in_val = val_row[store.caption_row] if len(store) else torch.zeros(0, dtype=torch.bool)
+    return store.subset(~in_val), store.subset(in_val)
 
 
 @dataclass
@@ -90,49 +106,53 @@ def _tokenizer_key(tok: CaptionTokenizer) -> str:
     return hashlib.sha256((type(tok.tok).__name__ + vocab).encode()).hexdigest()
 
 
-def encode_data(data: dict, tok: CaptionTokenizer, max_len: int, cache_dir: Path | None = None,
-                source: str | Path | None = None) -> Encoded:
-    """Tokenize every caption once. Cached under ``cache_dir`` keyed by the data file's sha256, the
-    tokenizer and the settings, so the cache is never stale and never written beside the input."""
-    key = None
-    if cache_dir is not None and source is not None and Path(source).is_file():
-        # the records too: a seeded split of one file gives different caption sets with the same file hash
-        records = json.dumps([(c["image_id"], c["caption"], c.get("style"), c["clip_embedding"])
-                              for c in data["captions"]], ensure_ascii=False)
-        settings = json.dumps([tok.style_mode, tok.styles, tok.prompt_template, tok.legacy_clipcap, max_len,
-                               hashlib.sha256(records.encode()).hexdigest()])
-        key = hashlib.sha256((sha256_file(source) + _tokenizer_key(tok) + settings).encode()).hexdigest()[:24]
+def encode_data(data: "FeatureStore | dict", tok: CaptionTokenizer, max_len: int, cache_dir: Path | None = None,
+                source: str | Path | None = None, chunk: int = 16384) -> Encoded:
+    """Tokenize every caption once, ``chunk`` captions at a time (the tokenizer's Python lists never
+    exceed one chunk). With ``cache_dir`` the result is cached there, keyed by the captions' content
+    (texts, rows, styles), the tokenizer and the settings, so the cache is never stale; it is read back
+    memory-mapped, so DDP ranks on one machine share one copy in the page cache."""
+    store = as_store(data)
+    key = path = None
+    if cache_dir is not None:
+        settings = json.dumps([tok.style_mode, tok.styles, tok.prompt_template, tok.legacy_clipcap, max_len])
+        key = hashlib.sha256((store.content_key() + _tokenizer_key(tok) + settings).encode()).hexdigest()[:24]
         path = Path(cache_dir) / f"tokens_{key}.pt"
         if path.is_file():
-            enc = Encoded(**torch.load(path, weights_only=True))
             logger.info(f"tokens: loaded from cache {path.name}")
-            return enc
-    caps = data["captions"]
-    unknown = {c.get("style") for c in caps} - set(tok.style_index) if tok.style_mode != "none" else set()
-    if unknown:  # never silently style 0: drop_unknown_styles runs first, so this is a bug if it happens
-        raise UserError(f"styles unknown to the model in {source or 'the data'}: {sorted(map(str, unknown))[:5]}")
-    ids = tok.encode_captions([c["caption"] for c in caps])
-    truncated = 0
-    tokens, n_ctx = [], []
-    for c, cap_ids in zip(caps, ids):
-        limit = max_len if tok.legacy_clipcap else max_len + 1  # caption tokens + END
-        if len(cap_ids) > limit:
-            truncated += 1
-            cap_ids = cap_ids[:max_len] + ([] if tok.legacy_clipcap else [tok.eos_id])
-        ctx = tok.context_ids(c.get("style")) if tok.style_mode in ("token", "prompt") else []
-        tokens.append(ctx + cap_ids)
-        n_ctx.append(len(ctx))
-    style_ids = [tok.style_index.get(c.get("style"), 0) for c in caps]
-    offsets = torch.zeros(len(tokens) + 1, dtype=torch.long)
-    offsets[1:] = torch.tensor([len(t) for t in tokens], dtype=torch.long).cumsum(0)
-    flat = torch.tensor([i for t in tokens for i in t], dtype=torch.int32)
-    enc = Encoded(torch.tensor([c["clip_embedding"] for c in caps], dtype=torch.long),
-                  torch.tensor(style_ids, dtype=torch.long), flat, offsets,
+            return Encoded(**torch.load(path, weights_only=True, mmap=True))
+    if tok.style_mode != "none":  # never silently style 0: drop_unknown_styles runs first, so this is a bug
+        styled = set(store.present_styles()) | ({None} if bool((store.caption_style < 0).any()) else set())
+        unknown = styled - set(tok.style_index)
+        if unknown:
+            raise UserError(f"styles unknown to the model in {source or 'the data'}: {sorted(map(str, unknown))[:5]}")
+    with_ctx = tok.style_mode in ("token", "prompt")
+    present = set(store.present_styles())  # a selection may not have every style of its file
+    ctx_of = [tok.context_ids(s) if with_ctx and s in present else [] for s in store.styles] + [[]]  # [-1]: none
+    limit = max_len if tok.legacy_clipcap else max_len + 1  # caption tokens + END
+    flats, lengths, n_ctx, truncated = [], [], [], 0
+    for lo in range(0, len(store), chunk):
+        styles = store.caption_style[lo:lo + chunk].tolist()
+        seqs = []
+        for s, cap_ids in zip(styles, tok.encode_captions(store.texts(lo, lo + chunk))):
+            if len(cap_ids) > limit:
+                truncated += 1
+                cap_ids = cap_ids[:max_len] + ([] if tok.legacy_clipcap else [tok.eos_id])
+            seqs.append(ctx_of[s] + cap_ids)
+            n_ctx.append(len(ctx_of[s]))
+        lengths.extend(map(len, seqs))
+        flats.append(torch.from_numpy(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32)))
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
+    offsets[1:] = torch.tensor(lengths, dtype=torch.long).cumsum(0)
+    lut = torch.tensor([tok.style_index.get(s, 0) for s in store.styles] + [0], dtype=torch.long)
+    enc = Encoded(store.caption_row.clone(), lut[store.caption_style.long()],
+                  torch.cat(flats) if flats else torch.zeros(0, dtype=torch.int32), offsets,
                   torch.tensor(n_ctx, dtype=torch.long), truncated)
     if truncated:
-        logger.warning(f"{truncated} of {len(caps)} captions were longer than --max_len {max_len} tokens and truncated")
-    if key is not None:
-        atomic_torch_save(dict(vars(enc)), Path(cache_dir) / f"tokens_{key}.pt")
+        logger.warning(f"{truncated} of {len(store)} captions were longer than --max_len {max_len} tokens and truncated")
+    if path is not None:
+        atomic_torch_save(dict(vars(enc)), path)
+        enc = Encoded(**torch.load(path, weights_only=True, mmap=True))  # share the pages, free the copy
     return enc
 
 

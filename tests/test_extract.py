@@ -38,8 +38,11 @@ def personality(models, root, out, *extra) -> int:
         "--output_path", str(out), "--batch_size", "4", *extra])
 
 
-def load(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)  # must work: only tensors and builtins
+def load(path):
+    """The file as ClipCap's dict view (load_features); the plain one-line torch.load must work too."""
+    raw = torch.load(path, map_location="cpu", weights_only=True)  # must work: only tensors and builtins
+    assert raw["format"] == "stylecap-columnar-1" and torch.equal(raw["clip_embedding"], load_features(path)["clip_embedding"])
+    return load_features(path)
 
 
 def assert_same_file(a: Path, b: Path) -> None:

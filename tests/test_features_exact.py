@@ -15,6 +15,7 @@ import process_flickr
 from bench.photos import photo_like, save_jpeg
 from stylecap.clip_utils import _import_clip, load_clip, open_image
 from stylecap.extract import extract_features
+from stylecap.features import load_features
 
 
 def _rgba(seed: int) -> Image.Image:
@@ -74,7 +75,7 @@ def test_features_equal_openai_clip_process_flickr(small_models, images, referen
                                 "--clip_model_path", str(small_models / "small_clip.pt"), "--output_path", str(out),
                                 "--val_ratio", "0", "--test_ratio", "0", "--batch_size", "4",
                                 "--num_workers", "0"]) == 0
-    d = torch.load(out, weights_only=True)
+    d = load_features(out)
     assert d["meta"]["counts"]["images"] == len(images)
     ext = d["meta"]["extraction"]
     assert ext["fast_jpeg_decode"] is False and ext["exif_transpose"] is False
@@ -103,9 +104,9 @@ def test_opt_in_decoding_changes_features_and_is_recorded(small_models, images, 
             "--clip_model_path", str(small_models / "small_clip.pt"), "--output_path", str(out),
             "--val_ratio", "0", "--test_ratio", "0", "--batch_size", "4", "--num_workers", "0"]
     assert process_flickr.main(argv) == 0
-    exact = torch.load(out, weights_only=True)
+    exact = load_features(out)
     assert process_flickr.main(argv + ["--fast_jpeg_decode", "--exif_transpose"]) == 0  # not "up to date"
-    fast = torch.load(out, weights_only=True)
+    fast = load_features(out)
     assert fast["meta"]["extraction"]["fast_jpeg_decode"] is True and fast["meta"]["extraction"]["exif_transpose"] is True
     assert fast["meta"]["run_key"] != exact["meta"]["run_key"]
     row = {c["image_id"]: c["clip_embedding"] for c in fast["captions"]}

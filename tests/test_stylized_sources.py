@@ -12,6 +12,7 @@ import torch
 
 import process_stylized
 import train
+from stylecap.features import load_features
 from stylecap.splits import seeded_split
 from stylecap.stylized_sources import (detect_stylized_format, read_flickrstyle, read_jsonl, read_py2_pickle,
                                        read_senticap, read_stylized)
@@ -31,8 +32,8 @@ def expected(root: Path) -> dict:
     return json.loads((root / "stylized" / "expected.json").read_text(encoding="utf-8"))
 
 
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load(path: Path):
+    return load_features(path)
 
 
 def split_files(out: Path) -> dict:
