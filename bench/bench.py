@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import reference  # noqa: E402
+from bench import memory, reference  # noqa: E402
 
 THREADS = 2
 FULL_CLIP = (512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)  # ViT-B/32
@@ -52,6 +52,9 @@ TARGETS = {
     "greedy_vs_reference": (">=", 8.0),
     "beam_vs_reference": (">=", 5.0),
     "features_fp16_memory": ("<=", 0.55),
+    "store_4proc_vs_one": ("<=", 1.5),
+    "store_open_vs_dicts": (None, None),
+    "store_rss_vs_dicts": (None, None),
     "train_model_flops_share": (None, None),
     "train_bf16_vs_fp32": (None, None),
     "extract_bf16_vs_fp32": (None, None),
@@ -63,12 +66,12 @@ SIZES = {
                   stop_train_captions=8, stop_train_steps=40, stop_train_lr=3e-3, stop_train_top=None,
                   stop_train_min=15, stop_train_check=5,
                   train_bs=8, train_rounds=3, extract_images=64, extract_bs=32, extract_ref_images=4,
-                  extract_repeats=2, mem_images=10_000, mem_captions=50_000),
+                  extract_repeats=2, mem_images=10_000, mem_captions=50_000, store_captions=200_000),
     "full": dict(decode_max_len=67, greedy_n=16, greedy_ref_n=16, beam_n=16, beam_ref_n=4, decode_rounds=4,
                  stop_train_captions=16, stop_train_steps=100, stop_train_lr=2e-3, stop_train_top=2,
                  stop_train_min=30, stop_train_check=10,
                  train_bs=16, train_rounds=4, extract_images=128, extract_bs=32, extract_ref_images=6,
-                 extract_repeats=3, mem_images=40_000, mem_captions=200_000),
+                 extract_repeats=3, mem_images=40_000, mem_captions=200_000, store_captions=3_300_000),
 }
 
 
@@ -615,78 +618,7 @@ def bench_extract(env: Env) -> list[tuple[str, dict]]:
     ]
 
 
-# ============================================================================== memory
-MEM_CHILD = r"""
-import json, sys, torch
-torch.set_num_threads(2)
-sys.path.insert(0, sys.argv[3])
-from models.tokenizer import CaptionTokenizer, load_hf_tokenizer
-from stylecap.data import CaptionDataset, encode_data
-from stylecap.features import load_features
-def status(field):  # kB; VmHWM = peak RSS of this process image (set at exec, not inherited)
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-tok = CaptionTokenizer(load_hf_tokenizer(sys.argv[2]))
-tok.encode_captions(["warm up the tokenizer"])
-before_rss, before_hwm = status("VmRSS"), status("VmHWM")
-data = load_features(sys.argv[1])
-after_load = status("VmHWM")
-enc = encode_data(data, tok, max_len=64)
-ds = CaptionDataset(data["clip_embedding"], enc)
-item = ds[len(ds) - 1]
-print(json.dumps({"peak_kb": status("VmHWM"), "before_rss_kb": before_rss, "before_peak_kb": before_hwm,
-                  "peak_after_load_features_kb": after_load, "after_rss_kb": status("VmRSS"),
-                  "dtype": str(ds.features.dtype), "samples": len(ds)}))
-"""
-
-
-def _mem_child(path: Path, gpt2_dir: Path) -> dict:
-    r = subprocess.run([sys.executable, "-c", MEM_CHILD, str(path), str(gpt2_dir), str(ROOT)],
-                       capture_output=True, text=True, check=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def _mem_pair(env: Env, n_img: int, n_cap: int, seed: int) -> tuple[dict, dict]:
-    """(fp32 child result, fp16 child result) for a feature file of n_cap records over n_img images."""
-    from stylecap.features import save_features
-    per = n_cap // n_img
-    g = torch.Generator().manual_seed(seed)
-    emb = torch.randn(n_img, 512, generator=g)
-    caps = coco_like_captions(n_cap, seed=seed)
-    records = [{"image_id": f"{i // per:012d}.jpg", "caption": c, "clip_embedding": i // per}
-               for i, c in enumerate(caps)]
-    res = []
-    for dtype in (torch.float32, torch.float16):
-        path = env.tmp / f"mem_{str(dtype).split('.')[-1]}.pt"
-        save_features(path, {"clip_embedding": emb.to(dtype), "captions": records, "meta": {}})
-        res.append(_mem_child(path, env.gpt2_dir))
-        path.unlink()
-    return res[0], res[1]
-
-
-def bench_memory(env: Env) -> dict:
-    s = env.sizes
-    n_img, n_cap = s["mem_images"], s["mem_captions"]
-    r32, r16 = _mem_pair(env, n_img, n_cap, seed=2)
-    p32, p16 = _mem_pair(env, n_cap, n_cap, seed=3)  # PersonalityCaptions' layout: one caption per image
-    inc = lambda r: max(1, r["peak_kb"] - r["before_rss_kb"])
-    mb = lambda kb: round(kb / 1024, 1)
-    return entry(
-        "features_fp16_memory", mb(inc(r16)), mb(inc(r32)), "MiB (peak RSS over the post-import RSS)",
-        f"child processes: load_features + encode_data + CaptionDataset for {n_cap} caption records over {n_img} "
-        f"images x 512 (fp16 file vs fp32 file). Value = peak RSS (VmHWM: resource.getrusage's ru_maxrss "
-        f"inherits the parent's high-water mark across fork/exec on Linux) minus the RSS after imports and "
-        f"tokenizer load; after load_features alone: {mb(r16['peak_after_load_features_kb'] - r16['before_rss_kb'])} "
-        f"vs {mb(r32['peak_after_load_features_kb'] - r32['before_rss_kb'])} MiB. Whole-process peaks: "
-        f"{mb(r16['peak_kb'])} vs {mb(r32['peak_kb'])} MiB = "
-        f"{r16['peak_kb'] / r32['peak_kb']:.3f}. The feature tensor alone is {n_img * 512 * 2 / 2**20:.0f} vs "
-        f"{n_img * 512 * 4 / 2**20:.0f} MiB; the rest is caption records, the tokenizer's batch output and token "
-        f"lists. One caption per image ({n_cap} images, PersonalityCaptions' layout): {mb(inc(p16))} vs "
-        f"{mb(inc(p32))} MiB = {inc(p16) / inc(p32):.3f}.",
-        whole_process_ratio=round(r16["peak_kb"] / r32["peak_kb"], 4),
-        whole_process_peak_mib={"fp16": mb(r16["peak_kb"]), "fp32": mb(r32["peak_kb"])},
-        one_caption_per_image_ratio=round(inc(p16) / inc(p32), 4), dataset_dtype=r16["dtype"])
+# ============================================================================== memory: bench/memory.py
 
 
 # ============================================================================== main
@@ -722,7 +654,10 @@ def stages_for(env: Env, results: dict) -> list:
     # process that already holds GPT-2 models (GBs) costs time no real process_*.py run pays.
     return [
         ("extract", ["extract_vs_encoder", "extract_vs_reference", "extract_bf16_vs_fp32"], extract_stage),
-        ("memory", ["features_fp16_memory"], lambda: [("features_fp16_memory", bench_memory(env))]),
+        ("memory", ["features_fp16_memory"],
+         lambda: [("features_fp16_memory", memory.bench_fp16_memory(entry, env, coco_like_captions))]),
+        ("store", ["store_open_vs_dicts", "store_rss_vs_dicts", "store_4proc_vs_one"],
+         lambda: memory.bench_store(entry, env, coco_like_captions)),
         ("greedy", ["greedy_vs_reference"], lambda: [("greedy_vs_reference", bench_greedy(env))]),
         ("beam", ["beam_vs_reference"], lambda: [("beam_vs_reference", bench_beam(env))]),
         ("train", ["train_vs_reference", "train_model_flops_share", "train_bf16_vs_fp32"], train_stage),

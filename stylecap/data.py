@@ -107,7 +107,7 @@ def _tokenizer_key(tok: CaptionTokenizer) -> str:
 
 
 def encode_data(data: "FeatureStore | dict", tok: CaptionTokenizer, max_len: int, cache_dir: Path | None = None,
-                source: str | Path | None = None, chunk: int = 16384) -> Encoded:
+                source: str | Path | None = None, chunk: int = 1024) -> Encoded:
     """Tokenize every caption once, ``chunk`` captions at a time (the tokenizer's Python lists never
     exceed one chunk). With ``cache_dir`` the result is cached there, keyed by the captions' content
     (texts, rows, styles), the tokenizer and the settings, so the cache is never stale; it is read back
@@ -130,30 +130,60 @@ def encode_data(data: "FeatureStore | dict", tok: CaptionTokenizer, max_len: int
     present = set(store.present_styles())  # a selection may not have every style of its file
     ctx_of = [tok.context_ids(s) if with_ctx and s in present else [] for s in store.styles] + [[]]  # [-1]: none
     limit = max_len if tok.legacy_clipcap else max_len + 1  # caption tokens + END
-    flats, lengths, n_ctx, truncated = [], [], [], 0
-    for lo in range(0, len(store), chunk):
-        styles = store.caption_style[lo:lo + chunk].tolist()
+    n = len(store)
+    lengths, n_ctx, truncated = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), 0
+    sink = _FlatSink(path.with_name(path.name + ".flat.tmp") if path is not None else None)
+    for lo in range(0, n, chunk):
         seqs = []
-        for s, cap_ids in zip(styles, tok.encode_captions(store.texts(lo, lo + chunk))):
+        for s, cap_ids in zip(store.caption_style[lo:lo + chunk].tolist(), tok.encode_captions(store.texts(lo, lo + chunk))):
             if len(cap_ids) > limit:
                 truncated += 1
                 cap_ids = cap_ids[:max_len] + ([] if tok.legacy_clipcap else [tok.eos_id])
             seqs.append(ctx_of[s] + cap_ids)
-            n_ctx.append(len(ctx_of[s]))
-        lengths.extend(map(len, seqs))
-        flats.append(torch.from_numpy(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32)))
-    offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
-    offsets[1:] = torch.tensor(lengths, dtype=torch.long).cumsum(0)
+        lengths[lo:lo + len(seqs)] = [len(q) for q in seqs]
+        n_ctx[lo:lo + len(seqs)] = [len(ctx_of[s]) for s in store.caption_style[lo:lo + chunk].tolist()]
+        sink.append(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32))
+    offsets = torch.zeros(n + 1, dtype=torch.long)
+    offsets[1:] = torch.from_numpy(lengths).cumsum(0)
     lut = torch.tensor([tok.style_index.get(s, 0) for s in store.styles] + [0], dtype=torch.long)
-    enc = Encoded(store.caption_row.clone(), lut[store.caption_style.long()],
-                  torch.cat(flats) if flats else torch.zeros(0, dtype=torch.int32), offsets,
-                  torch.tensor(n_ctx, dtype=torch.long), truncated)
+    enc = Encoded(store.caption_row, lut[store.caption_style.long()], sink.tensor(), offsets,
+                  torch.from_numpy(n_ctx), truncated)
     if truncated:
-        logger.warning(f"{truncated} of {len(store)} captions were longer than --max_len {max_len} tokens and truncated")
+        logger.warning(f"{truncated} of {n} captions were longer than --max_len {max_len} tokens and truncated")
     if path is not None:
         atomic_torch_save(dict(vars(enc)), path)
+        sink.close()
         enc = Encoded(**torch.load(path, weights_only=True, mmap=True))  # share the pages, free the copy
     return enc
+
+
+class _FlatSink:
+    """The token ids of all captions, one chunk at a time: in memory, or (when the result is cached) in a
+    temporary file mapped back at the end, so that tokenizing 3.3M captions holds one chunk in RAM."""
+
+    def __init__(self, tmp: Path | None):
+        self.tmp, self.parts, self.total = tmp, [], 0
+        if tmp is not None:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(tmp, "wb")
+
+    def append(self, ids: np.ndarray) -> None:
+        self.total += ids.size
+        if self.tmp is None:
+            self.parts.append(ids)
+        else:
+            self.f.write(ids.tobytes())
+
+    def tensor(self) -> torch.Tensor:  # (total,) int32
+        if self.tmp is None or self.total == 0:
+            return torch.from_numpy(np.concatenate(self.parts)) if self.parts else torch.zeros(0, dtype=torch.int32)
+        self.f.close()
+        return torch.from_numpy(np.memmap(self.tmp, dtype=np.int32, mode="c", shape=(self.total,)))
+
+    def close(self) -> None:
+        if self.tmp is not None:
+            self.f.close()
+            self.tmp.unlink(missing_ok=True)
 
 
 class CaptionDataset(Dataset):

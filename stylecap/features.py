@@ -48,7 +48,7 @@ COLUMNS = ("clip_embedding", "image_id_bytes", "image_id_offsets", "caption_byte
            "caption_row", "caption_style")
 
 
-def _utf8_column(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def utf8_column(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """strings -> (uint8 buffer, int64 offsets [n + 1])."""
     encoded = [t.encode("utf-8") for t in texts]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
@@ -104,8 +104,8 @@ class FeatureStore:
             style_col.append(-1 if s is None else styles.setdefault(s, len(styles)))
             rows.append(r)
             texts.append(c["caption"])
-        id_bytes, id_off = _utf8_column(ids)
-        cap_bytes, cap_off = _utf8_column(texts)
+        id_bytes, id_off = utf8_column(ids)
+        cap_bytes, cap_off = utf8_column(texts)
         return cls(emb, id_bytes, id_off, cap_bytes, cap_off[:-1], cap_off[1:],
                    torch.tensor(rows, dtype=torch.long), torch.tensor(style_col, dtype=torch.int32),
                    list(styles), dict(meta or {}))
@@ -119,7 +119,7 @@ class FeatureStore:
             buf = self.caption_bytes[:int(end[-1]) if n else 0]
             offsets = torch.cat((torch.zeros(1, dtype=torch.long), end.long()))
         else:
-            buf, offsets = _utf8_column(self.texts())
+            buf, offsets = utf8_column(self.texts())
         return {"format": FORMAT, "clip_embedding": self.clip_embedding, "image_id_bytes": self.image_id_bytes,
                 "image_id_offsets": self.image_id_offsets, "caption_bytes": buf, "caption_offsets": offsets,
                 "caption_row": self.caption_row, "caption_style": self.caption_style, "styles": self.styles,

@@ -153,3 +153,17 @@ def test_tokens_in_chunks_equal_one_pass_and_the_cache_is_mapped_and_keyed_by_co
     _, val = split_by_image(data, 0.25, seed=0)  # another selection of the same file: another key
     encode_data(val, tok, max_len=6, cache_dir=cache)
     assert len(list(cache.iterdir())) == 2
+
+
+def test_two_processes_share_one_copy_of_the_mapped_data(small_models, tmp_path):
+    """What bench/memory.py measures, on a 40 MB file: two processes that read every feature row use about
+    the memory of one (their PSS of the mapped file splits each page), where private copies would double it."""
+    from bench.memory import run_children
+    path = synthetic_features(tmp_path / "f.pt", n_images=20000, styled=False)
+    gpt2 = small_models / "small_gpt2"
+    encode_data(load_features(path), CaptionTokenizer(load_hf_tokenizer(gpt2)), max_len=64, cache_dir=tmp_path / "cache")
+    one = run_children(1, path, gpt2, tmp_path / "cache")[0]
+    two = run_children(2, path, gpt2, tmp_path / "cache")
+    assert one["mapped_rss_kb"] > 38 * 1024 and one["anon_kb"] < 8 * 1024, one  # read through the mapping
+    assert all(r["mapped_rss_kb"] > 38 * 1024 for r in two), two
+    assert sum(r["data_pss_kb"] for r in two) < 1.3 * one["data_kb"], (one, two)
