@@ -110,13 +110,34 @@ class FeatureStore:
                    torch.tensor(rows, dtype=torch.long), torch.tensor(style_col, dtype=torch.int32),
                    list(styles), dict(meta or {}))
 
+    @classmethod
+    def concat(cls, parts: list["FeatureStore"], meta: dict | None = None) -> "FeatureStore":
+        """Parts one after the other (rows and captions in part order), column by column: merging the
+        shards of a 3.3M-image extraction never builds a caption record."""
+        parts = [p if _is_contiguous(p) else cls.from_columns(p.to_columns()) for p in parts]
+        styles: dict[str, int] = {}
+        emb, id_bytes, id_off, cap_bytes, cap_off, rows, style_col = [], [], [], [], [], [], []
+        n_rows = n_id = n_cap = 0
+        for p in parts:
+            remap = torch.tensor([styles.setdefault(s, len(styles)) for s in p.styles] + [-1], dtype=torch.int32)
+            emb.append(p.clip_embedding)
+            id_bytes.append(p.image_id_bytes[:int(p.image_id_offsets[-1])])
+            id_off.append(p.image_id_offsets[:-1] + n_id)
+            cap_bytes.append(p.caption_bytes[:int(p.caption_end[-1]) if len(p) else 0])
+            cap_off.append(p.caption_start + n_cap)
+            rows.append(p.caption_row + n_rows)
+            style_col.append(remap[p.caption_style.long()])  # index -1 (no style) -> remap[-1] = -1
+            n_rows, n_id = n_rows + p.n_images, n_id + int(p.image_id_offsets[-1])
+            n_cap += int(p.caption_end[-1]) if len(p) else 0
+        cap_off = torch.cat(cap_off + [torch.tensor([n_cap])])
+        return cls(torch.cat(emb), torch.cat(id_bytes), torch.cat(id_off + [torch.tensor([n_id])]), torch.cat(cap_bytes),
+                   cap_off[:-1], cap_off[1:], torch.cat(rows), torch.cat(style_col), list(styles), dict(meta or {}))
+
     def to_columns(self) -> dict:
         """The dict ``save_features`` writes. A selection's text is compacted first."""
-        start, end = self.caption_start, self.caption_end
-        n = start.shape[0]
-        contiguous = n == 0 or (start[0] == 0 and torch.equal(start[1:], end[:-1]))
-        if contiguous:
-            buf = self.caption_bytes[:int(end[-1]) if n else 0]
+        if _is_contiguous(self):
+            end = self.caption_end
+            buf = self.caption_bytes[:int(end[-1]) if len(end) else 0]
             offsets = torch.cat((torch.zeros(1, dtype=torch.long), end.long()))
         else:
             buf, offsets = utf8_column(self.texts())
@@ -229,6 +250,12 @@ class FeatureStore:
 
     def keys(self) -> Iterator[str]:
         return iter(("clip_embedding", "captions", "meta"))
+
+
+def _is_contiguous(store: FeatureStore) -> bool:
+    """Captions one after the other from the buffer's start (a whole file, not a selection)."""
+    start, end = store.caption_start, store.caption_end
+    return len(start) == 0 or (int(start[0]) == 0 and torch.equal(start[1:], end[:-1]))
 
 
 def as_store(data: "FeatureStore | dict") -> FeatureStore:
