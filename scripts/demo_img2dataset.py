@@ -30,36 +30,53 @@ def _member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     tf.addfile(info, io.BytesIO(data))
 
 
+def write_shard(tar: Path, samples: list[dict]) -> Path:
+    """One tar as img2dataset's WebDatasetSampleWriter writes it. samples: {"key", "image": bytes or None
+    (no image member), "caption": str or None (no .txt member)}; the .json holds the caption, key and status."""
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as tf:
+        for smp in samples:
+            key = smp["key"]
+            meta = {"caption": smp.get("json_caption", smp["caption"]), "key": key, "status": "success",
+                    "error_message": None, "url": f"https://example.com/{key}.jpg", "width": 224, "height": 224}
+            if smp["image"] is not None:
+                _member(tf, f"{key}.jpg", smp["image"])
+            _member(tf, f"{key}.json", json.dumps(meta, indent=4, sort_keys=True).encode())
+            if smp["caption"] is not None:
+                _member(tf, f"{key}.txt", smp["caption"].encode())
+    return tar
+
+
+def write_stats(tar: Path, successes: int, failed_to_download: int = 0, failed_to_resize: int = 0) -> None:
+    """img2dataset's <shard>_stats.json for a tar of ``successes`` samples."""
+    stats = {"count": successes + failed_to_download + failed_to_resize, "successes": successes,
+             "failed_to_download": failed_to_download, "failed_to_resize": failed_to_resize, "duration": 1.0,
+             "start_time": 0.0, "end_time": 1.0, "status_dict": {"success": successes}}
+    tar.with_name(f"{tar.stem}_stats.json").write_text(json.dumps(stats, indent=4, sort_keys=True) + "\n")
+
+
 def write_img2dataset(root: Path, rng: random.Random, make_items, caption_of) -> dict:
     """make_items(rng, ids) -> [{"id", "bytes", "content"}]; caption_of(content) -> a caption."""
     root.mkdir(parents=True)
     expected = {"shards": [], "captions": {}, "skipped": {}, "caption_from_json": 0,
                 "failed_to_download": 0, "failed_to_resize": 0, "samples": 0}
     for s, n in enumerate(SHARDS):
-        name = f"{s:05d}"
         items = make_items(rng, [f"{s:05d}{i:04d}" for i in range(n)])  # img2dataset's compute_key layout
-        with tarfile.open(root / f"{name}.tar", "w", format=tarfile.GNU_FORMAT) as tf:
-            for i, it in enumerate(items):
-                kind, key, caption = SPECIAL.get((s, i)), it["id"], caption_of(it["content"])
-                meta = {"caption": caption, "key": key, "status": "success", "error_message": None,
-                        "url": f"https://example.com/{key}.jpg", "width": 224, "height": 224}
-                if kind != "no image":
-                    _member(tf, f"{key}.jpg", b"\xff\xd8 not a jpeg" if kind == "unreadable image" else it["bytes"])
-                _member(tf, f"{key}.json", json.dumps(meta, indent=4, sort_keys=True).encode())
-                if kind != "from_json":
-                    _member(tf, f"{key}.txt", b"" if kind == "no caption" else caption.encode())
-                if kind in (None, "from_json"):
-                    expected["captions"][key] = caption
-                else:
-                    expected["skipped"][key] = kind
-                expected["caption_from_json"] += kind == "from_json"
-        failed = FAILED[s]
-        stats = {"count": n + sum(failed.values()), "successes": n, **failed, "duration": 1.0,
-                 "start_time": 0.0, "end_time": 1.0, "status_dict": {"success": n}}
-        (root / f"{name}_stats.json").write_text(json.dumps(stats, indent=4, sort_keys=True) + "\n")
-        expected["shards"].append(f"{name}.tar")
+        samples = []
+        for i, it in enumerate(items):
+            kind, key, caption = SPECIAL.get((s, i)), it["id"], caption_of(it["content"])
+            image = {"no image": None, "unreadable image": b"\xff\xd8 not a jpeg"}.get(kind, it["bytes"])
+            txt = {"no caption": "", "from_json": None}.get(kind, caption)
+            samples.append({"key": key, "image": image, "caption": txt, "json_caption": caption})
+            if kind in (None, "from_json"):
+                expected["captions"][key] = caption
+            else:
+                expected["skipped"][key] = kind
+            expected["caption_from_json"] += kind == "from_json"
+        tar = write_shard(root / f"{s:05d}.tar", samples)
+        write_stats(tar, n, **FAILED[s])
+        expected["shards"].append(tar.name)
         expected["samples"] += n
-        for k in failed:
-            expected[k] += failed[k]
+        for k in FAILED[s]:
+            expected[k] += FAILED[s][k]
     (root / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
     return {"conceptual": root, "conceptual_expected": root / "expected.json"}

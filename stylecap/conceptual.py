@@ -203,15 +203,17 @@ def merge(tars: list[Path], args) -> int:
     output = Path(args.output_path)
     files = [part_file(output, t) for t in tars]
     have = [f for f in files if f.is_file()]
+    # the settings this command fixes without loading CLIP; the others come from the parts (or the file)
+    from_args = {"batch_size": args.batch_size, "allow_truncated": bool(args.allow_truncated), "fp16": bool(args.fp16),
+                 "fast_jpeg_decode": bool(args.fast_jpeg_decode), "exif_transpose": bool(args.exif_transpose)}
     first = _load_part(have[0]) if have else None
     if first is None:  # no parts: up to date when an earlier --merge (or run) of these shards wrote the file
         settings = ((_load_part(output) or {}).get("meta") or {}).get("extraction")
-        if settings and extract._up_to_date(output, file_key(tars, {**settings, "fp16": bool(args.fp16)},
-                                                             args.limit)) is not None:
+        if settings and extract._up_to_date(output, file_key(tars, {**settings, **from_args}, args.limit)) is not None:
             logger.info(f"{output} is up to date (same shards and settings); delete it to recompute")
             return 0
         raise UserError(f"--merge: no part files in {parts_dir(output)}; run every --shard i/n of this command first")
-    settings = {**first["settings"], "fp16": bool(args.fp16)}
+    settings = {**first["settings"], **from_args}
     missing = [t.name for t, f in zip(tars, files) if not f.is_file()]
     if missing:
         raise UserError(f"--merge: no part for {missing[0]}" + (f" and {len(missing) - 1} more tar shards"
@@ -222,6 +224,6 @@ def merge(tars: list[Path], args) -> int:
         if p is None or p.get("run_key") != part_key(t, settings, args.limit):
             made = f" (made by --shard {p['shard']})" if p and p.get("shard") else ""
             raise UserError(f"--merge: {f}{made} was made with other arguments, inputs or settings than this "
-                            f"command / {files[0].name}; rerun its --shard with the same arguments")
+                            "command; rerun its --shard with the same arguments")
     write_file(tars, settings, file_key(tars, settings, args.limit), args)
     return 0
