@@ -86,7 +86,7 @@ def encode_tar(tar: Path, model, preprocess, settings: dict, key: str, args) -> 
         TarImages(tar, index.offsets, index.sizes), model, preprocess, batch_size=settings["batch_size"],
         num_workers=args.num_workers, device=args.device_obj, allow_truncated=settings["allow_truncated"],
         autocast=settings["autocast"], fast_jpeg_decode=settings["fast_jpeg_decode"],
-        exif_transpose=settings["exif_transpose"])  # emb [len(ok), D] fp32: one row per decoded image
+        exif_transpose=settings["exif_transpose"], progress=True)  # emb [len(ok), D] fp32: one row per decoded image
     part = {"run_key": key, "tar": tar.name, "shard": args.shard,
             "settings": {k: v for k, v in settings.items() if k != FP16_AT_COMBINE},
             "emb": emb.contiguous(), "keys": [index.keys[i] for i in ok], "captions": [index.captions[i] for i in ok],
@@ -168,26 +168,29 @@ def write_file(tars: list[Path], settings: dict, key: str, args) -> None:
 def run(args) -> int:
     """Encode the missing parts (all, or this --shard's), then combine; or --merge."""
     from loguru import logger
-    from tqdm import tqdm
     tars, output = find_tars(args.data_path), Path(args.output_path)
     if args.merge:
         return merge(tars, args)
     model, preprocess, settings = extract.load_encoder(args)
     key = file_key(tars, settings, args.limit)
-    if args.shard_count is None and extract._up_to_date(output, key) is not None:
+    meta = extract._up_to_date(output, key) if args.shard_count is None else None
+    if meta is not None:
         logger.info(f"{output} is up to date (same shards and settings); delete it to recompute")
+        extract._write_skipped(output, meta)  # in case a kill came between the file and its list
+        shutil.rmtree(parts_dir(output), ignore_errors=True)
         return 0
     mine = tars if args.shard_count is None else shard_tars(tars, args.shard_index, args.shard_count)
     logger.info(f"{len(mine)} of {len(tars)} tar shards in {args.data_path}"
                 + (f" (shard {args.shard})" if args.shard else "") + f"; parts in {parts_dir(output)}")
-    for tar in tqdm(mine, unit="shard", desc=output.name, mininterval=1.0):
+    for k, tar in enumerate(mine):
         pkey = part_key(tar, settings, args.limit)
         done = _load_part(part_file(output, tar))
         if done is not None and done.get("run_key") == pkey:
-            logger.info(f"{tar.name}: done earlier (its part is up to date)")
+            logger.info(f"[{k + 1}/{len(mine)}] {tar.name}: done earlier (its part is up to date)")
             continue
         if done is not None:
             logger.warning(f"{tar.name}: its part was made with other arguments or inputs; redoing it")
+        logger.info(f"[{k + 1}/{len(mine)}] {tar.name}: encoding")
         encode_tar(tar, model, preprocess, settings, pkey, args)
     if args.shard_count is not None:
         logger.info(f"shard {args.shard}: {len(mine)} tar shards done; after every shard, rerun the same command "

@@ -3,12 +3,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +15,8 @@ from scripts.demo_img2dataset import write_shard, write_stats
 from stylecap import extract
 from stylecap.clip_utils import load_clip
 from stylecap.utils import UserError, run_main
+from tests.helpers import kill_9_when
 from tests.test_extract import assert_same_file, load
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def argv(models, data, out, *extra) -> list[str]:
@@ -112,15 +107,8 @@ def test_kill_and_resume_redoes_only_unfinished_shards(small_models, tmp_path):
 
     out = tmp_path / "cc.pkl"
     parts = Path(f"{out}.parts")
-    proc = subprocess.Popen([sys.executable, "process_conceptual.py", *args(out)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "killed.err", "w"))
-    try:
-        deadline = time.monotonic() + 120
-        while not list(parts.glob("*.pt")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        os.kill(proc.pid, signal.SIGKILL)  # as kill -9 from a shell
-    finally:
-        rc = proc.wait(timeout=60)
+    rc = kill_9_when(["process_conceptual.py", *args(out)], lambda: bool(list(parts.glob("*.pt"))),
+                     tmp_path / "killed.err")
     assert rc == -signal.SIGKILL, (tmp_path / "killed.err").read_text()[-2000:]  # killed, not finished
     done = sorted(p.name for p in parts.glob("*.pt"))
     assert 1 <= len(done) < n_tars and not out.exists()
