@@ -141,8 +141,11 @@ def index_tar(tar: Path, limit: int | None = None) -> ShardIndex:
                 members[ext.lower()] = m
             if key is not None:
                 _add(index, key, members, tf, seen)
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, OSError) as e:  # e.g. img2dataset killed while writing the tar
         index.tar_error = f"{type(e).__name__}: {e}"
+        if members:  # the sample being read when the tar ended: counted, not used
+            index.n_samples += 1
+            index.skipped.append({"image_id": key, "category": "truncated tar", "reason": index.tar_error})
     return index
 
 

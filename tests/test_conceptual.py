@@ -171,3 +171,21 @@ def test_bad_input_fails_in_one_line(small_models, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and err.startswith("error: no image could be encoded: all 1 samples of the 1 tar shards")
     assert not (tmp_path / "o.pkl").exists() and (tmp_path / "o.pkl.skipped.txt").exists()
+
+
+def test_truncated_tar_keeps_the_samples_before_the_damage(small_models, shards, single, tmp_path):
+    """img2dataset killed while writing a tar: the complete samples are used, the cut one is counted."""
+    src = shards[0] / "00002.tar"
+    with tarfile.open(src) as tf:
+        third = [m for m in tf.getmembers() if m.name.endswith(".jpg")][2]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "00002.tar").write_bytes(src.read_bytes()[:third.offset_data + third.size // 2])
+    assert conceptual(small_models, tmp_path / "in", tmp_path / "t.pkl") == 0
+    d, full = load(tmp_path / "t.pkl"), load(single)
+    ids = [c["image_id"] for c in d["captions"]]
+    assert ids == ["000020000", "000020001"]
+    rows = [c["clip_embedding"] for c in full["captions"] if c["image_id"] in ids]
+    torch.testing.assert_close(d["clip_embedding"], full["clip_embedding"][rows], atol=1e-6, rtol=0)
+    c = d["meta"]["counts"]
+    assert c["skipped_by_reason"] == {"truncated tar": 1} and list(c["tar_errors"]) == ["00002.tar"]
+    assert c["samples"] == 3 and c["shards_without_stats"] == ["00002.tar"]
