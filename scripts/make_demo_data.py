@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Seeded generator of small synthetic datasets in the real on-disk formats of
 Flickr30k (English, Karpathy split), Flickr30k-CN (ClipCap-Chinese txt),
-PersonalityCaptions (ParlAI json + YFCC-style hashed images) and, under stylized/, the generic
-jsonl/csv input, FlickrStyle10K and SentiCap (scripts/demo_stylized.py).
+PersonalityCaptions (ParlAI json + YFCC-style hashed images), under stylized/, the generic
+jsonl/csv input, FlickrStyle10K and SentiCap (scripts/demo_stylized.py), and under conceptual/,
+img2dataset's webdataset tar shards (scripts/demo_img2dataset.py).
 
 Every image is one coloured shape on a plain background. Captions are built
 mainly from COLOUR, SIZE and BACKGROUND because those are what a linear probe
@@ -34,8 +35,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 try:
+    from scripts.demo_img2dataset import write_img2dataset
     from scripts.demo_stylized import write_stylized
 except ModuleNotFoundError:  # run as a file: python scripts/make_demo_data.py (scripts/ is on sys.path)
+    from demo_img2dataset import write_img2dataset
     from demo_stylized import write_stylized
 
 TRAITS_JSON = Path(__file__).resolve().parents[1] / "stylecap/data/personality_traits.json"
@@ -333,7 +336,7 @@ def _manifest_entry(image_dir: Path, out: Path, good: list[dict], specials: list
 def _prepare_out(out: Path) -> None:
     """Refuse to overwrite dataset folders we did not create (e.g. --out data with real
     Flickr30k in it); otherwise wipe our previous output so no stale files remain."""
-    owned = [out / "flickr30k", out / "flickr30k_cn", out / "personality", out / "stylized",
+    owned = [out / "flickr30k", out / "flickr30k_cn", out / "personality", out / "stylized", out / "conceptual",
              out / "dirty_manifest.json"]
     if any(p.exists() for p in owned) and not (out / MARKER).exists():
         raise SystemExit(f"refusing to overwrite {out}: it holds dataset folders not made by this script")
@@ -401,6 +404,9 @@ def generate(out_dir, seed: int = 0, variant: str = "clean", n_flickr: int = 400
     paths.update(write_personality(out / "personality", splits, r_pc, pc_extra))
     # Own stream, written last: the other datasets' bytes do not depend on it.
     paths.update(write_stylized(out / "stylized", random.Random(f"{seed}-stylized"), _make_items, n_stylized, dirty))
+    # img2dataset shards (17 samples, a few broken ones in both variants): own stream, written last too.
+    paths.update(write_img2dataset(out / "conceptual", random.Random(f"{seed}-conceptual"), _make_items,
+                                   lambda c: en_captions(c)[0]))
 
     if dirty:
         tok, cn = paths["flickr_token"], paths["cn_captions"]

@@ -1,6 +1,7 @@
 """CLIP loading (OpenAI TorchScript archive, plain state dict, or model name) and image decoding as openai-clip does it."""
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -80,9 +81,10 @@ class ImageLoadError(Exception):
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
-def open_image(path: str | Path, allow_truncated: bool = False, *, fast_jpeg_decode: bool = False,
+def open_image(path: str | Path | bytes, allow_truncated: bool = False, *, fast_jpeg_decode: bool = False,
                exif_transpose: bool = False, min_size: int = 224) -> Image.Image:
     """Decode an image exactly as openai-clip's ``preprocess(Image.open(path))`` receives it.
+    ``path`` may also be the file's bytes (e.g. a member of a tar shard), decoded the same way.
 
     By default the result is the file as ``Image.open`` gives it, fully decoded, in its own mode:
     CLIP's preprocess then resizes it (bicubic, short side) in that mode, centre-crops and applies
@@ -105,17 +107,22 @@ def open_image(path: str | Path, allow_truncated: bool = False, *, fast_jpeg_dec
       least ``min_size`` pixels per side (the CLIP input size): several times faster for large photos;
     * ``exif_transpose``: rotate/flip as the EXIF orientation tag says (the image as a viewer shows it).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError("missing file")
-    if path.stat().st_size == 0:
-        raise ImageLoadError("zero-byte file")
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(path)  # the same decoder reads it: identical pixels to the file's
+        if not len(path):
+            raise ImageLoadError("zero-byte file")
+    else:
+        source = path = Path(path)
+        if not path.is_file():
+            raise ImageLoadError("missing file")
+        if path.stat().st_size == 0:
+            raise ImageLoadError("zero-byte file")
     old = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = allow_truncated
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:  # the pixels stay loaded after the file is closed
+            with Image.open(source) as img:  # the pixels stay loaded after the file is closed
                 if fast_jpeg_decode and img.format == "JPEG":
                     img.draft("RGB", (min_size, min_size))
                 img.load()

@@ -56,8 +56,9 @@ def default_workers() -> int:
 
 
 # ----------------------------------------------------------------------------- command line
-def add_args(p) -> None:
-    """The flags both process_*.py scripts share."""
+def add_args(p, help_for: dict[str, str] | None = None) -> None:
+    """The flags the process_*.py scripts share. ``help_for``: {dest: help} for a script whose unit of
+    work differs (process_conceptual.py shards and resumes by tar shard)."""
     p.add_argument("--clip_model_path", default="pre_model/ViT-B-32.pt",
                    help="CLIP weights: OpenAI's TorchScript archive (ViT-B-32.pt), a plain state dict, or a "
                         "model name such as ViT-B/32 already in openai-clip's cache (default: %(default)s)")
@@ -89,6 +90,9 @@ def add_args(p) -> None:
     p.add_argument("--chunk_batches", type=int, default=None, metavar="K",
                    help=f"save progress every K batches in <output>.partial/ so a killed run resumes "
                         f"(default: about {CHUNK_IMAGES} images per chunk)")
+    for action in p._actions:  # argparse has no public setter for an added argument's help
+        if help_for and action.dest in help_for:
+            action.help = help_for[action.dest]
 
 
 def check_args(args) -> None:
@@ -362,11 +366,7 @@ def finalize(job: Job, settings: dict, emb: torch.Tensor, ok: list[int], bad: li
     meta = dict(job.meta)
     n_malformed = meta.pop("malformed_count", 0)
     meta.update({
-        "format_version": FORMAT_VERSION,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "code_version": code_version(),
-        "clip_model": settings["clip_model"], "clip_sha256": settings["clip_sha256"],
-        "dim": int(emb.shape[1]), "dtype": str(emb.dtype).replace("torch.", ""), "normalized": False,
+        **file_meta(settings, emb),
         "counts": {"images": len(ok), "captions": len(caps), "skipped_images": len(bad),
                    "skipped_captions": len(job.captions) - len(caps), "malformed": n_malformed},
         "skipped": [{"image_id": job.image_ids[i], "path": job.image_paths[i], "reason": r} for i, r in bad],
@@ -374,6 +374,15 @@ def finalize(job: Job, settings: dict, emb: torch.Tensor, ok: list[int], bad: li
         "run_key": run_key(job, settings),
     })
     return {"clip_embedding": emb, "captions": caps, "meta": meta}
+
+
+def file_meta(settings: dict, emb: torch.Tensor) -> dict:
+    """The meta keys every feature file has: which CLIP (clip_record reads them), format, when, which code."""
+    return {"format_version": FORMAT_VERSION,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "code_version": code_version(),
+            "clip_model": settings["clip_model"], "clip_sha256": settings["clip_sha256"],
+            "dim": int(emb.shape[1]), "dtype": str(emb.dtype).replace("torch.", ""), "normalized": False}
 
 
 def skipped_txt(path: Path) -> Path:
@@ -425,13 +434,10 @@ def log_malformed(malformed: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------- orchestration
-def run(jobs: list[Job], args) -> int:
-    """Extract (or --merge) every job. Exit 0 when at least one image was encoded."""
+def load_encoder(args):
+    """-> (model, preprocess, settings): CLIP on args.device (set as args.device_obj) and the settings that
+    fix the output values (they go into run keys and meta["extraction"])."""
     from loguru import logger
-    if args.limit:
-        jobs = [limit_job(j, args.limit) for j in jobs]
-    if args.merge:
-        return merge(jobs)
     args.device_obj = resolve_device(args.device)
     model, preprocess, info = load_clip(args.clip_model_path, args.device_obj)
     ac = autocast_dtype(args.autocast, args.device_obj)
@@ -444,6 +450,17 @@ def run(jobs: list[Job], args) -> int:
     logger.info(f"CLIP {info['clip_model']} (dim {info['dim']}) on {args.device_obj}, batch {args.batch_size}, "
                 f"{args.num_workers} workers, autocast {settings['autocast']}; decoding: " +
                 (", ".join(k for k in ("fast_jpeg_decode", "exif_transpose") if settings[k]) or "as openai-clip"))
+    return model, preprocess, settings
+
+
+def run(jobs: list[Job], args) -> int:
+    """Extract (or --merge) every job. Exit 0 when at least one image was encoded."""
+    from loguru import logger
+    if args.limit:
+        jobs = [limit_job(j, args.limit) for j in jobs]
+    if args.merge:
+        return merge(jobs)
+    model, preprocess, settings = load_encoder(args)
     encoded, skipped, first_bad = 0, 0, None
     for job in jobs:
         sharded = args.shard_count is not None

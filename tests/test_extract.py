@@ -5,9 +5,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
-import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,8 +17,8 @@ from stylecap import extract
 from stylecap.clip_utils import load_clip, load_image
 from stylecap.features import load_features
 from stylecap.utils import UserError, run_main
+from tests.helpers import kill_9_when
 
-ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")
 
 
@@ -192,15 +189,8 @@ def test_kill_and_resume_equals_clean_run(small_models, tmp_path):
 
     out = tmp_path / "fl.pkl"
     part = Path(f"{out}.partial")
-    proc = subprocess.Popen([sys.executable, "process_flickr.py", *argv(out)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "killed.err", "w"))
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(part.glob("chunk_*.pt"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        os.kill(proc.pid, signal.SIGKILL)  # as kill -9 from a shell
-    finally:
-        rc = proc.wait(timeout=60)
+    rc = kill_9_when(["process_flickr.py", *argv(out)], lambda: len(list(part.glob("chunk_*.pt"))) >= 2,
+                     tmp_path / "killed.err")
     assert rc == -signal.SIGKILL, (tmp_path / "killed.err").read_text()[-2000:]  # killed, not finished
     done = len(list(part.glob("chunk_*.pt")))
     assert 2 <= done < n // per_chunk and not out.exists()  # no final file after the kill

@@ -1,0 +1,232 @@
+"""process_conceptual.py's engine: img2dataset tar shards -> one feature file, one tar shard at a time.
+
+* The unit of work is one tar shard (:mod:`stylecap.webdataset_source` reads it): its samples are
+  encoded once each by the project's engine (:func:`stylecap.extract.extract_features`, openai-clip's
+  decoding and preprocessing), in batches that start at the shard's first sample, so a shard's values do
+  not depend on which process encodes it. The result is written atomically to its part file
+  ``<output>.parts/<tar stem>.pt``: that shard's features [n, D] fp32, keys, captions, skipped samples
+  with reasons, counts, its ``_stats.json`` and a ``run_key`` (hash of the tar's name and size, --limit
+  and the settings that fix the values). Only one shard's features are in memory while encoding.
+* A rerun (after kill -9, or with more shards downloaded) skips the parts whose key matches and redoes
+  the others (missing, or stale: made with other settings). A tar replaced by another of the same name
+  and size is not noticed: delete its part.
+* ``--shard i/n`` encodes the i-th contiguous block of tar shards and writes only their parts;
+  ``--merge`` (same command, without --shard) checks that every tar has a part made with the same
+  settings and combines them. On several machines, gather the ``.parts`` folders into one first.
+* When every part is there, :func:`combine` concatenates them in tar order into the feature file
+  (:func:`stylecap.features.save_features`, atomic); the parts folder is then removed. Samples without
+  an image or a caption, and images that do not decode, are skipped and counted by reason in
+  ``meta["counts"]`` and listed in ``<output>.skipped.txt``; downloads that failed never reach the tar and
+  are counted from the shards' ``_stats.json``. No row is ever a placeholder: each row is an encoded image.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from stylecap import extract
+from stylecap.features import save_features
+from stylecap.utils import UserError, atomic_torch_save
+from stylecap.webdataset_source import TarImages, find_tars, index_tar, read_stats
+
+FP16_AT_COMBINE = "fp16"  # the one setting parts do not depend on: parts are fp32, the dtype is chosen at combine
+
+
+def parts_dir(output: Path) -> Path:
+    return Path(f"{output}.parts")
+
+
+def part_file(output: Path, tar: Path) -> Path:
+    return parts_dir(output) / f"{tar.stem}.pt"
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def part_key(tar: Path, settings: dict, limit: int | None) -> str:
+    """What fixes a part's content: the tar (name, size), --limit and the encoding settings."""
+    enc = {k: v for k, v in settings.items() if k != FP16_AT_COMBINE}
+    return _hash({"v": extract.FORMAT_VERSION, "tar": tar.name, "size": tar.stat().st_size, "limit": limit,
+                  "settings": enc})
+
+
+def file_key(tars: list[Path], settings: dict, limit: int | None) -> str:
+    return _hash({"parts": [part_key(t, settings, limit) for t in tars], "settings": settings})
+
+
+def shard_tars(tars: list[Path], i: int, n: int) -> list[Path]:
+    """Shard i of n: the i-th contiguous block of whole tar shards."""
+    return tars[i * len(tars) // n:(i + 1) * len(tars) // n]
+
+
+def _load_part(f: Path, mmap: bool = True) -> dict | None:
+    try:  # mmap: the key and counts without reading the features
+        return torch.load(f, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception:
+        return None
+
+
+# ----------------------------------------------------------------------------- one tar shard
+def encode_tar(tar: Path, model, preprocess, settings: dict, key: str, args) -> dict:
+    """Encode one tar shard -> its part (also written to its part file)."""
+    from loguru import logger
+    t0 = time.perf_counter()
+    index = index_tar(tar, args.limit)
+    if index.tar_error:
+        logger.warning(f"{tar.name}: tar unreadable after {index.n_samples} samples ({index.tar_error}); "
+                       "the samples before it are used")
+    emb, ok, bad = extract.extract_features(
+        TarImages(tar, index.offsets, index.sizes), model, preprocess, batch_size=settings["batch_size"],
+        num_workers=args.num_workers, device=args.device_obj, allow_truncated=settings["allow_truncated"],
+        autocast=settings["autocast"], fast_jpeg_decode=settings["fast_jpeg_decode"],
+        exif_transpose=settings["exif_transpose"], progress=True)  # emb [len(ok), D] fp32: one row per decoded image
+    part = {"run_key": key, "tar": tar.name, "shard": args.shard,
+            "settings": {k: v for k, v in settings.items() if k != FP16_AT_COMBINE},
+            "emb": emb.contiguous(), "keys": [index.keys[i] for i in ok], "captions": [index.captions[i] for i in ok],
+            "skipped": index.skipped + [{"image_id": index.keys[i], "category": "unreadable image", "reason": r}
+                                        for i, r in bad],
+            "n_samples": index.n_samples, "caption_from_json": index.caption_from_json,
+            "tar_error": index.tar_error, "stats": read_stats(tar)}
+    atomic_torch_save(part, part_file(Path(args.output_path), tar))
+    dt = time.perf_counter() - t0
+    logger.info(f"{tar.name}: encoded {len(ok)} of {index.n_samples} samples, skipped {len(part['skipped'])} "
+                f"in {dt:.1f}s ({len(ok) / max(dt, 1e-9):.1f} images/s)")
+    return part
+
+
+# ----------------------------------------------------------------------------- the output file
+def combine(files: list[Path], dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, list[dict], list[dict]]:
+    """Parts in tar order -> (emb [N, D] in dtype, caption records, the parts without their features).
+    The one step that holds the whole file: a streaming writer would go here."""
+    parts = [_load_part(f) for f in files]  # features memory-mapped, read once into the output below
+    emb = torch.empty(sum(p["emb"].shape[0] for p in parts), dim, dtype=dtype)  # (N, D)
+    caps, row = [], 0
+    for p in parts:
+        n = p["emb"].shape[0]
+        emb[row:row + n] = p.pop("emb")  # fp32 -> dtype rounds as extract.finalize's .to() does
+        caps += [{"image_id": k, "caption": c, "clip_embedding": row + j}
+                 for j, (k, c) in enumerate(zip(p["keys"], p["captions"]))]
+        row += n
+    return emb, caps, parts
+
+
+def _counts(parts: list[dict], n_rows: int) -> dict:
+    stats = [p["stats"] for p in parts if p["stats"] is not None]
+    skipped = [s for p in parts for s in p["skipped"]]
+    return {"images": n_rows, "captions": n_rows, "samples": sum(p["n_samples"] for p in parts),
+            "skipped_images": len(skipped), "skipped_captions": 0, "malformed": 0,
+            "skipped_by_reason": dict(sorted(Counter(s["category"] for s in skipped).items())),
+            "caption_from_json": sum(p["caption_from_json"] for p in parts),
+            # from the shards' _stats.json: these never reached the tars
+            "urls": sum(s.get("count", 0) for s in stats),
+            "failed_to_download": sum(s.get("failed_to_download", 0) for s in stats),
+            "failed_to_resize": sum(s.get("failed_to_resize", 0) for s in stats),
+            "shards_without_stats": [p["tar"] for p in parts if p["stats"] is None],
+            "tar_errors": {p["tar"]: p["tar_error"] for p in parts if p["tar_error"]}}
+
+
+def write_file(tars: list[Path], settings: dict, key: str, args) -> None:
+    """Combine the parts of ``tars`` into --output_path with its meta, skipped list and summary log."""
+    from loguru import logger
+    output = Path(args.output_path)
+    emb, caps, parts = combine([part_file(output, t) for t in tars], settings["dim"],
+                               torch.float16 if settings["fp16"] else torch.float32)
+    meta = {"dataset": "conceptual", "source": "img2dataset", "source_format": "webdataset",
+            "data_path": str(args.data_path), "shards": [t.name for t in tars], "styles": [],
+            **extract.file_meta(settings, emb), "counts": _counts(parts, emb.shape[0]),
+            "skipped": [{"image_id": s["image_id"], "path": str(Path(args.data_path) / p["tar"]),
+                         "reason": f"{s['category']}: {s['reason']}"} for p in parts for s in p["skipped"]],
+            "malformed": [], "extraction": dict(settings), "run_key": key}
+    if args.limit:
+        meta["limit"] = args.limit
+    c = meta["counts"]
+    if not caps:
+        extract._write_skipped(output, meta)
+        first = meta["skipped"][0] if meta["skipped"] else None
+        raise UserError(f"no image could be encoded: all {c['samples']} samples of the {len(tars)} tar shards were "
+                        f"skipped" + (f" (first: {first['image_id']}: {first['reason']}); see "
+                                      f"{extract.skipped_txt(output)}" if first else "; check --data_path"))
+    save_features(output, {"clip_embedding": emb, "captions": caps, "meta": meta})  # atomic
+    extract._write_skipped(output, meta)
+    logger.info(f"{output}: {c['images']} images + captions from {c['samples']} samples in {len(tars)} tar shards; "
+                f"skipped {c['skipped_images']} {c['skipped_by_reason']}"
+                + (f" (see {extract.skipped_txt(output)})" if c["skipped_images"] else "")
+                + f"; img2dataset's _stats.json: {c['failed_to_download']} failed to download, "
+                  f"{c['failed_to_resize']} failed to resize"
+                + (f" (no stats for {len(c['shards_without_stats'])} shards)" if c["shards_without_stats"] else ""))
+    shutil.rmtree(parts_dir(output), ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- orchestration
+def run(args) -> int:
+    """Encode the missing parts (all, or this --shard's), then combine; or --merge."""
+    from loguru import logger
+    tars, output = find_tars(args.data_path), Path(args.output_path)
+    if args.merge:
+        return merge(tars, args)
+    model, preprocess, settings = extract.load_encoder(args)
+    key = file_key(tars, settings, args.limit)
+    meta = extract._up_to_date(output, key) if args.shard_count is None else None
+    if meta is not None:
+        logger.info(f"{output} is up to date (same shards and settings); delete it to recompute")
+        extract._write_skipped(output, meta)  # in case a kill came between the file and its list
+        shutil.rmtree(parts_dir(output), ignore_errors=True)
+        return 0
+    mine = tars if args.shard_count is None else shard_tars(tars, args.shard_index, args.shard_count)
+    logger.info(f"{len(mine)} of {len(tars)} tar shards in {args.data_path}"
+                + (f" (shard {args.shard})" if args.shard else "") + f"; parts in {parts_dir(output)}")
+    for k, tar in enumerate(mine):
+        pkey = part_key(tar, settings, args.limit)
+        done = _load_part(part_file(output, tar))
+        if done is not None and done.get("run_key") == pkey:
+            logger.info(f"[{k + 1}/{len(mine)}] {tar.name}: done earlier (its part is up to date)")
+            continue
+        if done is not None:
+            logger.warning(f"{tar.name}: its part was made with other arguments or inputs; redoing it")
+        logger.info(f"[{k + 1}/{len(mine)}] {tar.name}: encoding")
+        encode_tar(tar, model, preprocess, settings, pkey, args)
+    if args.shard_count is not None:
+        logger.info(f"shard {args.shard}: {len(mine)} tar shards done; after every shard, rerun the same command "
+                    "with --merge instead of --shard")
+        return 0
+    write_file(tars, settings, key, args)
+    return 0
+
+
+def merge(tars: list[Path], args) -> int:
+    """Check every tar has a part made with the same settings, then combine (as a single run would)."""
+    from loguru import logger
+    output = Path(args.output_path)
+    files = [part_file(output, t) for t in tars]
+    have = [f for f in files if f.is_file()]
+    # the settings this command fixes without loading CLIP; the others come from the parts (or the file)
+    from_args = {"batch_size": args.batch_size, "allow_truncated": bool(args.allow_truncated), "fp16": bool(args.fp16),
+                 "fast_jpeg_decode": bool(args.fast_jpeg_decode), "exif_transpose": bool(args.exif_transpose)}
+    first = _load_part(have[0]) if have else None
+    if first is None:  # no parts: up to date when an earlier --merge (or run) of these shards wrote the file
+        settings = ((_load_part(output) or {}).get("meta") or {}).get("extraction")
+        if settings and extract._up_to_date(output, file_key(tars, {**settings, **from_args}, args.limit)) is not None:
+            logger.info(f"{output} is up to date (same shards and settings); delete it to recompute")
+            return 0
+        raise UserError(f"--merge: no part files in {parts_dir(output)}; run every --shard i/n of this command first")
+    settings = {**first["settings"], **from_args}
+    missing = [t.name for t, f in zip(tars, files) if not f.is_file()]
+    if missing:
+        raise UserError(f"--merge: no part for {missing[0]}" + (f" and {len(missing) - 1} more tar shards"
+                        if len(missing) > 1 else "") + f" in {parts_dir(output)}; run every --shard i/n first "
+                        "(same --data_path and --output_path), or this command without --merge")
+    for t, f in zip(tars, files):
+        p = _load_part(f)
+        if p is None or p.get("run_key") != part_key(t, settings, args.limit):
+            made = f" (made by --shard {p['shard']})" if p and p.get("shard") else ""
+            raise UserError(f"--merge: {f}{made} was made with other arguments, inputs or settings than this "
+                            "command; rerun its --shard with the same arguments")
+    write_file(tars, settings, file_key(tars, settings, args.limit), args)
+    return 0
