@@ -14,7 +14,7 @@
   ``--merge`` (same command, without --shard) checks that every tar has a part made with the same
   settings and combines them. On several machines, gather the ``.parts`` folders into one first.
 * When every part is there, :func:`combine` concatenates them in tar order into the feature file
-  (:func:`stylecap.features.save_features`, atomic); the parts folder is then removed. Samples without
+  (columns, :func:`stylecap.features.save_features`, atomic); the parts folder is then removed. Samples without
   an image or a caption, and images that do not decode, are skipped and counted by reason in
   ``meta["counts"]`` and listed in ``<output>.skipped.txt``; downloads that failed never reach the tar and
   are counted from the shards' ``_stats.json``. No row is ever a placeholder: each row is an encoded image.
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from stylecap import extract
-from stylecap.features import save_features
+from stylecap.features import FeatureStore, save_features, utf8_column
 from stylecap.utils import UserError, atomic_torch_save
 from stylecap.webdataset_source import TarImages, find_tars, index_tar, read_stats
 
@@ -102,19 +102,25 @@ def encode_tar(tar: Path, model, preprocess, settings: dict, key: str, args) -> 
 
 
 # ----------------------------------------------------------------------------- the output file
-def combine(files: list[Path], dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, list[dict], list[dict]]:
-    """Parts in tar order -> (emb [N, D] in dtype, caption records, the parts without their features).
-    The one step that holds the whole file: a streaming writer would go here."""
+def combine(files: list[Path], dim: int, dtype: torch.dtype) -> tuple[FeatureStore, list[dict]]:
+    """Parts in tar order -> (the feature file's columns, the parts without their features). Features are
+    copied into one preallocated (N, D) tensor; ids and captions go straight into UTF-8 columns (no
+    caption record is ever built: at CC3M scale those would be GBs of Python dicts)."""
     parts = [_load_part(f) for f in files]  # features memory-mapped, read once into the output below
-    emb = torch.empty(sum(p["emb"].shape[0] for p in parts), dim, dtype=dtype)  # (N, D)
-    caps, row = [], 0
+    n = sum(p["emb"].shape[0] for p in parts)
+    emb = torch.empty(n, dim, dtype=dtype)  # (N, D)
+    keys, captions, row = [], [], 0
     for p in parts:
-        n = p["emb"].shape[0]
-        emb[row:row + n] = p.pop("emb")  # fp32 -> dtype rounds as extract.finalize's .to() does
-        caps += [{"image_id": k, "caption": c, "clip_embedding": row + j}
-                 for j, (k, c) in enumerate(zip(p["keys"], p["captions"]))]
-        row += n
-    return emb, caps, parts
+        k = p["emb"].shape[0]
+        emb[row:row + k] = p.pop("emb")  # fp32 -> dtype rounds as extract.finalize's .to() does
+        keys += p["keys"]
+        captions += p["captions"]
+        row += k
+    id_bytes, id_off = utf8_column(keys)
+    cap_bytes, cap_off = utf8_column(captions)
+    store = FeatureStore(emb, id_bytes, id_off, cap_bytes, cap_off[:-1], cap_off[1:], torch.arange(n),
+                         torch.full((n,), -1, dtype=torch.int32), [])  # one caption per image, no style
+    return store, parts
 
 
 def _counts(parts: list[dict], n_rows: int) -> dict:
@@ -136,24 +142,25 @@ def write_file(tars: list[Path], settings: dict, key: str, args) -> None:
     """Combine the parts of ``tars`` into --output_path with its meta, skipped list and summary log."""
     from loguru import logger
     output = Path(args.output_path)
-    emb, caps, parts = combine([part_file(output, t) for t in tars], settings["dim"],
-                               torch.float16 if settings["fp16"] else torch.float32)
+    store, parts = combine([part_file(output, t) for t in tars], settings["dim"],
+                           torch.float16 if settings["fp16"] else torch.float32)
     meta = {"dataset": "conceptual", "source": "img2dataset", "source_format": "webdataset",
             "data_path": str(args.data_path), "shards": [t.name for t in tars], "styles": [],
-            **extract.file_meta(settings, emb), "counts": _counts(parts, emb.shape[0]),
+            **extract.file_meta(settings, store.clip_embedding), "counts": _counts(parts, store.n_images),
             "skipped": [{"image_id": s["image_id"], "path": str(Path(args.data_path) / p["tar"]),
                          "reason": f"{s['category']}: {s['reason']}"} for p in parts for s in p["skipped"]],
             "malformed": [], "extraction": dict(settings), "run_key": key}
     if args.limit:
         meta["limit"] = args.limit
     c = meta["counts"]
-    if not caps:
+    if not len(store):
         extract._write_skipped(output, meta)
         first = meta["skipped"][0] if meta["skipped"] else None
         raise UserError(f"no image could be encoded: all {c['samples']} samples of the {len(tars)} tar shards were "
                         f"skipped" + (f" (first: {first['image_id']}: {first['reason']}); see "
                                       f"{extract.skipped_txt(output)}" if first else "; check --data_path"))
-    save_features(output, {"clip_embedding": emb, "captions": caps, "meta": meta})  # atomic
+    store.meta = meta
+    save_features(output, store)  # atomic
     extract._write_skipped(output, meta)
     logger.info(f"{output}: {c['images']} images + captions from {c['samples']} samples in {len(tars)} tar shards; "
                 f"skipped {c['skipped_images']} {c['skipped_by_reason']}"

@@ -110,29 +110,6 @@ class FeatureStore:
                    torch.tensor(rows, dtype=torch.long), torch.tensor(style_col, dtype=torch.int32),
                    list(styles), dict(meta or {}))
 
-    @classmethod
-    def concat(cls, parts: list["FeatureStore"], meta: dict | None = None) -> "FeatureStore":
-        """Parts one after the other (rows and captions in part order), column by column: merging the
-        shards of a 3.3M-image extraction never builds a caption record."""
-        parts = [p if _is_contiguous(p) else cls.from_columns(p.to_columns()) for p in parts]
-        styles: dict[str, int] = {}
-        emb, id_bytes, id_off, cap_bytes, cap_off, rows, style_col = [], [], [], [], [], [], []
-        n_rows = n_id = n_cap = 0
-        for p in parts:
-            remap = torch.tensor([styles.setdefault(s, len(styles)) for s in p.styles] + [-1], dtype=torch.int32)
-            emb.append(p.clip_embedding)
-            id_bytes.append(p.image_id_bytes[:int(p.image_id_offsets[-1])])
-            id_off.append(p.image_id_offsets[:-1] + n_id)
-            cap_bytes.append(p.caption_bytes[:int(p.caption_end[-1]) if len(p) else 0])
-            cap_off.append(p.caption_start + n_cap)
-            rows.append(p.caption_row + n_rows)
-            style_col.append(remap[p.caption_style.long()])  # index -1 (no style) -> remap[-1] = -1
-            n_rows, n_id = n_rows + p.n_images, n_id + int(p.image_id_offsets[-1])
-            n_cap += int(p.caption_end[-1]) if len(p) else 0
-        cap_off = torch.cat(cap_off + [torch.tensor([n_cap])])
-        return cls(torch.cat(emb), torch.cat(id_bytes), torch.cat(id_off + [torch.tensor([n_id])]), torch.cat(cap_bytes),
-                   cap_off[:-1], cap_off[1:], torch.cat(rows), torch.cat(style_col), list(styles), dict(meta or {}))
-
     def to_columns(self) -> dict:
         """The dict ``save_features`` writes. A selection's text is compacted first."""
         if _is_contiguous(self):

@@ -168,19 +168,3 @@ def test_two_processes_share_one_copy_of_the_mapped_data(small_models, tmp_path)
     assert all(r["mapped_rss_kb"] > 38 * 1024 for r in two), two
     assert sum(r["data_pss_kb"] for r in two) < 1.3 * one["data_kb"], (one, two)
 
-
-def test_concat_of_parts_equals_the_file_of_all_records(tmp_path):
-    """How shards are merged: column by column, styles re-indexed, rows and offsets shifted."""
-    emb, caps = records_with_chinese_and_styles()
-    other = [{"image_id": "d.jpg", "caption": "sad", "clip_embedding": 0, "style": "Gloomy"},
-             {"image_id": "e.jpg", "caption": "yay", "clip_embedding": 1, "style": "Happy"}]
-    emb2 = torch.randn(2, 8)
-    a = FeatureStore.from_records(emb, caps)
-    selection = FeatureStore.from_records(emb2, other + [dict(other[0], caption="dropped")]).subset(torch.tensor([0, 1]))
-    merged = FeatureStore.concat([a, selection], meta={"merged": True})
-    shifted = [dict(c, clip_embedding=c["clip_embedding"] + 4) for c in other]
-    assert merged["captions"] == caps + shifted and merged.meta == {"merged": True}
-    assert torch.equal(merged.clip_embedding, torch.cat((emb, emb2)))
-    assert merged.styles == ["Happy", "Cynical (Doubtful, Skeptical)", "Gloomy"]
-    save_features(tmp_path / "m.pt", merged)
-    assert load_features(tmp_path / "m.pt")["captions"] == caps + shifted
