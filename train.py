@@ -28,7 +28,7 @@ from stylecap.evaluation import add_decode_args
 from stylecap.engine import (CheckpointManager, GracefulStop, TrainState, all_rng_states, evaluate_loss,
                              set_rng_state, train_one_epoch)
 from stylecap.features import clip_record, load_features
-from stylecap.utils import UserError, atomic_write_json, code_version, resolve_device, run_main, setup_logging
+from stylecap.utils import UserError, atomic_write_json, code_version, run_main, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
