@@ -53,7 +53,7 @@ def trained(small_models, tmp_path_factory):
     return tmp / "run" / "checkpoints" / "last.pt", val
 
 
-@pytest.mark.parametrize("decode", [[], ["--decode", "sample", "--temperature", "3", "--num_generate", "2"]],
+@pytest.mark.parametrize("decode", [[], ["--decode", "sample", "--topk", "3", "--num_generate", "2"]],
                          ids=["greedy", "sample"])
 def test_eval_mode_on_two_ranks_equals_one_process(trained, tmp_path, decode):
     """predictions.jsonl (captions, scores, order) and metrics.json of `torchrun --nproc_per_node 2 train.py
