@@ -7,7 +7,6 @@ r"""Train a StyleCap model (ClipCap mapper + style + GPT-2) on feature files; or
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import time
@@ -18,18 +17,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from loguru import logger
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from models import ModelConfig, build_model, checkpoint_payload
 from models.captioner import gpt2_fingerprint, load_checkpoint_file
 from models.decoding import DecodeConfig, generate_captions
 from stylecap.data import (CaptionDataset, SkipSampler, collate, drop_unknown_styles, encode_data, split_by_image,
                            style_vocabulary)
+from stylecap.distributed import batch_share, from_rank0, setup_distributed
 from stylecap.evaluation import add_decode_args
 from stylecap.engine import (CheckpointManager, GracefulStop, TrainState, all_rng_states, evaluate_loss,
                              set_rng_state, train_one_epoch)
 from stylecap.features import FeatureStore, clip_record, load_features
-from stylecap.utils import UserError, atomic_write_json, code_version, resolve_device, run_main, setup_logging
+from stylecap.utils import UserError, atomic_write_json, code_version, run_main, setup_logging
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -121,20 +121,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.mode == "train" and args.gpt2_path is None:
         args.gpt2_path = "pre_model/gpt2"
     return args
-
-
-def setup_distributed(device_flag: str, timeout_min: float) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU, nccl on CUDA.
-    Under torchrun a process group (and DDP) is made even for one process, so that path really runs.
-    ``timeout_min`` bounds every collective, the barrier behind rank 0's validation included."""
-    if "LOCAL_RANK" not in os.environ:  # a plain `python train.py`
-        return 0, 1, resolve_device(device_flag)
-    local = int(os.environ["LOCAL_RANK"])
-    use_cuda = torch.cuda.is_available() and device_flag != "cpu"
-    if use_cuda:
-        torch.cuda.set_device(local)  # before NCCL starts: each rank on its own GPU
-    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_min))
-    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if use_cuda else "cpu")
 
 
 def default_run_name(args) -> str:
@@ -279,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.bs_train * world * args.grad_accum} ({args.bs_train} x {world} processes x {args.grad_accum} accum)"
                     + (f"; DDP timeout {args.ddp_timeout:g} min" if dist.is_initialized() else ""))
 
-    val_loader = make_loader(val_ds, args.bs_eval, tok.pad_id)
+    # each rank computes the val loss of its block of whole val batches (those of one process); summed across ranks
+    _, val_lo, val_hi = batch_share(len(val_ds), args.bs_eval, rank, world)
+    val_loader = make_loader(Subset(val_ds, range(val_lo, val_hi)), args.bs_eval, tok.pad_id)
     sample_rows = _sample_rows(val_data, args.num_samples)
 
     def save(name: str, rngs: list[dict] | None = None) -> Path | None:
@@ -299,18 +287,21 @@ def main(argv: list[str] | None = None) -> int:
 
     def validate(tag_step: int, epoch_end: bool) -> dict:
         """Val loss (whole set) + samples; at epoch ends also caption metrics on --eval_subset images.
-        ``best`` is kept by CIDEr when caption metrics run, else by val loss. All ranks call it."""
-        metrics = {}
+        ``best`` is kept by CIDEr when caption metrics run, else by val loss. All ranks call it: under DDP
+        each takes its share of the val batches and of the images to caption, rank 0 scores, and every
+        rank returns rank 0's metrics (the same as one process's)."""
         rngs = all_rng_states()  # validation draws no random numbers: the state to save for best.pt
+        metrics = evaluate_loss(model, val_loader, device=device, precision=args.precision)
+        by_cider = args.eval_subset > 0
+        caps = None
+        if by_cider and epoch_end:
+            from stylecap.evaluation import quick_caption_metrics
+            caps = quick_caption_metrics(model, val_data, args.eval_subset, args.bs_eval)  # None on ranks > 0
         if rank == 0:
-            metrics = evaluate_loss(model, val_loader, device=device, precision=args.precision)
             writer.add_scalar("val/loss", metrics["loss"], tag_step)
             logger.info(f"step {tag_step}: val/loss {metrics['loss']:.4f} (ppl {metrics['perplexity']:.2f})")
             _log_samples(model, val_data, sample_rows, writer, tag_step)
-            by_cider = args.eval_subset > 0
-            if by_cider and epoch_end:
-                from stylecap.evaluation import quick_caption_metrics
-                caps = quick_caption_metrics(model, val_data, args.eval_subset, args.bs_eval)
+            if caps is not None:
                 metrics.update(caps)
                 for k, v in caps.items():
                     writer.add_scalar(f"val/{k}", v, tag_step)
@@ -320,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             if score is not None and (state.best_metric is None or score > state.best_metric):
                 state.best_metric = score
                 save("best.pt", rngs)
-        if dist.is_initialized():
-            dist.barrier()  # bounded by --ddp_timeout
+        # every rank keeps rank 0's metrics and best; also the wait for rank 0 (bounded by --ddp_timeout)
+        metrics, state.best_metric = from_rank0((metrics, state.best_metric))
         return metrics
 
     def on_step(st: TrainState, m: dict) -> bool:

@@ -19,6 +19,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from models.captioner import load_checkpoint_file
+from stylecap.distributed import sum_across_ranks
 from stylecap.utils import UserError, atomic_torch_save
 
 
@@ -228,7 +229,9 @@ class GracefulStop:
 
 @torch.inference_mode()
 def evaluate_loss(model, loader, *, device: torch.device, precision: str = "fp32") -> dict:
-    """Mean per-token cross-entropy over the whole loader (sum over tokens / number of tokens)."""
+    """Mean per-token cross-entropy over the whole loader (sum over tokens / number of tokens).
+    Under DDP every rank must call it with its own share of the batches: the sums and counts are added
+    across ranks, so each rank gets the mean over the whole set (one process's, up to summation order)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -240,6 +243,8 @@ def evaluate_loss(model, loader, *, device: torch.device, precision: str = "fp32
         total += out.loss.item() * out.n_tokens
         count += out.n_tokens
     model.train(was_training)
+    total, count = sum_across_ranks([total, float(count)], device)
+    count = int(count)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": count}
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 import argparse
 import json
 import textwrap
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from loguru import logger
 
 from models.captioner import StyleCapModel
 from models.decoding import DecodeConfig, generate_captions
+from stylecap.distributed import batch_share, gather_lists, rank_and_world
 from stylecap.utils import atomic_write_json, atomic_write_text
 
 
@@ -75,20 +78,53 @@ def eval_items(data: dict, model: StyleCapModel, styles: list[str] | None = None
 
 def caption_items(model: StyleCapModel, features: torch.Tensor, items: list[tuple[str, int, str | None]],
                   dc: DecodeConfig, batch_size: int = 64, progress: bool = False,
-                  with_scores: bool = True) -> list[dict]:
+                  with_scores: bool = True, seed: int | None = None, first_batch: int = 0) -> list[dict]:
     """Predictions {"image", "style", "caption", "score"}, ``num_generate`` per item, in item order.
-    ``with_scores=False``: score None, and generate() keeps no per-step logits (less memory)."""
+    ``with_scores=False``: score None. ``seed``: each batch draws its samples from a seed of its own, made
+    from (seed, its batch number counted from ``first_batch``), so --decode sample gives the same captions
+    however the batches are spread over processes (None: the global RNG runs on, as predict.py's --seed).
+    ``progress``: a bar in items/s with an ETA, and a closing log line with the rate."""
     from tqdm import tqdm
     device = next(model.parameters()).device
-    preds = []
-    for start in tqdm(range(0, len(items), batch_size), disable=not progress, desc="captioning", leave=False):
-        chunk = items[start:start + batch_size]
-        feats = features[[row for _, row, _ in chunk]].to(device)
-        outs = generate_captions(model, feats, [s for _, _, s in chunk], dc, with_scores)
-        for (image_id, _, style), gens in zip(chunk, outs):
-            for g in gens:
-                preds.append({"image": image_id, "style": style, "caption": g["caption"], "score": g["score"]})
+    preds, t0 = [], time.perf_counter()
+    with tqdm(total=len(items), disable=not progress, desc="captioning", unit="img", leave=False) as bar:
+        for b, start in enumerate(range(0, len(items), batch_size)):
+            chunk = items[start:start + batch_size]
+            feats = features[[row for _, row, _ in chunk]].to(device)
+            if seed is not None:
+                torch.manual_seed(batch_seed(seed, first_batch + b))  # all devices
+            outs = generate_captions(model, feats, [s for _, _, s in chunk], dc, with_scores)
+            for (image_id, _, style), gens in zip(chunk, outs):
+                for g in gens:
+                    preds.append({"image": image_id, "style": style, "caption": g["caption"], "score": g["score"]})
+            bar.update(len(chunk))
+    if progress and items:
+        took = time.perf_counter() - t0
+        logger.info(f"captioned {len(items)} items in {took:.1f}s ({len(items) / max(took, 1e-9):.1f} items/s)")
     return preds
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch``: numpy's SeedSequence mixes the pair, so that (seed, batch + 1) is not
+    (seed + 1, batch) and runs with neighbouring --seed values share no batch's samples."""
+    return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
+
+
+def caption_items_across_ranks(model: StyleCapModel, features: torch.Tensor,
+                               items: list[tuple[str, int, str | None]], dc: DecodeConfig, batch_size: int = 64,
+                               progress: bool = False, with_scores: bool = True,
+                               seed: int | None = None) -> list[dict]:
+    """caption_items under torchrun: each rank captions a contiguous block of whole batches, and every rank
+    gets all predictions back in item order. The batches are the ones one process makes, so the result is
+    identical to one process's (greedy and beam; sample too when ``seed`` is given). All ranks must call
+    it; without a process group it is caption_items. Progress is shown by rank 0, for its own share."""
+    rank, world = rank_and_world()
+    first, lo, hi = batch_share(len(items), batch_size, rank, world)
+    if progress and rank == 0 and world > 1:
+        logger.info(f"captioning {len(items)} items on {world} processes; rank 0 does items {lo}-{hi - 1}")
+    local = caption_items(model, features, items[lo:hi], dc, batch_size, progress and rank == 0, with_scores,
+                          seed, first)
+    return gather_lists(local)
 
 
 def write_predictions(folder: str | Path, preds: list[dict]) -> tuple[Path, Path]:
@@ -110,13 +146,18 @@ def log_preview(preds: list[dict], n: int = 5) -> None:
         logger.info(f"{p['image']}{style}: {p['caption']}")
 
 
-def quick_caption_metrics(model: StyleCapModel, data: dict, n_images: int, batch_size: int = 64) -> dict:
+def quick_caption_metrics(model: StyleCapModel, data: dict, n_images: int, batch_size: int = 64) -> dict | None:
     """Greedy captions for the first ``n_images`` images, scored with BLEU-4, ROUGE-L and CIDEr only
-    (no METEOR/SPICE: they start Java and cost seconds). Used at each epoch end to keep ``best``."""
+    (no METEOR/SPICE: they start Java and cost seconds). Used at each epoch end to keep ``best``.
+    Under torchrun all ranks call it and share the captioning; rank 0 scores and gets the metrics, the
+    others get None."""
     from stylecap.coco_metrics import score_captions
     from stylecap.matching import match_predictions
-    preds = caption_items(model, data["clip_embedding"], eval_items(data, model, max_images=n_images),
-                          DecodeConfig(), batch_size, with_scores=False)
+    rank, _ = rank_and_world()
+    preds = caption_items_across_ranks(model, data["clip_embedding"], eval_items(data, model, max_images=n_images),
+                                       DecodeConfig(), batch_size, progress=rank == 0, with_scores=False)
+    if rank != 0:
+        return None
     mt = match_predictions(preds, references_of(data))
     scores = score_captions(mt.predictions, {k: mt.references[k] for k in mt.predictions}, spice=False,
                             metrics=("BLEU", "ROUGE-L", "CIDEr"), quiet=True)
@@ -124,26 +165,39 @@ def quick_caption_metrics(model: StyleCapModel, data: dict, n_images: int, batch
 
 
 def run_eval_mode(args) -> int:
-    """train.py --mode eval: caption --data_path with --model_path, score it, write the run folder."""
+    """train.py --mode eval: caption --data_path with --model_path, score it, write the run folder.
+    Under torchrun every rank captions its share of the images; rank 0 gathers them, scores and writes."""
+    import torch.distributed as dist
     from models import load_model
+    from stylecap.distributed import setup_distributed
     from stylecap.features import load_features
     from stylecap.scoring import run_evaluation
     from stylecap.tables import format_table
-    from stylecap.utils import UserError, resolve_device, setup_logging
+    from stylecap.utils import UserError, setup_logging
     if not args.model_path or not args.data_path:
         raise UserError("--mode eval needs --model_path (a checkpoint) and --data_path (a feature file to score)")
     model_path, data_path = Path(args.model_path), Path(args.data_path)
     out = Path(args.output_path or Path("output") / f"eval-{model_path.parent.parent.name or model_path.stem}-{data_path.stem}")
-    setup_logging(out / "eval.log")
-    from stylecap.clip_check import check_features_clip  # features of the model's CLIP, before any work
-    check_features_clip(model_path, data_path, "--data_path", getattr(args, "allow_clip_mismatch", False))
-    device = resolve_device(args.device)
-    model = load_model(model_path, args.gpt2_path, device)
-    data = load_features(data_path)
-    torch.manual_seed(args.seed)  # --decode sample is repeatable
-    dc = decode_config(args)
-    dc.max_len = None  # train.py's --max_len is the training truncation; decode to the model's own limit
-    preds = caption_items(model, data["clip_embedding"], eval_items(data, model), dc, args.bs_eval, progress=True)
+    rank, world, device = setup_distributed(args.device, args.ddp_timeout)
+    try:
+        if rank == 0:
+            setup_logging(out / "eval.log")
+        else:
+            setup_logging(None, quiet=True)
+        from stylecap.clip_check import check_features_clip  # features of the model's CLIP, before any work
+        check_features_clip(model_path, data_path, "--data_path", getattr(args, "allow_clip_mismatch", False))
+        model = load_model(model_path, args.gpt2_path, device)
+        data = load_features(data_path)
+        dc = decode_config(args)
+        dc.max_len = None  # train.py's --max_len is the training truncation; decode to the model's own limit
+        # --seed seeds each batch: --decode sample is repeatable, whatever the number of processes
+        preds = caption_items_across_ranks(model, data["clip_embedding"], eval_items(data, model), dc,
+                                           args.bs_eval, progress=True, seed=args.seed)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()  # the captions are gathered: rank 0 scores alone, the others are done
+    if rank != 0:
+        return 0
     _, jsonl = write_predictions(out, preds)
     log_preview(preds)
     train_args = write_eval_config(out, model, model_path, data_path, dc)

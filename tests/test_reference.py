@@ -219,3 +219,33 @@ def test_reference_fixed_padding_is_clipcaps():
     tokens, mask, feats = reference_collate(feats16, [[5, 6, 7], [8] * 9], 6, prefix_len=2)
     assert tokens.tolist() == [[5, 6, 7, 0, 0, 0], [8] * 6]  # pad id 0, truncated to the fixed length
     assert mask.tolist() == [[1, 1, 1, 1, 1, 0, 0, 0], [1] * 8] and feats.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------------ greedy/sample scores
+@pytest.mark.parametrize("dc", [DecodeConfig(max_len=67),
+                                DecodeConfig("sample", temperature=3.0, topk=20, num_generate=2, max_len=67)],
+                         ids=["greedy", "sample"])
+def test_greedy_and_sample_scores_are_log_probabilities_without_per_step_logits(stopping_models, dc):
+    """Issue 12 item 3: greedy/sample scores are each caption's summed log-prob under the model (raw logits:
+    not the temperature/top-k ones it was sampled from), with captions ending at different steps, and
+    generate() is never asked for every step's (B, V) logits (output_logits), so memory does not grow
+    with steps x vocabulary."""
+    model, feats, row_styles = stopping_models["prompt"]
+    asked = []
+    real_generate = model.gpt.generate
+
+    def recording_generate(*args, **kwargs):  # the real generate(), with its options recorded
+        asked.append(kwargs.get("output_logits", False) or kwargs.get("output_scores", False))
+        return real_generate(*args, **kwargs)
+
+    model.gpt.generate = recording_generate
+    try:
+        torch.manual_seed(0)
+        out = generate_captions(model, feats, row_styles, dc)
+    finally:
+        del model.gpt.generate
+    assert asked and not any(asked)
+    rows = [(f, s, r) for f, s, gens in zip(feats, row_styles, out) for r in gens]
+    assert len(rows) == len(feats) * dc.num_generate and len({len(r["tokens"]) for _, _, r in rows}) > 1
+    oracle = [_logprob(model, f[None], [s], [r["tokens"]]).item() for f, s, r in rows]  # styles' contexts differ
+    assert [r["score"] for _, _, r in rows] == pytest.approx(oracle, abs=1e-4)
