@@ -59,9 +59,10 @@ TARGETS = {
 
 # Sizes per mode. Full mode is sized to finish well under 15 minutes on 2 cores.
 # beam_ref_n = beam_n (issue 12): the reference beam decodes the same features as ours. With the first 4 of 16
-# only, it timed captions shorter than the batch's (9.2 vs 11.6 tokens on average, longest 13 vs 20, with the
-# stop-trained weights of this file) while ours paid for all 16; its uncached cost grows with the square of the
-# length (sum over steps t of 5 * (K + t) positions), so that baseline was about 1.4x too fast per caption.
+# only, it timed captions shorter than the batch's (in one run: 9.2 vs 11.6 tokens on average, longest 13 vs 20)
+# while ours paid for all 16; its uncached cost grows with the square of the length (sum over steps t of
+# 5 * (K + t) positions), so that baseline was about 1.3-1.4x too fast per caption (0.81 s per caption on the
+# first 4, 1.08 s on all 16, Intel Xeon, 2026-11-25).
 SIZES = {
     "quick": dict(decode_max_len=67, greedy_n=16, greedy_ref_n=8, beam_n=8, beam_ref_n=8, decode_rounds=2,
                   stop_train_captions=8, stop_train_steps=40, stop_train_lr=3e-3, stop_train_top=None,
@@ -600,8 +601,8 @@ def bench_extract(env: Env) -> list[tuple[str, dict]]:
     return [
         ("extract_vs_encoder", entry(
             "extract_vs_encoder", ips_ext, ips_enc, "images/s",
-            f"stylecap.extract.extract_features (DataLoader, {workers} workers decoding 500x375 JPEGs + CLIP "
-            f"preprocessing, batch {bs}, fp32) + save_features (5 caption records per image) vs the bare "
+            f"stylecap.extract.extract_features ({workers} threads decoding 500x375 JPEGs + CLIP preprocessing "
+            f"between encoder batches (the CPU path), batch {bs}, fp32) + save_features (5 caption records per image) vs the bare "
             f"encode_image on preloaded preprocessed tensors, batch {bs}, fp32; {n} images, {size}; median of "
             f"{len(t_ext)} interleaved runs. bf16 autocast: extraction {ips_ext16:.1f} vs encoder {ips_enc16:.1f} "
             f"images/s = {ips_ext16 / ips_enc16:.3f}.",
