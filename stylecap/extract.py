@@ -66,7 +66,9 @@ def add_args(p, help_for: dict[str, str] | None = None) -> None:
                    help="images per encoder batch (default: %(default)s). Resume and --shard/--merge need the "
                         "same value in every run, since batch composition fixes the exact values")
     p.add_argument("--num_workers", type=int, default=default_workers(),
-                   help="DataLoader worker processes that decode and preprocess images (default: min(4, CPU count))")
+                   help="images decoded and preprocessed in parallel: DataLoader worker processes that decode ahead "
+                        "of a GPU encoder; with --device cpu, threads that decode each batch between encoder "
+                        "batches (default: min(4, CPU count))")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--autocast", choices=("auto", "none", "fp16", "bf16"), default="auto",
                    help="mixed precision for the encoder: auto = fp16 on CUDA, none on CPU (default: auto)")
@@ -224,10 +226,30 @@ def autocast_dtype(name: str, device: torch.device):
     return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
+def _cpu_batches(dataset: ImageDataset, batch_size: int, threads: int):
+    """Yield collate(...) of each batch of ``dataset``, decoded by a pool of ``threads`` threads (0: this thread).
+
+    For an encoder on the CPU. Its intra-op threads already occupy every core the encoder runs on, so
+    DataLoader worker processes decoding in parallel with it only oversubscribe the cores: each op of the
+    encoder waits at its barrier for the thread that lost its core to a decoder (on 2 cores, the measured
+    cost was about the decode time itself plus the workers' start and first batch). Here decoding and
+    encoding take turns, each with all the cores: a batch is decoded by the pool (PIL releases the GIL while
+    it decodes and resizes), then encoded. No worker processes to fork, nothing pickled between processes;
+    the batches, and so the features, are exactly those of the DataLoader path."""
+    from concurrent.futures import ThreadPoolExecutor
+    n = len(dataset)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        get = pool.map if threads > 0 else map  # 0: decode in this thread, as DataLoader(num_workers=0) does
+        for lo in range(0, n, batch_size):
+            yield collate(list(get(dataset.__getitem__, range(lo, min(n, lo + batch_size)))))
+
+
 def encode_batches(paths, model, preprocess, *, batch_size=128, num_workers=0, device="cpu",
                    allow_truncated=False, autocast="auto", start=0, fast_jpeg_decode=False, exif_transpose=False):
     """Yield (ok, emb, bad, n) for each batch of paths[start:], batches at start + k * batch_size.
     Images are decoded as openai-clip decodes them unless fast_jpeg_decode / exif_transpose (see open_image).
+    ``num_workers`` decoders work in parallel: DataLoader worker processes that decode ahead while an
+    accelerator encodes; on the CPU, threads that decode each batch between encoder batches (_cpu_batches).
 
     ok: LongTensor [n_ok] indices into ``paths``; emb: [n_ok, D] on ``device`` (autocast dtype), or
     None when the whole batch was bad; bad: [(index, reason)]; n: images the batch covered.
@@ -236,9 +258,13 @@ def encode_batches(paths, model, preprocess, *, batch_size=128, num_workers=0, d
     worker_tf, norm = split_preprocess(preprocess)
     decode = {"fast_jpeg_decode": fast_jpeg_decode, "exif_transpose": exif_transpose,
               "min_size": int(model.visual.input_resolution)}  # draft never goes below CLIP's input size
-    loader = DataLoader(ImageDataset(paths[start:], worker_tf, allow_truncated, offset=start, decode=decode),
-                        batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers > 0 else None)
+    dataset = ImageDataset(paths[start:], worker_tf, allow_truncated, offset=start, decode=decode)
+    if device.type == "cpu":
+        loader = _cpu_batches(dataset, batch_size, num_workers)
+    else:  # workers decode ahead while the device encodes
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            collate_fn=collate, pin_memory=device.type == "cuda",
+                            prefetch_factor=4 if num_workers > 0 else None)
     if norm is not None:  # [3, 1, 1] each, as torchvision's normalize shapes them
         mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1) for v in norm)
     ac = autocast_dtype(autocast, device)
