@@ -115,6 +115,8 @@ class FeatureStore:
         if _is_contiguous(self):
             end = self.caption_end
             buf = self.caption_bytes[:int(end[-1]) if len(end) else 0]
+            if buf.numel() < self.caption_bytes.numel():  # torch.save writes a view's whole storage
+                buf = buf.clone()
             offsets = torch.cat((torch.zeros(1, dtype=torch.long), end.long()))
         else:
             buf, offsets = utf8_column(self.texts())

@@ -168,3 +168,12 @@ def test_two_processes_share_one_copy_of_the_mapped_data(small_models, tmp_path)
     assert all(r["mapped_rss_kb"] > 38 * 1024 for r in two), two
     assert sum(r["data_pss_kb"] for r in two) < 1.3 * one["data_kb"], (one, two)
 
+
+
+def test_a_leading_selection_is_saved_without_the_rest_of_the_text(tmp_path):
+    emb, caps = records_with_chinese_and_styles()
+    first_two = FeatureStore.from_records(emb, caps).subset(torch.tensor([0, 1]))
+    save_features(tmp_path / "two.pt", first_two)
+    raw = torch.load(tmp_path / "two.pt", weights_only=True)
+    assert raw["caption_bytes"].numel() == sum(len(c["caption"].encode()) for c in caps[:2])
+    assert load_features(tmp_path / "two.pt")["captions"] == caps[:2]
