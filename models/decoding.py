@@ -108,14 +108,21 @@ def eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
+SCORE_ROWS = 16  # rows per scoring pass: (16, T, V) fp32 logits, at most 216 MB for GPT-2 at T = 67
+
+
 @torch.inference_mode()
 def sequence_logprob(model: StyleCapModel, embeds: torch.Tensor, tokens: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
     """Sum of log p(token) over the first n_tokens[i] tokens of each row, given the context embeds.
 
-    embeds (B, C, E); tokens (B, T); n_tokens (B,) -> (B,). One teacher-forced forward pass.
+    embeds (B, C, E); tokens (B, T); n_tokens (B,) -> (B,). Teacher-forced forward passes of at most
+    SCORE_ROWS rows each, so the (rows, T, V) logits stay bounded whatever the evaluation batch size.
     """
     if tokens.shape[1] == 0:
         return torch.zeros(tokens.shape[0], device=tokens.device)
+    if tokens.shape[0] > SCORE_ROWS:
+        return torch.cat([sequence_logprob(model, embeds[i:i + SCORE_ROWS], tokens[i:i + SCORE_ROWS],
+                                           n_tokens[i:i + SCORE_ROWS]) for i in range(0, tokens.shape[0], SCORE_ROWS)])
     # the last token predicts nothing, and only the T positions from the context's last one on need the
     # LM head (50257 x 768 per position): logits_to_keep skips it at the K + C - 1 context positions before
     x = torch.cat((embeds, model.embed_tokens(tokens[:, :-1]).to(embeds.dtype)), dim=1)  # (B, C + T - 1, E)

@@ -45,3 +45,25 @@ def test_beam_prefill_decodes_what_plain_generate_decodes(small_models, mode, mo
     for a, b in zip(ours, plain):
         for x, y in zip(a, b):
             assert x["score"] == pytest.approx(y["score"], abs=1e-4)
+
+
+def test_beam_scoring_pass_bounds_the_logits_it_holds(small_models):
+    """Issue 12 item 3: the teacher-forced pass that scores beam winners builds (rows, T, V) logits; at
+    --bs_eval 64 and 67 tokens that is 0.86 GB for GPT-2. It runs at most SCORE_ROWS rows at a time, with
+    the scores of one pass over all rows."""
+    model = small_model(small_models, seed=4)
+    n = decoding.SCORE_ROWS * 2 + 3
+    feats = features(n, seed=4)
+    embeds = decoding.context_embeds(model, feats, [None] * n)
+    tokens = torch.randint(0, 100, (n, 7))
+    lengths = torch.randint(1, 8, (n,))
+    rows = []
+    hook = model.gpt.lm_head.register_forward_hook(lambda m, args, out: rows.append(out.shape[0]))
+    try:
+        chunked = decoding.sequence_logprob(model.eval(), embeds, tokens, lengths)
+    finally:
+        hook.remove()
+    assert max(rows) <= decoding.SCORE_ROWS and sum(rows) == n, rows
+    one_by_one = torch.cat([decoding.sequence_logprob(model, embeds[i:i + 1], tokens[i:i + 1], lengths[i:i + 1])
+                            for i in range(n)])
+    assert torch.allclose(chunked, one_by_one, atol=1e-4), (chunked - one_by_one).abs().max()
