@@ -26,7 +26,6 @@ import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -538,16 +537,16 @@ def make_images(folder: Path, n: int, seed: int = 0, size=(500, 375)) -> list[Pa
 def _extract_api():
     """The extraction engine's public function (stylecap/extract.py, written by another helper)."""
     try:
-        from stylecap.extract import extract_features
+        from stylecap.image_encoder import extract_features
     except ImportError as e:  # pragma: no cover - depends on the other helper's file
-        raise RuntimeError(f"stylecap.extract.extract_features is not available ({e})") from None
+        raise RuntimeError(f"stylecap.image_encoder.extract_features is not available ({e})") from None
     return extract_features
 
 
 def bench_extract(env: Env) -> list[tuple[str, dict]]:
     from stylecap.features import save_features
     extract_features = _extract_api()
-    from stylecap.extract import default_workers
+    from stylecap.image_encoder import default_workers
     s = env.sizes
     model, preprocess = env.clip()
     paths = make_images(env.tmp / "images", s["extract_images"])
@@ -604,7 +603,7 @@ def bench_extract(env: Env) -> list[tuple[str, dict]]:
     return [
         ("extract_vs_encoder", entry(
             "extract_vs_encoder", ips_ext, ips_enc, "images/s",
-            f"stylecap.extract.extract_features ({workers} threads decoding 500x375 JPEGs + CLIP preprocessing "
+            f"stylecap.image_encoder.extract_features ({workers} threads decoding 500x375 JPEGs + CLIP preprocessing "
             f"between encoder batches (the CPU path), batch {bs}, fp32) + save_features (5 caption records per image) vs the bare "
             f"encode_image on preloaded preprocessed tensors, batch {bs}, fp32; {n} images, {size}; median of "
             f"{len(t_ext)} interleaved runs. bf16 autocast: extraction {ips_ext16:.1f} vs encoder {ips_enc16:.1f} "

@@ -1,7 +1,7 @@
 """process_conceptual.py's engine: img2dataset tar shards -> one feature file, one tar shard at a time.
 
 * The unit of work is one tar shard (:mod:`stylecap.webdataset_source` reads it): its samples are
-  encoded once each by the project's engine (:func:`stylecap.extract.extract_features`, openai-clip's
+  encoded once each by the project's engine (:func:`stylecap.image_encoder.extract_features`, openai-clip's
   decoding and preprocessing), in batches that start at the shard's first sample, so a shard's values do
   not depend on which process encodes it. The result is written atomically to its part file
   ``<output>.parts/<tar stem>.pt``: that shard's features [n, D] fp32, keys, captions, skipped samples
@@ -32,6 +32,7 @@ import torch
 
 from stylecap import extract
 from stylecap.features import FeatureStore, save_features, utf8_column
+from stylecap.image_encoder import extract_features
 from stylecap.utils import UserError, atomic_torch_save
 from stylecap.webdataset_source import TarImages, find_tars, index_tar, read_stats
 
@@ -82,7 +83,7 @@ def encode_tar(tar: Path, model, preprocess, settings: dict, key: str, args) -> 
     if index.tar_error:
         logger.warning(f"{tar.name}: tar unreadable after {index.n_samples} samples ({index.tar_error}); "
                        "the samples before it are used")
-    emb, ok, bad = extract.extract_features(
+    emb, ok, bad = extract_features(
         TarImages(tar, index.offsets, index.sizes), model, preprocess, batch_size=settings["batch_size"],
         num_workers=args.num_workers, device=args.device_obj, allow_truncated=settings["allow_truncated"],
         autocast=settings["autocast"], fast_jpeg_decode=settings["fast_jpeg_decode"],

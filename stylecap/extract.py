@@ -3,12 +3,10 @@
 A script parses its caption source into :class:`Job`s (one per output file: the images in order of
 first appearance, their caption records, source-level meta) and calls :func:`run`, which
 
-* encodes every image ONCE (however many captions it has) through a DataLoader whose worker
-  processes decode + preprocess (``num_workers``); bad images come back as (index, reason) instead
-  of a tensor, so they are skipped and recorded without killing the batch. Images are decoded as
-  openai-clip decodes them (:func:`stylecap.clip_utils.open_image`): the features equal its own
-  ``encode_image(preprocess(Image.open(p)))``; ``--fast_jpeg_decode`` / ``--exif_transpose`` opt out,
-  and are recorded in ``meta["extraction"]`` and the run key;
+* encodes every image ONCE (however many captions it has) with :mod:`stylecap.image_encoder`
+  (``num_workers`` decoders in parallel; bad images are skipped and recorded without killing the
+  batch; features equal openai-clip's own, ``--fast_jpeg_decode`` / ``--exif_transpose`` opt out
+  and are recorded in ``meta["extraction"]`` and the run key);
 * saves the work in chunks as it goes: every ``chunk_batches`` batches an atomically written
   ``<output>.partial/chunk_00012.pt`` plus ``manifest.json`` holding a hash of the run's inputs and
   settings (``run_key``). Batches sit at fixed positions (``k * batch_size``) and chunks are whole
@@ -20,39 +18,31 @@ first appearance, their caption records, source-level meta) and calls :func:`run
   ``<stem>.shard<i>of<n><suffix>``; ``--merge`` (same command, without --shard) checks the n shard
   files against this command's inputs and combines them into the file a single run writes.
 
-:func:`extract_features` is the bare engine (paths -> embeddings) for benchmarks.
 The file format is documented in :mod:`stylecap.features`.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from stylecap.clip_utils import ImageLoadError, load_clip, open_image
+from stylecap.clip_utils import load_clip
 from stylecap.features import save_features
+from stylecap.image_encoder import autocast_dtype, default_workers, encode_batches
 from stylecap.utils import (UserError, atomic_torch_save, atomic_write_json, atomic_write_text,
                             code_version, resolve_device)
 
 FORMAT_VERSION = 1
 CHUNK_IMAGES = 2048  # default chunk size in images: a kill loses at most this much work
 VOLATILE_META = ("created", "code_version")  # the only meta keys that differ between identical runs
-
-
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -164,145 +154,6 @@ def run_key(job: Job, settings: dict) -> str:
                        "captions": job.captions, "meta": job.meta, "settings": settings},
                       sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-# ----------------------------------------------------------------------------- the encoding engine
-class ImageDataset(Dataset):
-    """paths[k] -> (offset + k, tensor, None) or (offset + k, None, reason) for an unloadable image.
-    ``decode``: open_image's keyword options (fast_jpeg_decode, exif_transpose, min_size)."""
-
-    def __init__(self, paths, transform, allow_truncated=False, offset=0, decode: dict | None = None):
-        self.paths, self.transform, self.allow_truncated, self.offset = paths, transform, allow_truncated, offset
-        self.decode = decode or {}
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, k):
-        i = self.offset + k
-        try:
-            return i, self.transform(open_image(self.paths[k], self.allow_truncated, **self.decode)), None
-        except ImageLoadError as e:
-            return i, None, str(e)
-        except Exception as e:  # one odd file (bad EXIF, odd mode) must not end a day-long run
-            return i, None, f"{type(e).__name__}: {e}"
-
-
-def collate(batch):
-    """-> (ok LongTensor [n_ok], images [n_ok, 3, H, W] or None, bad [(index, reason)])."""
-    good = [b for b in batch if b[1] is not None]
-    ok = torch.tensor([b[0] for b in good], dtype=torch.long)
-    images = torch.stack([b[1] for b in good]) if good else None
-    return ok, images, [(b[0], b[2]) for b in batch if b[1] is None]
-
-
-class PilToUint8:
-    """The PIL part of CLIP's preprocessing (resize, crop, RGB) -> uint8 [3, H, W], as ToTensor lays it out."""
-
-    def __init__(self, pil_part):
-        self.pil_part = pil_part
-
-    def __call__(self, img):
-        img = self.pil_part(img).convert("RGB")
-        # numpy's transpose copy: torch's parallel permute-copy can stall on a busy 2-core machine
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
-
-
-def split_preprocess(preprocess):
-    """Split CLIP's Compose([Resize, CenterCrop, to_rgb, ToTensor, Normalize]) into a worker part that
-    returns uint8 (4x less to pass between processes and to copy to the GPU) and (mean, std) for the
-    batched ToTensor + Normalize on the device, done with the same float ops, so values are identical.
-    Another preprocess runs whole in the workers: (preprocess, None)."""
-    from torchvision.transforms import Compose, Normalize, ToTensor
-    ts = getattr(preprocess, "transforms", None)
-    if ts and len(ts) >= 2 and isinstance(ts[-2], ToTensor) and isinstance(ts[-1], Normalize):
-        return PilToUint8(Compose(ts[:-2])), (ts[-1].mean, ts[-1].std)
-    return preprocess, None
-
-
-def autocast_dtype(name: str, device: torch.device):
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
-
-
-def _cpu_batches(dataset: ImageDataset, batch_size: int, threads: int):
-    """Yield collate(...) of each batch of ``dataset``, decoded by a pool of ``threads`` threads (0: this thread).
-
-    For an encoder on the CPU. Its intra-op threads already occupy every core the encoder runs on, so
-    DataLoader worker processes decoding in parallel with it only oversubscribe the cores: each op of the
-    encoder waits at its barrier for the thread that lost its core to a decoder (on 2 cores, the measured
-    cost was about the decode time itself plus the workers' start and first batch). Here decoding and
-    encoding take turns, each with all the cores: a batch is decoded by the pool (PIL releases the GIL while
-    it decodes and resizes), then encoded. No worker processes to fork, nothing pickled between processes;
-    the batches, and so the features, are exactly those of the DataLoader path."""
-    from concurrent.futures import ThreadPoolExecutor
-    n = len(dataset)
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        get = pool.map if threads > 0 else map  # 0: decode in this thread, as DataLoader(num_workers=0) does
-        for lo in range(0, n, batch_size):
-            yield collate(list(get(dataset.__getitem__, range(lo, min(n, lo + batch_size)))))
-
-
-def encode_batches(paths, model, preprocess, *, batch_size=128, num_workers=0, device="cpu",
-                   allow_truncated=False, autocast="auto", start=0, fast_jpeg_decode=False, exif_transpose=False):
-    """Yield (ok, emb, bad, n) for each batch of paths[start:], batches at start + k * batch_size.
-    Images are decoded as openai-clip decodes them unless fast_jpeg_decode / exif_transpose (see open_image).
-    ``num_workers`` decoders work in parallel: DataLoader worker processes that decode ahead while an
-    accelerator encodes; on the CPU, threads that decode each batch between encoder batches (_cpu_batches).
-
-    ok: LongTensor [n_ok] indices into ``paths``; emb: [n_ok, D] on ``device`` (autocast dtype), or
-    None when the whole batch was bad; bad: [(index, reason)]; n: images the batch covered.
-    """
-    device = torch.device(device)
-    worker_tf, norm = split_preprocess(preprocess)
-    decode = {"fast_jpeg_decode": fast_jpeg_decode, "exif_transpose": exif_transpose,
-              "min_size": int(model.visual.input_resolution)}  # draft never goes below CLIP's input size
-    dataset = ImageDataset(paths[start:], worker_tf, allow_truncated, offset=start, decode=decode)
-    if device.type == "cpu":
-        loader = _cpu_batches(dataset, batch_size, num_workers)
-    else:  # workers decode ahead while the device encodes
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            collate_fn=collate, pin_memory=device.type == "cuda",
-                            prefetch_factor=4 if num_workers > 0 else None)
-    if norm is not None:  # [3, 1, 1] each, as torchvision's normalize shapes them
-        mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1) for v in norm)
-    ac = autocast_dtype(autocast, device)
-    amp = (lambda: torch.autocast(device.type, dtype=ac)) if ac is not None else contextlib.nullcontext
-    with torch.inference_mode():
-        for ok, x, bad in loader:
-            emb = None
-            if x is not None:
-                x = x.to(device, non_blocking=True)
-                if norm is not None:  # ToTensor: .float().div(255); Normalize: .sub_(mean).div_(std)
-                    x = x.float().div_(255).sub_(mean).div_(std)
-                with amp():
-                    emb = model.encode_image(x)  # [n_ok, D]
-            yield ok, emb, bad, len(ok) + len(bad)
-
-
-def extract_features(image_paths, model, preprocess, batch_size=128, num_workers=None, device="cpu",
-                     allow_truncated=False, autocast="auto", progress=False, fast_jpeg_decode=False,
-                     exif_transpose=False):
-    """Encode images -> (emb fp32 [n_ok, D] on CPU, ok indices, bad [(index, reason)]). No files written.
-
-    Embeddings stay on the device until the end, so the GPU never waits for a copy back."""
-    from tqdm import tqdm
-    num_workers = default_workers() if num_workers is None else num_workers
-    rows, oks, bads = [], [], []
-    with tqdm(total=len(image_paths), unit="img", disable=not progress) as bar:
-        for ok, emb, bad, n in encode_batches(image_paths, model, preprocess, batch_size=batch_size,
-                                              num_workers=num_workers, device=device,
-                                              allow_truncated=allow_truncated, autocast=autocast,
-                                              fast_jpeg_decode=fast_jpeg_decode, exif_transpose=exif_transpose):
-            if emb is not None:
-                rows.append(emb)
-                oks.append(ok)
-            bads += bad
-            bar.update(n)
-    dim = model.visual.output_dim
-    emb = torch.cat(rows).float().cpu() if rows else torch.zeros(0, dim)
-    return emb, (torch.cat(oks).tolist() if oks else []), bads
 
 
 # ----------------------------------------------------------------------------- chunked, resumable run

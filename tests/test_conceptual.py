@@ -12,8 +12,8 @@ import torch
 
 import process_conceptual
 from scripts.demo_img2dataset import write_shard, write_stats
-from stylecap import extract
 from stylecap.clip_utils import load_clip
+from stylecap.image_encoder import extract_features
 from stylecap.utils import UserError, run_main
 from tests.helpers import kill_9_when
 from tests.test_extract import assert_same_file, load
@@ -56,7 +56,7 @@ def test_features_equal_the_engine_on_the_same_images(single, shards, small_mode
                     files.append(tmp_path / m.name)
                     files[-1].write_bytes(tf.extractfile(m).read())
     model, preprocess, _ = load_clip(str(small_models / "small_clip.pt"))
-    emb, ok, bad = extract.extract_features([str(f) for f in files], model, preprocess, batch_size=4, num_workers=0)
+    emb, ok, bad = extract_features([str(f) for f in files], model, preprocess, batch_size=4, num_workers=0)
     assert not bad and ok == list(range(len(files))) and [f.stem for f in files] == list(want["captions"])
     torch.testing.assert_close(d["clip_embedding"], emb, atol=1e-6, rtol=0)
     assert d["meta"]["clip_sha256"] and d["meta"]["source"] == "img2dataset" and d["meta"]["shards"] == want["shards"]

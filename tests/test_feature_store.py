@@ -1,7 +1,6 @@
 """The columnar, memory-mapped feature file (issue 12 section 2): layout, compatibility, memory, tokens."""
 from __future__ import annotations
 
-import json
 import pickle
 import random
 import subprocess
