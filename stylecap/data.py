@@ -121,17 +121,17 @@ def encode_data(data: "FeatureStore | dict", tok: CaptionTokenizer, max_len: int
         if path.is_file():
             logger.info(f"tokens: loaded from cache {path.name}")
             return Encoded(**torch.load(path, weights_only=True, mmap=True))
+    present = set(store.present_styles())  # a selection may not have every style of its file
     if tok.style_mode != "none":  # never silently style 0: drop_unknown_styles runs first, so this is a bug
-        styled = set(store.present_styles()) | ({None} if bool((store.caption_style < 0).any()) else set())
+        styled = present | ({None} if bool((store.caption_style < 0).any()) else set())
         unknown = styled - set(tok.style_index)
         if unknown:
             raise UserError(f"styles unknown to the model in {source or 'the data'}: {sorted(map(str, unknown))[:5]}")
     with_ctx = tok.style_mode in ("token", "prompt")
-    present = set(store.present_styles())  # a selection may not have every style of its file
     ctx_of = [tok.context_ids(s) if with_ctx and s in present else [] for s in store.styles] + [[]]  # [-1]: none
     limit = max_len if tok.legacy_clipcap else max_len + 1  # caption tokens + END
     n = len(store)
-    lengths, n_ctx, truncated = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), 0
+    lengths, truncated = np.zeros(n, dtype=np.int64), 0
     sink = _FlatSink(path.with_name(path.name + ".flat.tmp") if path is not None else None)
     for lo in range(0, n, chunk):
         seqs = []
@@ -141,13 +141,12 @@ def encode_data(data: "FeatureStore | dict", tok: CaptionTokenizer, max_len: int
                 cap_ids = cap_ids[:max_len] + ([] if tok.legacy_clipcap else [tok.eos_id])
             seqs.append(ctx_of[s] + cap_ids)
         lengths[lo:lo + len(seqs)] = [len(q) for q in seqs]
-        n_ctx[lo:lo + len(seqs)] = [len(ctx_of[s]) for s in store.caption_style[lo:lo + chunk].tolist()]
         sink.append(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32))
     offsets = torch.zeros(n + 1, dtype=torch.long)
     offsets[1:] = torch.from_numpy(lengths).cumsum(0)
     lut = torch.tensor([tok.style_index.get(s, 0) for s in store.styles] + [0], dtype=torch.long)
-    enc = Encoded(store.caption_row, lut[store.caption_style.long()], sink.tensor(), offsets,
-                  torch.from_numpy(n_ctx), truncated)
+    n_ctx = torch.tensor([len(c) for c in ctx_of], dtype=torch.long)[store.caption_style.long()]  # (N,)
+    enc = Encoded(store.caption_row, lut[store.caption_style.long()], sink.tensor(), offsets, n_ctx, truncated)
     if truncated:
         logger.warning(f"{truncated} of {n} captions were longer than --max_len {max_len} tokens and truncated")
     if path is not None:
