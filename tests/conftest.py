@@ -37,3 +37,16 @@ def dirty_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dirty")
     generate(out, seed=0, variant="dirty")
     return out
+
+
+@pytest.fixture(scope="session")
+def styled_ckpt(small_models, tmp_path_factory) -> Path:
+    """A random-weight small model with a learned style embedding for tests.helpers.STYLES, as a checkpoint."""
+    from models import ModelConfig, build_model, checkpoint_payload
+    from tests.helpers import STYLES
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(gpt2_path=str(small_models / "small_gpt2"), style_mode="embedding",
+                                    styles=STYLES, max_len=8))
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save(checkpoint_payload(model), path)
+    return path

@@ -31,7 +31,6 @@ import predict
 import process_flickr
 import train
 from models import ModelConfig, build_model, load_model
-from models.captioner import checkpoint_payload
 from models.decoding import DecodeConfig, context_embeds, generate_captions
 from tests.helpers import STYLES, synthetic_features
 
@@ -222,16 +221,6 @@ def test_greedy_on_cuda_gives_the_cpu_tokens(small_models, strict_fp32):
 
 
 # ----------------------------------------------------------------------------- predict.py and --mode eval
-@pytest.fixture(scope="module")
-def styled_ckpt(small_models, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(gpt2_path=str(small_models / "small_gpt2"), style_mode="embedding",
-                                    styles=STYLES, max_len=8))
-    path = tmp_path_factory.mktemp("gpu_ckpt") / "model.pt"
-    torch.save(checkpoint_payload(model), path)
-    return path
-
-
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -5,24 +5,11 @@ import json
 import shutil
 
 import pytest
-import torch
 
 import predict
 import train
-from models import ModelConfig, build_model
-from models.captioner import checkpoint_payload
 from stylecap.utils import UserError
 from tests.helpers import STYLES, synthetic_features
-
-
-@pytest.fixture(scope="module")
-def styled_ckpt(small_models, tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(gpt2_path=str(small_models / "small_gpt2"), style_mode="embedding",
-                                    styles=STYLES, max_len=8))
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    torch.save(checkpoint_payload(model), path)
-    return path
 
 
 @pytest.fixture()
