@@ -17,12 +17,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from stylecap import extract
 from stylecap.caption_sources import FORMATS, read_flickr
-from stylecap.splits import add_split_args, check_split_args, jobs_by_split
-from stylecap.utils import UserError, run_main, setup_logging
+from stylecap.splits import add_split_args, extract_by_split, start_extraction
+from stylecap.utils import run_main
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,21 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    extract.check_args(args)
-    check_split_args(args)
-    output = Path(args.output_path)
-    setup_logging(output.with_suffix(".log"))
-    image_dir = Path(args.image_path)
-    if not image_dir.is_dir():
-        raise UserError(f"image folder {image_dir} not found; pass --image_path (the flickr30k-images folder)")
-
+    image_dir = start_extraction(args, "the flickr30k-images folder")
     source = read_flickr(args.caption_path, args.format)
-    extract.log_malformed(source.malformed)
     meta = {"dataset": "flickr30k-cn" if source.format == "cn" else "flickr30k",
             "source_format": source.format, "sources": source.files, "image_dir": str(image_dir), "styles": []}
-    jobs = jobs_by_split(output, source, image_dir, meta, args, "karpathy")
-    return extract.run(jobs, args)
-
+    return extract_by_split(source, meta, args, "karpathy")
 
 if __name__ == "__main__":
     run_main(main)

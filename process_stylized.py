@@ -29,8 +29,8 @@ from pathlib import Path
 from stylecap import extract
 from stylecap.stylized_sources import (FLICKRSTYLE_FILES, SENTICAP_STYLES, STYLIZED_FORMATS,
                                        detect_stylized_format, read_stylized)
-from stylecap.splits import add_split_args, check_split_args, jobs_by_split
-from stylecap.utils import UserError, run_main, setup_logging
+from stylecap.splits import add_split_args, extract_by_split, start_extraction
+from stylecap.utils import run_main
 
 DATASET = {"jsonl": "stylized", "csv": "stylized", "flickrstyle": "flickrstyle10k", "senticap": "senticap"}
 
@@ -65,22 +65,12 @@ def style_list(fmt: str, captions: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    extract.check_args(args)
-    check_split_args(args)
-    output = Path(args.output_path)
-    setup_logging(output.with_suffix(".log"))
-    image_dir = Path(args.image_path)
-    if not image_dir.is_dir():
-        raise UserError(f"image folder {image_dir} not found; pass --image_path (the folder the images are in)")
-
+    image_dir = start_extraction(args, "the folder the images are in")
     fmt = detect_stylized_format(Path(args.caption_path)) if args.format == "auto" else args.format
     source = read_stylized(args.caption_path, fmt, image_dir)
-    extract.log_malformed(source.malformed)
     meta = {"dataset": DATASET[fmt], "source_format": fmt, "sources": source.files, "image_dir": str(image_dir),
             "styles": style_list(fmt, source.captions)}
-    jobs = jobs_by_split(output, source, image_dir, meta, args, "source")
-    return extract.run(jobs, args)
-
+    return extract_by_split(source, meta, args, "source")
 
 if __name__ == "__main__":
     run_main(main)

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from stylecap import extract
-from stylecap.utils import UserError
+from stylecap.utils import UserError, setup_logging
 
 SPLITS = ("train", "val", "test")
 
@@ -67,3 +67,22 @@ def jobs_by_split(output: Path, source, image_dir: Path, meta: dict, args, sourc
         return [extract.make_job(output, source, image_dir, ids, {**meta, "split": None})]
     return [extract.make_job(split_path(output, s), source, image_dir, [i for i in ids if splits[i] == s],
                              {**meta, "split": s}) for s in SPLITS]
+
+
+def start_extraction(args, image_folder: str) -> Path:
+    """The checks and logging a split-writing script begins with; returns --image_path. ``image_folder``
+    names the folder the error message asks for."""
+    extract.check_args(args)
+    check_split_args(args)
+    setup_logging(Path(args.output_path).with_suffix(".log"))
+    image_dir = Path(args.image_path)
+    if not image_dir.is_dir():
+        raise UserError(f"image folder {image_dir} not found; pass --image_path ({image_folder})")
+    return image_dir
+
+
+def extract_by_split(source, meta: dict, args, source_method: str) -> int:
+    """Log the source's malformed records, then extract one file per split (see jobs_by_split)."""
+    extract.log_malformed(source.malformed)
+    image_dir = Path(args.image_path)
+    return extract.run(jobs_by_split(Path(args.output_path), source, image_dir, meta, args, source_method), args)
