@@ -38,7 +38,7 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def batch_share(n_items: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
+def batch_share(n_items: int, batch_size: int, rank: int, world: int) -> tuple[int, int, int]:
     """Rank ``rank``'s (first batch index, first item, end item): a contiguous block of whole batches
     of size ``batch_size``; ranks get numbers of batches differing by at most one (possibly none)."""
     n_batches = -(-n_items // batch_size)
