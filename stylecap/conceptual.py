@@ -155,14 +155,14 @@ def write_file(tars: list[Path], settings: dict, key: str, args) -> None:
         meta["limit"] = args.limit
     c = meta["counts"]
     if not len(store):
-        extract._write_skipped(output, meta)
+        extract.write_skipped(output, meta)
         first = meta["skipped"][0] if meta["skipped"] else None
         raise UserError(f"no image could be encoded: all {c['samples']} samples of the {len(tars)} tar shards were "
                         f"skipped" + (f" (first: {first['image_id']}: {first['reason']}); see "
                                       f"{extract.skipped_txt(output)}" if first else "; check --data_path"))
     store.meta = meta
     save_features(output, store)  # atomic
-    extract._write_skipped(output, meta)
+    extract.write_skipped(output, meta)
     logger.info(f"{output}: {c['images']} images + captions from {c['samples']} samples in {len(tars)} tar shards; "
                 f"skipped {c['skipped_images']} {c['skipped_by_reason']}"
                 + (f" (see {extract.skipped_txt(output)})" if c["skipped_images"] else "")
@@ -181,10 +181,10 @@ def run(args) -> int:
         return merge(tars, args)
     model, preprocess, settings = extract.load_encoder(args)
     key = file_key(tars, settings, args.limit)
-    meta = extract._up_to_date(output, key) if args.shard_count is None else None
+    meta = extract.up_to_date(output, key) if args.shard_count is None else None
     if meta is not None:
         logger.info(f"{output} is up to date (same shards and settings); delete it to recompute")
-        extract._write_skipped(output, meta)  # in case a kill came between the file and its list
+        extract.write_skipped(output, meta)  # in case a kill came between the file and its list
         shutil.rmtree(parts_dir(output), ignore_errors=True)
         return 0
     mine = tars if args.shard_count is None else shard_tars(tars, args.shard_index, args.shard_count)
@@ -220,7 +220,7 @@ def merge(tars: list[Path], args) -> int:
     first = _load_part(have[0]) if have else None
     if first is None:  # no parts: up to date when an earlier --merge (or run) of these shards wrote the file
         settings = ((_load_part(output) or {}).get("meta") or {}).get("extraction")
-        if settings and extract._up_to_date(output, file_key(tars, {**settings, **from_args}, args.limit)) is not None:
+        if settings and extract.up_to_date(output, file_key(tars, {**settings, **from_args}, args.limit)) is not None:
             logger.info(f"{output} is up to date (same shards and settings); delete it to recompute")
             return 0
         raise UserError(f"--merge: no part files in {parts_dir(output)}; run every --shard i/n of this command first")

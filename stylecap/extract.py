@@ -266,7 +266,7 @@ def skipped_txt(path: Path) -> Path:
     return Path(f"{path}.skipped.txt")
 
 
-def _write_skipped(path: Path, meta: dict) -> None:
+def write_skipped(path: Path, meta: dict) -> None:
     """``<output>.skipped.txt``: image_id<TAB>path<TAB>reason per skipped image; '#' lines for the rest."""
     f = skipped_txt(path)
     if not meta["skipped"] and not meta["malformed"]:
@@ -284,7 +284,7 @@ def _write_skipped(path: Path, meta: dict) -> None:
 def _write(job: Job, data: dict) -> None:
     from loguru import logger
     save_features(job.path, data)  # atomic: temp file + rename
-    _write_skipped(job.path, data["meta"])
+    write_skipped(job.path, data["meta"])
     shutil.rmtree(Path(f"{job.path}.partial"), ignore_errors=True)
     c = data["meta"]["counts"]
     see = f" (see {skipped_txt(job.path)})" if c["skipped_images"] else ""
@@ -292,7 +292,7 @@ def _write(job: Job, data: dict) -> None:
                 f"{c['captions']} captions ({c['skipped_captions']} dropped with skipped images)")
 
 
-def _up_to_date(path: Path, key: str) -> dict | None:
+def up_to_date(path: Path, key: str) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -347,10 +347,10 @@ def run(jobs: list[Job], args) -> int:
             logger.warning(f"{job.path}: no images for this file; not written")
             continue
         key = run_key(job, settings)
-        meta = _up_to_date(job.path, key)
+        meta = up_to_date(job.path, key)
         if meta is not None:
             logger.info(f"{job.path} is up to date (same inputs and settings); delete it to recompute")
-            _write_skipped(job.path, meta)  # in case a kill came between the file and its list
+            write_skipped(job.path, meta)  # in case a kill came between the file and its list
             shutil.rmtree(Path(f"{job.path}.partial"), ignore_errors=True)
             encoded += meta["counts"]["images"]
             continue
@@ -362,7 +362,7 @@ def run(jobs: list[Job], args) -> int:
         if ok or sharded:  # a shard file is written even when empty: --merge needs every shard
             _write(job, data)
         else:
-            _write_skipped(job.path, data["meta"])
+            write_skipped(job.path, data["meta"])
             shutil.rmtree(Path(f"{job.path}.partial"), ignore_errors=True)
             logger.error(f"{job.path}: none of its {len(bad)} images could be encoded; file not written "
                          f"(see {skipped_txt(job.path)})")
