@@ -33,7 +33,7 @@ from loguru import logger
 from models import load_model
 from models.decoding import DecodeConfig
 from predict import IMAGE_SUFFIXES, caption_images, load_clip_for
-from stylecap.evaluation import write_predictions
+from stylecap.eval.evaluation import write_predictions
 from stylecap.utils import UserError, resolve_device, run_main, setup_logging
 
 DEFAULT_EXAMPLES = "data/demo/personality/yfcc_images"  # made by `make demo`

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from loguru import logger
 
-from stylecap.significance import (bleu_statistic, group_statistic, mean_statistic, paired_bootstrap,
+from stylecap.eval.significance import (bleu_statistic, group_statistic, mean_statistic, paired_bootstrap,
                                    stats_array)
 from stylecap.utils import UserError, atomic_write_json, atomic_write_text, run_main, setup_logging
 
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if baseline is not None and baseline not in scored_labels:
         raise UserError(f"--baseline {baseline!r} is not one of the evaluated entries: {scored_labels}")
     sig = significance(entries, baseline, by_image, args.resamples, args.seed) if len(scored_labels) > 1 else {}
-    from stylecap.plots import comparison_plots
+    from stylecap.eval.plots import comparison_plots
     plots = comparison_plots(out, entries, rows)
     path = write_outputs(out, rows, sig, baseline, plots)
     print((out / "comparison.md").read_text(encoding="utf-8"))

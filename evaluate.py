@@ -16,12 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stylecap.eval_inputs import (IMAGE_EXTS, PRED_FORMATS, REF_FORMATS, image_paths_for,  # noqa: E402,F401
+from stylecap.eval.inputs import (IMAGE_EXTS, PRED_FORMATS, REF_FORMATS, image_paths_for,  # noqa: E402,F401
                                   load_predictions, load_references)
-from stylecap.segmentation import SEGMENT_CHOICES  # noqa: E402
+from stylecap.eval.segmentation import SEGMENT_CHOICES  # noqa: E402
 from stylecap.utils import run_main, setup_logging  # noqa: E402
 
-# The loaders and image_paths_for live in stylecap.eval_inputs, the scoring in stylecap.scoring
+# The loaders and image_paths_for live in stylecap.eval.inputs, the scoring in stylecap.eval.scoring
 # (library code must not import this script); they stay importable from here.
 
 
@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(quiet=args.quiet)
-    from stylecap.scoring import run_evaluation
-    from stylecap.tables import format_table
+    from stylecap.eval.scoring import run_evaluation
+    from stylecap.eval.tables import format_table
     metrics = run_evaluation(args.predictions, args.references, args.output_path,
                              train_captions=args.train_captions, report=args.report, image_dir=args.image_dir,
                              max_report_images=args.max_report_images, clip_model_path=args.clip_model_path,

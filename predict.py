@@ -19,7 +19,7 @@ from models import load_model
 from models.decoding import DecodeConfig
 from stylecap.clip_check import check_clip
 from stylecap.features import clip_record
-from stylecap.evaluation import (add_decode_args, caption_items, captioned_image, captions_by_image, decode_config,
+from stylecap.eval.evaluation import (add_decode_args, caption_items, captioned_image, captions_by_image, decode_config,
                                  eval_items, log_preview, write_predictions)
 from stylecap.utils import UserError, resolve_device, run_main, setup_logging
 
@@ -106,7 +106,7 @@ def caption_images(model, clip_model, preprocess, paths: list[Path], styles: lis
     Returns (predictions as caption_items gives them, indices of the readable paths, [(index, reason)] for
     the unreadable ones). Images are named ``names[i]`` (default: the file name). Shared by predict.py and app.py.
     """
-    from stylecap.image_encoder import extract_features
+    from stylecap.extract.image_encoder import extract_features
     names = names or [Path(p).name for p in paths]
     features, ok, bad = extract_features([str(p) for p in paths], clip_model, preprocess, batch_size=batch_size,
                                          num_workers=num_workers, device=device)  # (n_ok, D)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stylecap import conceptual, extract
+from stylecap.extract import conceptual
+from stylecap.extract import pipeline as extract
 from stylecap.utils import run_main, setup_logging
 
 HELP = {

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 
-from stylecap import extract
-from stylecap.caption_sources import FORMATS, read_flickr
-from stylecap.splits import add_split_args, extract_by_split, start_extraction
+from stylecap.extract import pipeline as extract
+from stylecap.extract.caption_sources import FORMATS, read_flickr
+from stylecap.extract.splits import add_split_args, extract_by_split, start_extraction
 from stylecap.utils import run_main
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stylecap import extract
-from stylecap.caption_sources import PERSONALITY_SPLITS, read_personality_split, read_traits
+from stylecap.extract import pipeline as extract
+from stylecap.extract.caption_sources import PERSONALITY_SPLITS, read_personality_split, read_traits
 from stylecap.utils import UserError, run_main, setup_logging
 
 

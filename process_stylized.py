@@ -1,6 +1,6 @@
 """Extract CLIP image features for any stylized caption set (one encoding per image).
 
-Caption sources (--format auto detects which from the content; details in stylecap/stylized_sources.py):
+Caption sources (--format auto detects which from the content; details in stylecap/extract/stylized_sources.py):
   jsonl        your captions, one JSON object a line:
                {"image": "1.jpg", "caption": "...", "style": "humor", "split": "train"}
   csv          your captions, a header row then one record a row:  image,caption,style,split
@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stylecap import extract
-from stylecap.stylized_sources import (FLICKRSTYLE_FILES, SENTICAP_STYLES, STYLIZED_FORMATS,
+from stylecap.extract import pipeline as extract
+from stylecap.extract.stylized_sources import (FLICKRSTYLE_FILES, SENTICAP_STYLES, STYLIZED_FORMATS,
                                        detect_stylized_format, read_stylized)
-from stylecap.splits import add_split_args, extract_by_split, start_extraction
+from stylecap.extract.splits import add_split_args, extract_by_split, start_extraction
 from stylecap.utils import run_main
 
 DATASET = {"jsonl": "stylized", "csv": "stylized", "flickrstyle": "flickrstyle10k", "senticap": "senticap"}

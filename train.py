@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from models import ModelConfig, build_model, checkpoint_payload
 from models.captioner import gpt2_fingerprint, load_checkpoint_file
 from models.decoding import DecodeConfig, generate_captions
-from stylecap.data import (CaptionDataset, SkipSampler, collate, drop_unknown_styles, encode_data, split_by_image,
+from stylecap.train.data import (CaptionDataset, SkipSampler, collate, drop_unknown_styles, encode_data, split_by_image,
                            style_vocabulary)
 from stylecap.distributed import batch_share, from_rank0, setup_distributed
-from stylecap.evaluation import add_decode_args
-from stylecap.engine import (CheckpointManager, GracefulStop, TrainState, all_rng_states, evaluate_loss,
+from stylecap.eval.evaluation import add_decode_args
+from stylecap.train.engine import (CheckpointManager, GracefulStop, TrainState, all_rng_states, evaluate_loss,
                              set_rng_state, train_one_epoch)
 from stylecap.features import FeatureStore, clip_record, load_features
 from stylecap.utils import UserError, atomic_write_json, code_version, run_main, setup_logging
@@ -87,7 +87,7 @@ def get_parser() -> argparse.ArgumentParser:
                    "and the baseline; default: the data the checkpoint was trained on")
     g.add_argument("--clip_model_path", help="CLIP model for CLIPScore; default: the one named in the features' meta")
     g.add_argument("--no_java", action="store_true", help="score without Java (METEOR and SPICE skipped)")
-    from stylecap.segmentation import SEGMENT_CHOICES
+    from stylecap.eval.segmentation import SEGMENT_CHOICES
     g.add_argument("--segment", choices=SEGMENT_CHOICES, default="auto",
                    help="tokens of Chinese captions for the metrics (as evaluate.py --segment): auto (Chinese -> char)")
     g.add_argument("--allow_clip_mismatch", action="store_true", help="evaluate even when --data_path's features "
@@ -158,7 +158,7 @@ def check_resume(ck: dict, args, world: int, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.mode == "eval":
-        from stylecap.evaluation import run_eval_mode
+        from stylecap.eval.evaluation import run_eval_mode
         return run_eval_mode(args)
     rank, world, device = setup_distributed(args.device, args.ddp_timeout)
     train_data = load_features(args.data_path)
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         by_cider = args.eval_subset > 0
         caps = None
         if by_cider and epoch_end:
-            from stylecap.evaluation import quick_caption_metrics
+            from stylecap.eval.evaluation import quick_caption_metrics
             caps = quick_caption_metrics(model, val_data, args.eval_subset, args.bs_eval)  # None on ranks > 0
         if rank == 0:
             writer.add_scalar("val/loss", metrics["loss"], tag_step)

@@ -253,8 +253,8 @@ def train_to_stop(model, feats: torch.Tensor, captions: list[str], steps: int, l
     LayerNorm, which is several times cheaper per step: no weight gradients below them, and AdamW over a few
     million parameters instead of the whole model. ``until()`` (checked every ``check_every`` steps from
     ``min_steps`` on, model in eval mode) ends training early when it returns True."""
-    from stylecap.data import collate
-    from stylecap.engine import autocast_ctx
+    from stylecap.train.data import collate
+    from stylecap.train.engine import autocast_ctx
     tok = model.tokenizer
     styles = styles if styles is not None else [None] * len(captions)
     ids = tok.encode_captions(captions)
@@ -436,8 +436,8 @@ def train_step_flops(model, batch_size: int, seq_len: int, n_labelled: int) -> f
 
 
 def bench_train(env: Env, peak: dict) -> list[tuple[str, dict]]:
-    from stylecap.data import CaptionDataset, collate, encode_data
-    from stylecap.engine import TrainState, train_one_epoch
+    from stylecap.train.data import CaptionDataset, collate, encode_data
+    from stylecap.train.engine import TrainState, train_one_epoch
     s = env.sizes
     bs, rounds = s["train_bs"], s["train_rounds"]
     n_caps = 20_000
@@ -488,7 +488,7 @@ def bench_train(env: Env, peak: dict) -> list[tuple[str, dict]]:
     mean_pad = sum(pad_lens) / len(pad_lens)
     out = [("train_vs_reference", entry(
         "train_vs_reference", sps_ours, sps_ref, "samples/s",
-        f"stylecap.engine.train_one_epoch (DataLoader + stylecap.data.collate padding to the batch's longest, fp32, "
+        f"stylecap.train.engine.train_one_epoch (DataLoader + stylecap.train.data.collate padding to the batch's longest, fp32, "
         f"AdamW, grad clip 1.0) vs ClipCap's loop (every batch padded to the dataset's fixed length "
         f"min(int(mean + 10 std), max) = {fixed} tokens, fp32, AdamW); same model (MLP mapper K=10 + GPT-2 "
         f"fine-tuned), batch {bs}, the same {rounds} batches through both, alternating batch by batch. Data: "
@@ -535,18 +535,18 @@ def make_images(folder: Path, n: int, seed: int = 0, size=(500, 375)) -> list[Pa
 
 
 def _extract_api():
-    """The extraction engine's public function (stylecap/extract.py, written by another helper)."""
+    """The extraction engine's public function (stylecap/extract/pipeline.py, written by another helper)."""
     try:
-        from stylecap.image_encoder import extract_features
+        from stylecap.extract.image_encoder import extract_features
     except ImportError as e:  # pragma: no cover - depends on the other helper's file
-        raise RuntimeError(f"stylecap.image_encoder.extract_features is not available ({e})") from None
+        raise RuntimeError(f"stylecap.extract.image_encoder.extract_features is not available ({e})") from None
     return extract_features
 
 
 def bench_extract(env: Env) -> list[tuple[str, dict]]:
     from stylecap.features import save_features
     extract_features = _extract_api()
-    from stylecap.image_encoder import default_workers
+    from stylecap.extract.image_encoder import default_workers
     s = env.sizes
     model, preprocess = env.clip()
     paths = make_images(env.tmp / "images", s["extract_images"])
@@ -603,7 +603,7 @@ def bench_extract(env: Env) -> list[tuple[str, dict]]:
     return [
         ("extract_vs_encoder", entry(
             "extract_vs_encoder", ips_ext, ips_enc, "images/s",
-            f"stylecap.image_encoder.extract_features ({workers} threads decoding 500x375 JPEGs + CLIP preprocessing "
+            f"stylecap.extract.image_encoder.extract_features ({workers} threads decoding 500x375 JPEGs + CLIP preprocessing "
             f"between encoder batches (the CPU path), batch {bs}, fp32) + save_features (5 caption records per image) vs the bare "
             f"encode_image on preloaded preprocessed tensors, batch {bs}, fp32; {n} images, {size}; median of "
             f"{len(t_ext)} interleaved runs. bf16 autocast: extraction {ips_ext16:.1f} vs encoder {ips_enc16:.1f} "

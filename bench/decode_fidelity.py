@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 from bench.photos import photo_like, save_jpeg  # noqa: E402
 from stylecap.clip_utils import _import_clip, load_clip, open_image  # noqa: E402
-from stylecap.image_encoder import extract_features, split_preprocess  # noqa: E402
+from stylecap.extract.image_encoder import extract_features, split_preprocess  # noqa: E402
 from stylecap.utils import atomic_write_json  # noqa: E402
 
 FLAGS = {"fast_jpeg_decode": {"fast_jpeg_decode": True}, "exif_transpose": {"exif_transpose": True}}

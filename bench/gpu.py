@@ -37,7 +37,7 @@ from bench.gpu_train import bench_memory, bench_training
 
 # ============================================================================== extraction
 def bench_extraction(env: Env, device: torch.device, sz: dict) -> dict:
-    from stylecap.image_encoder import ImageDataset, collate, default_workers, extract_features, split_preprocess
+    from stylecap.extract.image_encoder import ImageDataset, collate, default_workers, extract_features, split_preprocess
     model, preprocess = env.clip()
     model = model.to(device)
     paths = [str(p) for p in make_images(env.tmp / "gpu_images", sz["images"])]
@@ -75,7 +75,7 @@ def bench_extraction(env: Env, device: torch.device, sz: dict) -> dict:
             "StyleCap (end to end < 85% of both decoding alone and the encoder alone)"
         out[f"extract_e2e_vs_encoder_w{w}"] = fig(
             ips_e2e, ips_enc, "images/s",
-            f"stylecap.image_encoder.extract_features, {w} DataLoader workers decoding {n} 500x375 JPEGs, batch {bs}, "
+            f"stylecap.extract.image_encoder.extract_features, {w} DataLoader workers decoding {n} 500x375 JPEGs, batch {bs}, "
             f"autocast {amp}, vs the bare encode_image on preloaded preprocessed tensors on the device; JPEG decoding "
             f"+ preprocessing alone with the same {w} workers: {ips_dec:.1f} images/s. Limited by: {limit}.",
             decode_only_images_per_s=round(ips_dec, 2), e2e_vs_decode_only=round(ips_e2e / ips_dec, 4),

@@ -17,7 +17,7 @@ class TrainData:
     """COCO-like captions and random features, tokenized once, on the CPU (the DataLoader moves them)."""
 
     def __init__(self, env: Env, n_caps: int):
-        from stylecap.data import CaptionDataset, encode_data
+        from stylecap.train.data import CaptionDataset, encode_data
         caps = coco_like_captions(n_caps, seed=1)
         g = torch.Generator().manual_seed(1)
         self.feats = torch.randn(n_caps, 512, generator=g)  # (N, 512)
@@ -36,10 +36,10 @@ class TrainData:
 def run_training(env: Env, data: TrainData, device: torch.device, *, precision: str, bs: int, steps: int,
                  warmup: int, accum: int = 1, tuned: bool = True, mapping: str = "mlp", checkpointing: bool = False,
                  idx: list[int] | None = None, measure_memory: bool = False) -> dict:
-    """Train a fresh model for warmup + steps optimizer steps with stylecap.engine.train_one_epoch.
+    """Train a fresh model for warmup + steps optimizer steps with stylecap.train.engine.train_one_epoch.
     -> {"samples_per_s", "steps_per_s", "flops_per_s", "peak_bytes", "seconds"} over the timed steps."""
-    from stylecap.data import collate
-    from stylecap.engine import TrainState, train_one_epoch
+    from stylecap.train.data import collate
+    from stylecap.train.engine import TrainState, train_one_epoch
     free(device)
     base_bytes = 0
     if measure_memory and device.type == "cuda":
@@ -111,7 +111,7 @@ def bench_training(env: Env, device: torch.device, sz: dict, peak_tflops: float)
         out[f"train_tuned_{prec}"] = fig(
             r["samples_per_s"], ref["samples_per_s"], "samples/s",
             f"MLP + GPT-2 tuning ({r['trainable_parameters'] / 1e6:.1f}M trainable), batch {bs}, {prec} "
-            f"(autocast{' + GradScaler' if prec == 'fp16' else ''}), fused AdamW, stylecap.engine.train_one_epoch; "
+            f"(autocast{' + GradScaler' if prec == 'fp16' else ''}), fused AdamW, stylecap.train.engine.train_one_epoch; "
             f"{steps} steps after {warm} warm-up; baseline: ClipCap's loop in fp32 (every batch padded to "
             f"{ref['fixed_len']} tokens) on the same GPU, {sz['ref_steps']} steps.",
             mfu=round(r["flops_per_s"] / (peak_tflops * 1e12), 4), model_tflops=round(r["flops_per_s"] / 1e12, 3),

@@ -29,7 +29,7 @@ torch.set_num_threads(1)
 path, gpt2_dir, root, cache, fmt, touch = sys.argv[1:7]
 sys.path.insert(0, root)
 from models.tokenizer import CaptionTokenizer, load_hf_tokenizer
-from stylecap.data import CaptionDataset, encode_data
+from stylecap.train.data import CaptionDataset, encode_data
 from stylecap.features import load_features
 def kb(field):  # kB from /proc/self/status; VmHWM = peak RSS of this process image (set at exec)
     return int(next(l for l in open("/proc/self/status") if l.startswith(field + ":")).split()[1])
@@ -176,7 +176,7 @@ def write_cc3m_like(tmp: Path, n: int, coco_like_captions, seed: int = 0) -> tup
 
 def bench_store(entry, env, coco_like_captions) -> list[tuple[str, dict]]:
     from models.tokenizer import CaptionTokenizer, load_hf_tokenizer
-    from stylecap.data import encode_data
+    from stylecap.train.data import encode_data
     from stylecap.features import load_features
     n = env.sizes["store_captions"]
     columnar, first, t = write_cc3m_like(env.tmp, n, coco_like_captions)

@@ -32,7 +32,7 @@ def zh_reference_set(n: int = 8, seed: int = 0) -> dict[str, list[str]]:
 
 
 def main(argv=None) -> int:
-    from stylecap.coco_metrics import score_captions
+    from stylecap.eval.coco_metrics import score_captions
     refs = zh_reference_set()
     cases = {"exact": ({k: v[0] for k, v in refs.items()}, refs), "near": (NEAR_PREDS, NEAR_REFS)}
     for seg in ("none", "char", "jieba"):

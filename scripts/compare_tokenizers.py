@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the template captions")
     p.add_argument("--show", type=int, default=20, help="differing captions to print")
     args = p.parse_args(argv)
-    from stylecap.coco_metrics import _tokenize, java_status, score_captions
+    from stylecap.eval.coco_metrics import _tokenize, java_status, score_captions
     if not java_status(None)[0]:
         print("needs Java (PTBTokenizer is the reference)", file=sys.stderr)
         return 2

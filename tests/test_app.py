@@ -100,9 +100,9 @@ def _styles(tmp_path):
 
 
 def test_all_styles_in_one_batched_call(styled_demo, images, monkeypatch):
-    import stylecap.evaluation
-    n_gen, real_gen = [], stylecap.evaluation.generate_captions
-    monkeypatch.setattr(stylecap.evaluation, "generate_captions",  # counts the calls, runs the real one
+    import stylecap.eval.evaluation
+    n_gen, real_gen = [], stylecap.eval.evaluation.generate_captions
+    monkeypatch.setattr(stylecap.eval.evaluation, "generate_captions",  # counts the calls, runs the real one
                         lambda model, feats, *rest: n_gen.append(feats.shape[0]) or real_gen(model, feats, *rest))
     status, _, jsonl = styled_demo.caption(images, [], all_styles=True)
     assert len(read_jsonl(jsonl)) == len(images) * len(STYLES)

@@ -11,9 +11,9 @@ import pytest
 import evaluate
 from scripts.chinese_metrics_check import NEAR_PREDS, NEAR_REFS, zh_reference_set
 from scripts.make_demo_data import sample_content, zh_captions
-from stylecap.metrics import diversity, evaluate_predictions, score_captions
-from stylecap.segmentation import detect_language, segmenter_for
-from stylecap.style_classifier import StyleClassifier
+from stylecap.eval.metrics import diversity, evaluate_predictions, score_captions
+from stylecap.eval.segmentation import detect_language, segmenter_for
+from stylecap.eval.style_classifier import StyleClassifier
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="Java not installed")
 

@@ -1,4 +1,4 @@
-"""compare.py and stylecap.significance (issue 10 section 1): labels, seed groups, paired bootstrap,
+"""compare.py and stylecap.eval.significance (issue 10 section 1): labels, seed groups, paired bootstrap,
 plots, and refusals of runs that cannot be compared."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 import compare
 import train
-from stylecap.significance import (bleu_statistic, bleu_stats, corpus_bleu, mean_statistic, paired_bootstrap,
+from stylecap.eval.significance import (bleu_statistic, bleu_stats, corpus_bleu, mean_statistic, paired_bootstrap,
                                    stats_array)
 from stylecap.utils import UserError
 from tests.helpers import synthetic_features

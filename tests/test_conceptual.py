@@ -13,7 +13,7 @@ import torch
 import process_conceptual
 from scripts.demo_img2dataset import write_shard, write_stats
 from stylecap.clip_utils import load_clip
-from stylecap.image_encoder import extract_features
+from stylecap.extract.image_encoder import extract_features
 from stylecap.utils import UserError, run_main
 from tests.helpers import kill_9_when
 from tests.test_extract import assert_same_file, load

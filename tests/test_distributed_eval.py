@@ -10,10 +10,10 @@ import torch
 
 import train
 from models import load_model
-from stylecap.data import CaptionDataset, encode_data
+from stylecap.train.data import CaptionDataset, encode_data
 from stylecap.distributed import batch_share
-from stylecap.engine import evaluate_loss
-from stylecap.evaluation import quick_caption_metrics
+from stylecap.train.engine import evaluate_loss
+from stylecap.eval.evaluation import quick_caption_metrics
 from stylecap.features import load_features
 from tests.helpers import synthetic_features
 from tests.test_train import _torchrun, base_args

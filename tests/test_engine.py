@@ -1,4 +1,4 @@
-"""stylecap.engine: the loss over the effective batch (micro-batches and DDP ranks), fp16 with a GradScaler,
+"""stylecap.train.engine: the loss over the effective batch (micro-batches and DDP ranks), fp16 with a GradScaler,
 gradient checkpointing with a frozen GPT-2, and keep-N per checkpoint kind (issue 8 items 6, 7, 8)."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from models import ModelConfig, build_model
-from stylecap.data import CaptionDataset, collate, encode_data
-from stylecap.engine import CheckpointManager, TrainState, optimizer_step, train_one_epoch
+from stylecap.train.data import CaptionDataset, collate, encode_data
+from stylecap.train.engine import CheckpointManager, TrainState, optimizer_step, train_one_epoch
 from stylecap.features import load_features
 from tests.helpers import synthetic_features
 

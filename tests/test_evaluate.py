@@ -14,7 +14,7 @@ import torch
 import evaluate
 from scripts.make_demo_data import STYLES, en_captions, encode, render, sample_content, styled_captions
 from stylecap.features import save_features
-from stylecap.metrics import STANDARD
+from stylecap.eval.metrics import STANDARD
 from stylecap.utils import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import torch
 
 import process_flickr
 import process_personality
-from stylecap import extract
+from stylecap.extract import pipeline as extract
 from stylecap.clip_utils import load_clip, load_image
 from stylecap.features import load_features
 from stylecap.utils import UserError, run_main

@@ -8,7 +8,7 @@ from torch.utils.data import dataloader
 
 from bench.photos import photo_like, save_jpeg
 from stylecap.clip_utils import load_clip, open_image
-from stylecap.image_encoder import extract_features
+from stylecap.extract.image_encoder import extract_features
 
 
 def _images(tmp_path) -> list[str]:

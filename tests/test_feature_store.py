@@ -12,7 +12,7 @@ import torch
 
 from models.tokenizer import CaptionTokenizer, load_hf_tokenizer
 from scripts import convert_features
-from stylecap.data import encode_data, split_by_image
+from stylecap.train.data import encode_data, split_by_image
 from stylecap.features import FORMAT, FeatureStore, load_features, save_features
 from stylecap.utils import UserError
 from tests.helpers import synthetic_features

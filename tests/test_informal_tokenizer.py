@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from scripts.compare_tokenizers import EDGE_CASES, informal_captions
-from stylecap.coco_metrics import _tokenize, score_captions
-from stylecap.ptb_tokenize import python_tokenize
+from stylecap.eval.coco_metrics import _tokenize, score_captions
+from stylecap.eval.ptb_tokenize import python_tokenize
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="Java not installed")
 

@@ -1,4 +1,4 @@
-"""stylecap.metrics and stylecap.style_classifier: equal to pycocoevalcap, Java-free and SPICE-free
+"""stylecap.eval.metrics and stylecap.eval.style_classifier: equal to pycocoevalcap, Java-free and SPICE-free
 paths, CLIPScore, diversity, matching, and the style classifier."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from scripts.make_demo_data import STYLES, en_captions, sample_content, styled_captions
-from stylecap import coco_metrics as C
-from stylecap import metrics as M
-from stylecap.style_classifier import StyleClassifier
+from stylecap.eval import coco_metrics as C
+from stylecap.eval import metrics as M
+from stylecap.eval.style_classifier import StyleClassifier
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="Java not installed")
 

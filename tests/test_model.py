@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from models import DecodeConfig, ModelConfig, build_model, generate_captions, load_model
 from models.captioner import checkpoint_payload
-from stylecap.data import CaptionDataset, collate, encode_data
+from stylecap.train.data import CaptionDataset, collate, encode_data
 from stylecap.utils import UserError
 from tests.helpers import STYLES
 

@@ -1,11 +1,11 @@
-"""stylecap.style_lm: per-style n-gram perplexity (issue 10 section 3)."""
+"""stylecap.eval.style_lm: per-style n-gram perplexity (issue 10 section 3)."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from stylecap.style_lm import StyleLM
+from stylecap.eval.style_lm import StyleLM
 
 TRAIN = {"Happy": ["yay! a red circle!", "yay! a big blue circle!", "so happy to see a green square!"],
          "Gloomy": ["a sad red circle", "a lonely blue circle in the dark", "the green square looks so sad"]}
@@ -39,7 +39,7 @@ def test_perplexity_is_finite_for_unseen_words_and_pools_tokens():
 def test_style_measures_judge_a_plain_models_captions_by_the_test_records_style():
     """A style-blind model's captions (no requested style, matched by image) are judged against each test
     image's own style, so the ablation's `none` row has a style top-1 and ppl like the others."""
-    from stylecap.scoring import evaluate_predictions
+    from stylecap.eval.scoring import evaluate_predictions
     train = [{"image_id": f"t{i}", "caption": c, "style": s}
              for i, (s, cs) in enumerate(TRAIN.items()) for c in cs]
     refs = [{"image_id": "a", "caption": "yay! a red circle!", "style": "Happy"},

@@ -13,8 +13,8 @@ import torch
 import process_stylized
 import train
 from stylecap.features import load_features
-from stylecap.splits import seeded_split
-from stylecap.stylized_sources import (detect_stylized_format, read_flickrstyle, read_jsonl, read_py2_pickle,
+from stylecap.extract.splits import seeded_split
+from stylecap.extract.stylized_sources import (detect_stylized_format, read_flickrstyle, read_jsonl, read_py2_pickle,
                                        read_senticap, read_stylized)
 from stylecap.utils import UserError
 

@@ -3,7 +3,7 @@
 A script parses its caption source into :class:`Job`s (one per output file: the images in order of
 first appearance, their caption records, source-level meta) and calls :func:`run`, which
 
-* encodes every image ONCE (however many captions it has) with :mod:`stylecap.image_encoder`
+* encodes every image ONCE (however many captions it has) with :mod:`stylecap.extract.image_encoder`
   (``num_workers`` decoders in parallel; bad images are skipped and recorded without killing the
   batch; features equal openai-clip's own, ``--fast_jpeg_decode`` / ``--exif_transpose`` opt out
   and are recorded in ``meta["extraction"]`` and the run key);
@@ -36,7 +36,7 @@ import torch
 
 from stylecap.clip_utils import load_clip
 from stylecap.features import save_features
-from stylecap.image_encoder import autocast_dtype, default_workers, encode_batches
+from stylecap.extract.image_encoder import autocast_dtype, default_workers, encode_batches
 from stylecap.utils import (UserError, atomic_torch_save, atomic_write_json, atomic_write_text,
                             code_version, resolve_device)
 

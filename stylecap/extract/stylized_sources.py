@@ -14,7 +14,7 @@ counts as train), on every record or on none (then process_stylized.py makes a s
 All records of an image must agree on the split. ``image_id`` is the image file's stem, so two
 different files with the same stem are refused (the later records are malformed).
 
-Bad input follows :mod:`stylecap.caption_sources`: a malformed LINE/RECORD is skipped, counted and
+Bad input follows :mod:`stylecap.extract.caption_sources`: a malformed LINE/RECORD is skipped, counted and
 reported (``CaptionSource.malformed``); a malformed FILE, or one without a usable line, raises
 :class:`UserError` with one line naming the file and the fix.
 
@@ -43,7 +43,7 @@ import json
 import pickle
 from pathlib import Path
 
-from stylecap.caption_sources import KARPATHY_SPLITS, CaptionSource, _json, _lines
+from stylecap.extract.caption_sources import KARPATHY_SPLITS, CaptionSource, _json, _lines
 from stylecap.features import RestrictedUnpickler
 from stylecap.utils import UserError
 

@@ -1,7 +1,7 @@
 """process_conceptual.py's engine: img2dataset tar shards -> one feature file, one tar shard at a time.
 
-* The unit of work is one tar shard (:mod:`stylecap.webdataset_source` reads it): its samples are
-  encoded once each by the project's engine (:func:`stylecap.image_encoder.extract_features`, openai-clip's
+* The unit of work is one tar shard (:mod:`stylecap.extract.webdataset_source` reads it): its samples are
+  encoded once each by the project's engine (:func:`stylecap.extract.image_encoder.extract_features`, openai-clip's
   decoding and preprocessing), in batches that start at the shard's first sample, so a shard's values do
   not depend on which process encodes it. The result is written atomically to its part file
   ``<output>.parts/<tar stem>.pt``: that shard's features [n, D] fp32, keys, captions, skipped samples
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-from stylecap import extract
+from stylecap.extract import pipeline as extract
 from stylecap.features import FeatureStore, save_features, utf8_column
-from stylecap.image_encoder import extract_features
+from stylecap.extract.image_encoder import extract_features
 from stylecap.utils import UserError, atomic_torch_save
-from stylecap.webdataset_source import TarImages, find_tars, index_tar, read_stats
+from stylecap.extract.webdataset_source import TarImages, find_tars, index_tar, read_stats
 
 FP16_AT_COMBINE = "fp16"  # the one setting parts do not depend on: parts are fp32, the dtype is chosen at combine
 

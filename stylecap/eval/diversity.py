@@ -1,8 +1,8 @@
 """Diversity of generated captions: distinct-n, vocabulary, length, copies of training captions."""
 from __future__ import annotations
 
-from stylecap.ptb_tokenize import python_tokenize
-from stylecap.segmentation import Segmenter, resolve_segmentation
+from stylecap.eval.ptb_tokenize import python_tokenize
+from stylecap.eval.segmentation import Segmenter, resolve_segmentation
 
 
 def normalise_caption(caption: str, segmenter: Segmenter | None = None) -> str:

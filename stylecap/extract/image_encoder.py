@@ -4,8 +4,8 @@ Images are decoded as openai-clip decodes them (:func:`stylecap.clip_utils.open_
 equal its own ``encode_image(preprocess(Image.open(p)))``; ``fast_jpeg_decode`` / ``exif_transpose`` opt
 out. Bad images come back as (index, reason) instead of a tensor, so they are skipped and recorded without
 ending the batch. :func:`extract_features` is the whole engine (paths -> embeddings; predict.py and the
-benchmarks use it), :func:`encode_batches` the batch generator that stylecap.extract's resumable runs and
-stylecap.conceptual's tar shards are built on.
+benchmarks use it), :func:`encode_batches` the batch generator that stylecap.extract.pipeline's resumable runs and
+stylecap.extract.conceptual's tar shards are built on.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The printed metrics table (and the rows the HTML report shares)."""
 from __future__ import annotations
 
-from stylecap.coco_metrics import STANDARD
+from stylecap.eval.coco_metrics import STANDARD
 
 
 def fmt100(v) -> str:

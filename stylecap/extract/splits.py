@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from stylecap import extract
+from stylecap.extract import pipeline as extract
 from stylecap.utils import UserError, setup_logging
 
 SPLITS = ("train", "val", "test")

@@ -10,7 +10,7 @@ PATH) :func:`python_tokenize` replaces PTBTokenizer for BLEU, ROUGE-L and CIDEr 
 scorers), and METEOR/SPICE are skipped with the reason.
 
 Chinese (CJK) text: neither tokenizer segments it, so ``segment`` (default 'auto': detected from
-the text) splits it into characters or jieba words instead (:mod:`stylecap.segmentation`); SPICE,
+the text) splits it into characters or jieba words instead (:mod:`stylecap.eval.segmentation`); SPICE,
 English-only, is then skipped.
 
 SPICE needs Stanford CoreNLP 3.6.0 (``stanford-corenlp-3.6.0.jar`` and
@@ -45,8 +45,8 @@ from typing import Any, Hashable
 import numpy as np
 from loguru import logger
 
-from stylecap.ptb_tokenize import python_tokenize
-from stylecap.segmentation import Segmenter, resolve_segmentation
+from stylecap.eval.ptb_tokenize import python_tokenize
+from stylecap.eval.segmentation import Segmenter, resolve_segmentation
 
 STANDARD = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
@@ -197,7 +197,7 @@ def score_captions(predictions: dict[Hashable, str], references: dict[Hashable, 
     and, for each named list of keys in ``subsets``, the same metrics on that subset (module doc).
     ``metrics`` limits the scorers run (names in ALL_SCORERS; the rest are skipped).
     ``segment``: 'auto' (Chinese -> characters, else none), 'char', 'jieba', 'none' or a
-    Segmenter (see stylecap.segmentation). Segmented text replaces PTBTokenizer; SPICE, which is
+    Segmenter (see stylecap.eval.segmentation). Segmented text replaces PTBTokenizer; SPICE, which is
     English-only, is skipped for Chinese.
     """
     missing = [k for k in predictions if not references.get(k)]
@@ -288,7 +288,7 @@ def score_captions(predictions: dict[Hashable, str], references: dict[Hashable, 
     result["segmentation"] = seg_info
     result["per_image"] = {k: {m: float(v[i]) for m, v in per.items()} for i, k in enumerate(keys)}
     if bleu_scorer is not None:  # n-gram statistics: compare.py's bootstrap recomputes corpus BLEU from them
-        from stylecap.significance import bleu_stats
+        from stylecap.eval.significance import bleu_stats
         for i, k in enumerate(keys):
             result["per_image"][k]["bleu_stats"] = bleu_stats(res[i][0], gts[i])
     result["subsets"] = {}

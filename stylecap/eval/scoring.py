@@ -10,13 +10,13 @@ import numpy as np
 import torch
 from loguru import logger
 
-from stylecap.clipscore import clip_score
-from stylecap.coco_metrics import STANDARD, score_captions
-from stylecap.diversity import diversity, normalise_caption
-from stylecap.eval_inputs import image_paths_for, load_predictions, load_references
-from stylecap.matching import Matching, group_of, match_predictions
-from stylecap.segmentation import Segmenter, resolve_segmentation
-from stylecap.style_metrics import style_measures
+from stylecap.eval.clipscore import clip_score
+from stylecap.eval.coco_metrics import STANDARD, score_captions
+from stylecap.eval.diversity import diversity, normalise_caption
+from stylecap.eval.inputs import image_paths_for, load_predictions, load_references
+from stylecap.eval.matching import Matching, group_of, match_predictions
+from stylecap.eval.segmentation import Segmenter, resolve_segmentation
+from stylecap.eval.style_metrics import style_measures
 from stylecap.utils import UserError, atomic_write_json, code_version
 
 
@@ -73,7 +73,7 @@ def evaluate_predictions(predictions: list[dict], references: list[dict], *,
     """Match, then compute every metric: standard (top level), per_style, per_group, diversity,
     style_fidelity, clip_score, per_image, counts, segmentation and (with train_captions) baseline.
 
-    ``segment`` ('auto', 'char', 'jieba', 'none'; see stylecap.segmentation) is resolved once, from
+    ``segment`` ('auto', 'char', 'jieba', 'none'; see stylecap.eval.segmentation) is resolved once, from
     the predictions and references, and the same segmenter feeds the metrics, the diversity
     measures, the style classifier and the baseline."""
     mt = match_predictions(predictions, references)
@@ -207,7 +207,7 @@ def run_evaluation(predictions, references, output_path, *, train_captions=None,
     atomic_write_json(output_path, metrics)
     logger.info(f"metrics written to {output_path}")
     if report:
-        from stylecap.report import write_report
+        from stylecap.eval.report import write_report
         paths = image_paths_for(image_dir, {r["image_id"] for r in refs}, info["image_files"]) if image_dir else None
         write_report(report, preds, refs, metrics, image_paths=paths, max_images=max_report_images)
         logger.info(f"report written to {report}")

@@ -1,24 +1,24 @@
 """How stylized the captions are, as stylized-captioning papers report it, beside the same measures on
 the human references of the evaluated split (the ceiling):
 
-* ``style_fidelity``: a classifier trained on the styled training captions (stylecap.style_classifier)
+* ``style_fidelity``: a classifier trained on the styled training captions (stylecap.eval.style_classifier)
   predicts each caption's style; top-1/top-5 accuracy against the *requested* style ("cls"), or, for
   a plain model's captions of styled test data, against the test record's style (``against`` says which);
 * ``style_ppl``: perplexity of each caption under an n-gram model of its requested style's training
-  captions (stylecap.style_lm; "ppl", lower is better).
+  captions (stylecap.eval.style_lm; "ppl", lower is better).
 
 Both use the metrics' own tokenization (the segmenter for Chinese), and both write per-caption values
 (``style_top1``, ``style_ppl``) into the per-image records that compare.py bootstraps over.
 """
 from __future__ import annotations
 
-from stylecap.matching import Matching
-from stylecap.segmentation import Segmenter
+from stylecap.eval.matching import Matching
+from stylecap.eval.segmentation import Segmenter
 
 
 def metric_tokenizer(segmenter: Segmenter | None):
     """The tokenization of BLEU/CIDEr as a function caption -> tokens (PTB-equivalent for English)."""
-    from stylecap.ptb_tokenize import python_tokenize
+    from stylecap.eval.ptb_tokenize import python_tokenize
     return (lambda c: segmenter(c).split()) if segmenter is not None else (lambda c: python_tokenize(c).split())
 
 
@@ -37,7 +37,7 @@ def style_measures(mt: Matching, predictions: list[dict], references: list[dict]
     if len({c["style"] for c in train_styled}) < 2:
         skipped["style_fidelity"] = "needs training captions with at least two styles (--train_captions)"
     else:
-        from stylecap.style_classifier import StyleClassifier
+        from stylecap.eval.style_classifier import StyleClassifier
         clf = StyleClassifier(segmenter=segmenter).fit([c["caption"] for c in train_styled],
                                                        [c["style"] for c in train_styled])
         fid = {"generated": clf.accuracy(caps, wanted), "against": against,
@@ -54,7 +54,7 @@ def style_measures(mt: Matching, predictions: list[dict], references: list[dict]
     if not train_styled:
         skipped["style_ppl"] = "needs styled training captions (--train_captions)"
     elif keys:
-        from stylecap.style_lm import StyleLM
+        from stylecap.eval.style_lm import StyleLM
         lm = StyleLM(metric_tokenizer(segmenter)).fit([c["caption"] for c in train_styled],
                                                       [c["style"] for c in train_styled])
         out = lm.perplexity(caps, wanted)

@@ -17,7 +17,7 @@ So the failed downloads are counted from ``_stats.json``, not from the parquet f
 pyarrow for numbers the stats already give).
 
 Why the standard ``tarfile`` rather than the webdataset library: no new dependency for a plain,
-uncompressed tar in a simple layout, and the project's encoder (:func:`stylecap.image_encoder.encode_batches`)
+uncompressed tar in a simple layout, and the project's encoder (:func:`stylecap.extract.image_encoder.encode_batches`)
 is a map-style DataLoader with worker processes, which an index of member offsets fits directly:
 :func:`index_tar` reads only the tar headers (and the small .txt/.json members); the workers then read
 each image's bytes at its offset (:class:`TarImages`), so no shard's images are ever held in memory.
@@ -151,7 +151,7 @@ def index_tar(tar: Path, limit: int | None = None) -> ShardIndex:
 
 class TarImages(Sequence):
     """index[k]'s image bytes, read from the tar at its offset when asked (in a DataLoader worker):
-    a Sequence of bytes for :func:`stylecap.image_encoder.encode_batches` (open_image decodes bytes)."""
+    a Sequence of bytes for :func:`stylecap.extract.image_encoder.encode_batches` (open_image decodes bytes)."""
 
     def __init__(self, tar: Path, offsets: list[int], sizes: list[int]):
         self.tar, self.offsets, self.sizes = str(tar), offsets, sizes

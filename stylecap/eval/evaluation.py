@@ -151,8 +151,8 @@ def quick_caption_metrics(model: StyleCapModel, data: dict, n_images: int, batch
     (no METEOR/SPICE: they start Java and cost seconds). Used at each epoch end to keep ``best``.
     Under torchrun all ranks call it and share the captioning; rank 0 scores and gets the metrics, the
     others get None."""
-    from stylecap.coco_metrics import score_captions
-    from stylecap.matching import match_predictions
+    from stylecap.eval.coco_metrics import score_captions
+    from stylecap.eval.matching import match_predictions
     rank, _ = rank_and_world()
     preds = caption_items_across_ranks(model, data["clip_embedding"], eval_items(data, model, max_images=n_images),
                                        DecodeConfig(), batch_size, progress=rank == 0, with_scores=False)
@@ -171,8 +171,8 @@ def run_eval_mode(args) -> int:
     from models import load_model
     from stylecap.distributed import setup_distributed
     from stylecap.features import load_features
-    from stylecap.scoring import run_evaluation
-    from stylecap.tables import format_table
+    from stylecap.eval.scoring import run_evaluation
+    from stylecap.eval.tables import format_table
     from stylecap.utils import UserError, setup_logging
     if not args.model_path or not args.data_path:
         raise UserError("--mode eval needs --model_path (a checkpoint) and --data_path (a feature file to score)")
@@ -247,8 +247,8 @@ def _tensorboard_eval(out: Path, preds: list[dict], meta: dict, n_images: int = 
     """Metrics as scalars and a few images with their captions, for `tensorboard --logdir`."""
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
-    from stylecap.coco_metrics import STANDARD
-    from stylecap.eval_inputs import image_paths_for
+    from stylecap.eval.coco_metrics import STANDARD
+    from stylecap.eval.inputs import image_paths_for
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     by_image = captions_by_image(preds)
     image_dir = meta.get("image_dir")

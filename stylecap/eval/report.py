@@ -12,9 +12,9 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from stylecap.coco_metrics import STANDARD
-from stylecap.matching import image_stem, match_predictions
-from stylecap.tables import fmt100, segmentation_line, table_rows
+from stylecap.eval.coco_metrics import STANDARD
+from stylecap.eval.matching import image_stem, match_predictions
+from stylecap.eval.tables import fmt100, segmentation_line, table_rows
 from stylecap.utils import atomic_write_text
 
 THUMB_PX = 160

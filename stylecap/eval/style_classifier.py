@@ -5,7 +5,7 @@ of a stylised dataset (PersonalityCaptions: one trait per caption).
 
 * Features: the caption is lower-cased and split into words and single punctuation marks
   (punctuation is KEPT here, unlike the caption metrics: "!" is a strong "Happy" cue); with a
-  ``segmenter`` (Chinese, see stylecap.segmentation) each CJK word is split into characters or
+  ``segmenter`` (Chinese, see stylecap.eval.segmentation) each CJK word is split into characters or
   jieba words exactly as the caption metrics split it (unsegmented, a Chinese sentence would be
   one "word" and the classifier could only recognise whole training sentences);
   unigrams plus bigrams over ``<s> w1 ... wn </s>`` (so "starts with 'oh'" is a feature).
@@ -29,7 +29,7 @@ from collections import Counter
 
 import numpy as np
 
-from stylecap.segmentation import Segmenter
+from stylecap.eval.segmentation import Segmenter
 
 _TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 
