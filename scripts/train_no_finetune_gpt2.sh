@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Transformer mapper with GPT-2 frozen (ClipCap's "Transformer" row): only the mapper trains and only
 # it is saved in checkpoints. ClipCap used K = constant_len = 40 for this setting and a higher lr.
+# Features: as for scripts/train_finetune_gpt2.sh (process_flickr.py).
+# Before training, scripts/check_inputs.py checks every input (packages, features, GPT-2, and for missing
+# features the CLIP weights and dataset files) and prints one list of what is missing, each with its
+# source and command; CHECK_ONLY=1 stops after that check. Dataset sources and layouts: docs/data.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
@@ -8,6 +12,12 @@ TRAIN=${TRAIN:-data/features/flickr30k_train.pkl}
 VAL=${VAL:-data/features/flickr30k_val.pkl}
 GPT2=${GPT2:-pre_model/gpt2}
 OUT=${OUT:-output/flickr30k_transformer_frozen}
+FLICKR=${FLICKR:-data/flickr30k}       # dataset_flickr30k.json + flickr30k-images/ (only to make missing features)
+CLIP=${CLIP:-pre_model/ViT-B-32.pt}    # CLIP weights (only to make missing features)
+
+$PYTHON scripts/check_inputs.py --script "scripts/$(basename "$0")" --python "$PYTHON" --dataset flickr30k \
+    --train "$TRAIN" --val "$VAL" --gpt2 "$GPT2" --clip "$CLIP" --raw "$FLICKR" -- "$@"
+if [ "${CHECK_ONLY:-0}" = 1 ]; then echo "all inputs present (CHECK_ONLY=1: not training)"; exit 0; fi
 
 $PYTHON train.py --data_path "$TRAIN" --val_path "$VAL" --gpt2_path "$GPT2" --output_path "$OUT" \
     --mapping_type transformer --num_layers 8 --prefix_len 40 --constant_len 40 --normalize_prefix \

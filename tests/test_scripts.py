@@ -1,0 +1,155 @@
+"""The training scripts' input check (scripts/check_inputs.py): one list of everything missing, each
+item with its source and command, before anything starts; and the demo's stage timer (scripts/demo.sh)."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts import check_inputs
+from tests.helpers import synthetic_features
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ("train_finetune_gpt2.sh", "train_no_finetune_gpt2.sh", "train_personality.sh")
+
+
+def _env(tmp: Path, **extra: str) -> dict[str, str]:
+    """Every path variable of the three scripts pointed into ``tmp`` (nothing there unless a test puts it)."""
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp / "out"), GPT2=str(tmp / "gpt2"),
+               CLIP=str(tmp / "clip" / "ViT-B-32.pt"), FLICKR=str(tmp / "flickr30k"), PC=str(tmp / "pc"),
+               TRAIN=str(tmp / "feat" / "flickr30k_train.pkl"), VAL=str(tmp / "feat" / "flickr30k_val.pkl"),
+               FEATURES=str(tmp / "feat" / "personality"))
+    env.pop("CHECK_ONLY", None)
+    env.update(extra)
+    return env
+
+
+def _run(script: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts" / script), *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _items(stderr: str) -> list[str]:
+    """The numbered items of the list: ``  3. what: path   [VAR=...]``."""
+    return re.findall(r"^  \d+\. (.*)$", stderr, flags=re.M)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_nothing_present_lists_every_missing_piece_at_once(tmp_path, script):
+    r = _run(script, _env(tmp_path))
+    assert r.returncode == 2, r.stderr
+    items = _items(r.stderr)
+    # features (train, val), the dataset's captions and images, CLIP (they make the features), GPT-2
+    assert len(items) == 6, r.stderr
+    assert f"{script}: 6 inputs missing" in r.stderr
+    personality = script == "train_personality.sh"
+    feat = tmp_path / "feat" / ("personality/train.pkl" if personality else "flickr30k_train.pkl")
+    expected = [str(feat), str(feat).replace("train.pkl", "val.pkl"), str(tmp_path / "clip" / "ViT-B-32.pt"),
+                str(tmp_path / "gpt2"),
+                *([str(tmp_path / "pc" / "personality_captions"), str(tmp_path / "pc" / "yfcc_images")] if personality
+                  else [str(tmp_path / "flickr30k" / "dataset_flickr30k.json"),
+                        str(tmp_path / "flickr30k" / "flickr30k-images")])]
+    for path in expected:
+        assert any(path in item for item in items), (path, r.stderr)
+    # each item says where it comes from; every one that a command can make has it
+    assert r.stderr.count("     from: ") == 6
+    make = "process_personality.py" if personality else "process_flickr.py"
+    assert f"make: {sys.executable} {make}" in r.stderr
+    assert "huggingface-cli download openai-community/gpt2" in r.stderr
+    assert "docs/data.md" in r.stderr
+    # nothing started: no run folder, no train.py message
+    assert not (tmp_path / "out").exists()
+    assert "error:" not in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_everything_present_passes_the_check(tmp_path, small_models, script):
+    """CHECK_ONLY=1 stops right after the check. Raw data and CLIP are not needed once the features exist."""
+    env = _env(tmp_path, CHECK_ONLY="1", GPT2=str(small_models / "small_gpt2"))
+    if script == "train_personality.sh":
+        folder = Path(env["FEATURES"])
+        folder.mkdir(parents=True)
+        synthetic_features(folder / "train.pkl", n_images=8)
+        synthetic_features(folder / "val.pkl", n_images=4, seed=1)
+    else:
+        Path(env["TRAIN"]).parent.mkdir(parents=True)
+        synthetic_features(Path(env["TRAIN"]), n_images=8, styled=False)
+        synthetic_features(Path(env["VAL"]), n_images=4, styled=False, seed=1)
+    r = _run(script, env)
+    assert r.returncode == 0, r.stderr
+    assert "all inputs present (CHECK_ONLY=1: not training)" in r.stdout
+    assert r.stderr == "" and not (tmp_path / "out").exists()
+
+
+def test_only_what_is_missing_is_listed(tmp_path):
+    """Features there, GPT-2 folder without its tokenizer: one item, naming the missing files."""
+    (tmp_path / "feat").mkdir()
+    for name in ("flickr30k_train.pkl", "flickr30k_val.pkl"):
+        synthetic_features(tmp_path / "feat" / name, n_images=4, styled=False)
+    gpt2 = tmp_path / "gpt2"
+    gpt2.mkdir()
+    (gpt2 / "config.json").write_text("{}")
+    (gpt2 / "model.safetensors").write_bytes(b"")
+    r = _run("train_finetune_gpt2.sh", _env(tmp_path))
+    assert r.returncode == 2
+    assert _items(r.stderr) == [f"GPT-2 folder (no vocab.json + merges.txt (or tokenizer.json)): {gpt2}/   "
+                                "[GPT2=... to use another path]"]
+    assert "1 input missing" in r.stderr
+
+
+def test_pass_through_flags_replace_the_scripts_paths(tmp_path, small_models):
+    """`bash scripts/train_finetune_gpt2.sh --data_path X` trains on X: the check looks at X too."""
+    real = synthetic_features(tmp_path / "mine.pkl", n_images=4, styled=False)
+    found = check_inputs.check("flickr30k", str(tmp_path / "absent_train.pkl"), str(real),
+                               str(small_models / "small_gpt2"), train_args=["--data_path", str(real), "--epochs", "1"])
+    assert found == []
+    found = check_inputs.check("flickr30k", str(real), str(real), str(small_models / "small_gpt2"),
+                               train_args=[f"--gpt2_path={tmp_path / 'nowhere'}"])
+    assert [(m.what, m.setting) for m in found] == [("GPT-2 folder", "--gpt2_path")]
+
+
+def test_feature_commands_match_the_extraction_flags(tmp_path):
+    """The printed commands parse with process_flickr.py / process_personality.py's own parsers."""
+    import process_flickr
+    import process_personality
+    flickr = tmp_path / "flickr30k"
+    flickr.mkdir()
+    (flickr / "results_20130124.token").write_text("1.jpg#0\ta dog\n")  # the token file is used when it is there
+    found = check_inputs.check("flickr30k", str(tmp_path / "f_train.pkl"), str(tmp_path / "f_val.pkl"),
+                               str(tmp_path / "gpt2"), clip=str(tmp_path / "c.pt"), raw=str(flickr))
+    cmd = shlex.split(found[0].make)
+    assert cmd[1] == "process_flickr.py" and found[1].make == "(same command)"
+    args = process_flickr.build_parser().parse_args(cmd[2:])
+    assert (args.caption_path, args.output_path) == (str(flickr / "results_20130124.token"), str(tmp_path / "f.pkl"))
+    assert args.clip_model_path == str(tmp_path / "c.pt")
+    assert not any("captions" in m.what for m in found)  # only the images are missing
+    found = check_inputs.check("personality", str(tmp_path / "p" / "train.pkl"), str(tmp_path / "p" / "val.pkl"),
+                               str(tmp_path / "gpt2"), raw=str(tmp_path))
+    cmd = shlex.split(found[0].make)
+    args = process_personality.build_parser().parse_args(cmd[2:])
+    assert (args.data_path, args.image_path, args.output_path) == (
+        str(tmp_path / "personality_captions"), str(tmp_path / "yfcc_images"), str(tmp_path / "p"))
+
+
+def test_missing_packages_come_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(check_inputs, "PACKAGES", ("torch", "no_such_package_for_stylecap"))
+    found = check_inputs.check("flickr30k", str(tmp_path / "a_train.pkl"), str(tmp_path / "a_val.pkl"),
+                               str(tmp_path / "gpt2"), python=".venv/bin/python")
+    assert found[0].what == "Python packages no_such_package_for_stylecap" and found[0].make == "make setup"
+
+
+def test_main_exit_codes(tmp_path, small_models, capsys):
+    real = synthetic_features(tmp_path / "x_train.pkl", n_images=4, styled=False)
+    gpt2 = str(small_models / "small_gpt2")
+    assert check_inputs.main(["--dataset", "flickr30k", "--train", str(real), "--val", str(real),
+                              "--gpt2", gpt2]) == 0
+    assert check_inputs.main(["--dataset", "flickr30k", "--train", str(real), "--val", str(tmp_path / "x_val.pkl"),
+                              "--gpt2", gpt2, "--script", "s.sh", "--raw", str(tmp_path / "f30k"),
+                              "--clip", str(tmp_path / "c.pt"), "--", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("s.sh: 4 inputs missing") and "validation features" in err
