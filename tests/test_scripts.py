@@ -153,3 +153,45 @@ def test_main_exit_codes(tmp_path, small_models, capsys):
                               "--clip", str(tmp_path / "c.pt"), "--", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("s.sh: 4 inputs missing") and "validation features" in err
+
+
+# ----------------------------------------------------------------------------- scripts/stage_timer.sh (make demo)
+def _bash(snippet: str) -> subprocess.CompletedProcess:
+    """Run ``snippet`` in bash -euo pipefail with scripts/stage_timer.sh sourced. SECONDS is set by hand,
+    so the times are exact without sleeping."""
+    return subprocess.run(["bash", "-c", f"set -euo pipefail; source scripts/stage_timer.sh; {snippet}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_stage_timer_prints_each_stage_and_the_total():
+    r = _bash('stage "1/3 small models (pre_model/small_*) and data"; echo work; SECONDS=84; '
+              'stage "2/3 train: MLP + GPT-2 tuning"; SECONDS=209; stage_end; echo "== 3/3 done"; stages_done')
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:3] == ["== 1/3 small models (pre_model/small_*) and data", "work", "== 1/3 small models (took 84 s)"]
+    assert lines[3:6] == ["== 2/3 train: MLP + GPT-2 tuning", "== 2/3 train (took 125 s)", "== 3/3 done"]
+    assert lines[6] == "== total 209 s (3 min 29 s): 1/3 small models 84 s, 2/3 train 125 s"
+    assert re.fullmatch(r"   on \d+ CPUs, load average [\d.?]+ at the start .*", lines[7])
+
+
+def test_stage_timer_names_the_stage_that_failed():
+    r = _bash('stage "1/2 features"; SECONDS=7; stage "2/2 train: x"; SECONDS=12; false; echo never')
+    assert r.returncode == 1 and "never" not in r.stdout
+    assert r.stderr.strip() == "== failed in 2/2 train after 5 s (exit code 1; total 12 s)"
+
+
+def test_stage_timer_without_stages():
+    r = _bash("stages_done")
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "== total 0 s"
+
+
+def test_demo_script_times_every_stage():
+    """make demo is too slow for the suite: check its syntax and that each stage goes through the timer."""
+    text = (ROOT / "scripts/demo.sh").read_text(encoding="utf-8")
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts/demo.sh")]).returncode == 0
+    assert "source scripts/stage_timer.sh" in text
+    for n in range(1, 6):
+        assert len(re.findall(rf'^stage "{n}/6 ', text, flags=re.M)) == 1, n
+    assert not re.search(r'^echo "== [1-5]/6', text, flags=re.M)
+    assert text.count("stages_done") == 2  # after the features (`demo.sh features`) and at the very end
+    assert text.rstrip().endswith("stages_done")
