@@ -108,7 +108,7 @@ def flickr_raw(root: str) -> tuple[list[Missing], str, str]:
                                f"-d {_q(base)}"))
     if not images.is_dir():
         missing.append(Missing("Flickr30k images (needed to make the features)", f"{images}/", "FLICKR",
-                               "31,783 JPEGs, about 4 GB, after the request form on the Flickr30k page "
+                               "31,783 JPEGs, after the request form on the Flickr30k page "
                                f"(University of Illinois); unpack them into this folder ({DATA_DOC}#flickr30k)"))
     return missing, str(captions), str(images)
 

@@ -195,3 +195,64 @@ def test_demo_script_times_every_stage():
     assert not re.search(r'^echo "== [1-5]/6', text, flags=re.M)
     assert text.count("stages_done") == 2  # after the features (`demo.sh features`) and at the very end
     assert text.rstrip().endswith("stages_done")
+
+
+# ----------------------------------------------------------------------------- docs/data.md
+DATA_MD = ROOT / "docs" / "data.md"
+
+
+def _code(text: str) -> str:
+    """The page's indented code blocks, with backslash continuations joined."""
+    return "\n".join(line[4:] for line in text.splitlines() if line.startswith("    ")).replace("\\\n", " ")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_data_page_commands_use_the_real_flags():
+    """Every process_*.py command on the page parses with that script's own parser (the flags of --help)."""
+    import importlib
+    found = []
+    for line in _code(DATA_MD.read_text(encoding="utf-8")).splitlines():
+        for m in re.finditer(r"python (process_\w+)\.py([^;#\n]*)", line):
+            argv = shlex.split(m.group(2).replace("$s", "train"))
+            importlib.import_module(m.group(1)).build_parser().parse_args(argv)  # SystemExit on a bad flag
+            found.append(m.group(1))
+    assert sorted(set(found)) == ["process_conceptual", "process_flickr", "process_personality", "process_stylized"]
+    assert len(found) == 7  # Flickr30k, Flickr30k-CN, PersonalityCaptions, COCO, FlickrStyle10K, SentiCap, CC3M
+
+
+def test_data_page_sections_and_links():
+    text = DATA_MD.read_text(encoding="utf-8")
+    anchors = {_anchor(h) for h in re.findall(r"^## (.+)$", text, flags=re.M)}
+    for name in ("flickr30k", "flickr30k-cn", "personalitycaptions", "coco", "flickrstyle10k", "senticap",
+                 "conceptual-captions"):
+        assert name in anchors
+    assert set(re.findall(r"\]\(#([\w-]+)\)", text)) <= anchors
+    # the anchors the training scripts' check prints
+    assert set(re.findall(r"data\.md#([\w-]+)", (ROOT / "scripts/check_inputs.py").read_text())) <= anchors
+    for link in re.findall(r"\]\((?!http|#)([^)#]+)", text):
+        assert (DATA_MD.parent / link).exists(), link
+    assert "(docs/data.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_data_page_flickr30k_cn_conversion(tmp_path):
+    """The page's Flickr30k-CN snippet, run as printed on release-style files, gives what the cn reader reads."""
+    from stylecap.extract.caption_sources import read_flickr
+    code = _code(DATA_MD.read_text(encoding="utf-8"))
+    snippet = code.split("python - <<'EOF'\n", 1)[1].split("\nEOF", 1)[0]
+    d = tmp_path / "data" / "flickr30k_cn"
+    d.mkdir(parents=True)
+    (d / "flickr_caption-train.txt").write_text("1000092795#zhm#0 两个 年轻人 在 院子 里\n1000092795#zhm#1 朋友\n"
+                                                "10002456#zhm#0 工人 往下 看\n", encoding="utf-8")
+    (d / "flickr_caption-val.txt").write_text("1001#zhm#0 一只 狗\n", encoding="utf-8")
+    (d / "flickr_caption-test.txt").write_text("1002#zhm#0 一个:0.9 孩子:0.8\n\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    train = read_flickr(d / "train.txt", "cn")
+    assert [(c["image_id"], c["caption"]) for c in train.captions] == [
+        ("1000092795", "两个年轻人在院子里"), ("1000092795", "朋友"), ("10002456", "工人往下看")]
+    assert train.image_files["1000092795"] == "1000092795.jpg" and not train.malformed
+    assert [c["caption"] for c in read_flickr(d / "test.txt", "cn").captions] == ["一个孩子"]
