@@ -3,7 +3,8 @@
 scripts/train_finetune_gpt2.sh, train_no_finetune_gpt2.sh and train_personality.sh call this first, so
 a fresh clone learns everything it lacks at once (Python packages, feature files, GPT-2, and for
 missing features the CLIP weights and the dataset files that make them), each with where to get it and
-the command that makes it, instead of one error per attempt. Exit 0 when everything is there, else 2
+the command that makes it, instead of one error per attempt. A run folder that already has checkpoints
+(train.py needs --resume then) is listed too. Exit 0 when everything is there, else 2
 with the list on stderr. Only the standard library is used: the answer comes before torch loads.
 
     python scripts/check_inputs.py --dataset flickr30k --train data/features/flickr30k_train.pkl \\
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -148,13 +150,25 @@ def extraction(dataset: str, feature: Path, raw: str, clip: str, python: str) ->
     return cmd, note, missing
 
 
+def finished_run(out: str, setting: str, script: str) -> list[Missing]:
+    """train.py refuses a run folder that has checkpoints unless --resume is given: say so now, not later."""
+    folder = Path(out) / "checkpoints"
+    if not (folder.is_dir() and any(re.search(r"(step|epoch)_\d+\.pt$|^last\.pt$", p.name) for p in folder.iterdir())):
+        return []
+    return [Missing("run folder that already has checkpoints (train.py would stop)", f"{out}/", setting,
+                    "an earlier run of this script: continue it, or train into a new folder",
+                    f"bash {script} --resume auto   (or {setting}=<a new folder>)")]
+
+
 def check(dataset: str, train: str, val: str, gpt2: str, clip: str = CLIP_DEFAULT, raw: str | None = None,
           python: str = "python", train_args: list[str] | None = None,
-          feature_vars: tuple[str, str] = ("TRAIN", "VAL")) -> list[Missing]:
-    """Everything missing, in the order to fix it: packages, features (+ what makes them), GPT-2."""
+          feature_vars: tuple[str, str] = ("TRAIN", "VAL"), out: str | None = None,
+          script: str = "this script") -> list[Missing]:
+    """Everything missing, in the order to fix it: packages, features (+ what makes them), GPT-2, then
+    a run folder ``out`` that would need --resume."""
     raw = raw or ("data/flickr30k" if dataset == "flickr30k" else "data")
     over = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in ("--data_path", "--val_path", "--gpt2_path"):
+    for flag in ("--data_path", "--val_path", "--gpt2_path", "--output_path", "--resume"):
         over.add_argument(flag)
     passed, _ = over.parse_known_args(train_args or [])
     # train.py takes the last value of a flag, so a pass-through --data_path wins over the script's.
@@ -177,6 +191,8 @@ def check(dataset: str, train: str, val: str, gpt2: str, clip: str = CLIP_DEFAUL
         needs += [m for m in lacking + missing_clip(clip) if m.path not in {n.path for n in needs}]
     found += needs
     found += missing_gpt2(passed.gpt2_path or gpt2, "--gpt2_path" if passed.gpt2_path else "GPT2")
+    if (out or passed.output_path) and passed.resume is None:
+        found += finished_run(passed.output_path or out, "--output_path" if passed.output_path else "OUT", script)
     return found
 
 
@@ -206,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default data/flickr30k); personality -> personality_captions/ + yfcc_images/ (default data)")
     p.add_argument("--feature_vars", default="TRAIN,VAL",
                    help="the script's variable names for --train,--val, shown in the list (default: TRAIN,VAL)")
+    p.add_argument("--out", default=None, help="the run folder (the script's $OUT): checked for checkpoints")
     p.add_argument("--python", default="python", help="the interpreter shown in the commands (the script's $PYTHON)")
     p.add_argument("--script", default="this script", help="the calling script's name, for the message")
     return p
@@ -217,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv[:cut])
     train_var, _, val_var = args.feature_vars.partition(",")
     missing = check(args.dataset, args.train, args.val, args.gpt2, args.clip, args.raw, args.python,
-                    argv[cut + 1:], (train_var, val_var or train_var))
+                    argv[cut + 1:], (train_var, val_var or train_var), args.out, args.script)
     if missing:
         print(report(missing, args.script), file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ FLICKR=${FLICKR:-data/flickr30k}       # dataset_flickr30k.json + flickr30k-imag
 CLIP=${CLIP:-pre_model/ViT-B-32.pt}    # CLIP weights (only to make missing features)
 
 $PYTHON scripts/check_inputs.py --script "scripts/$(basename "$0")" --python "$PYTHON" --dataset flickr30k \
-    --train "$TRAIN" --val "$VAL" --gpt2 "$GPT2" --clip "$CLIP" --raw "$FLICKR" -- "$@"
+    --train "$TRAIN" --val "$VAL" --gpt2 "$GPT2" --out "$OUT" --clip "$CLIP" --raw "$FLICKR" -- "$@"
 if [ "${CHECK_ONLY:-0}" = 1 ]; then echo "all inputs present (CHECK_ONLY=1: not training)"; exit 0; fi
 
 $PYTHON train.py --data_path "$TRAIN" --val_path "$VAL" --gpt2_path "$GPT2" --output_path "$OUT" \

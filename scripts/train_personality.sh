@@ -17,7 +17,7 @@ PC=${PC:-data}                        # personality_captions/ + yfcc_images/ (on
 CLIP=${CLIP:-pre_model/ViT-B-32.pt}   # CLIP weights (only to make missing features)
 
 $PYTHON scripts/check_inputs.py --script "scripts/$(basename "$0")" --python "$PYTHON" --dataset personality \
-    --train "$FEATURES/train.pkl" --val "$FEATURES/val.pkl" --gpt2 "$GPT2" --clip "$CLIP" --raw "$PC" \
+    --train "$FEATURES/train.pkl" --val "$FEATURES/val.pkl" --gpt2 "$GPT2" --out "$OUT" --clip "$CLIP" --raw "$PC" \
     --feature_vars FEATURES,FEATURES -- "$@"
 if [ "${CHECK_ONLY:-0}" = 1 ]; then echo "all inputs present (CHECK_ONLY=1: not training)"; exit 0; fi
 

@@ -256,3 +256,20 @@ def test_data_page_flickr30k_cn_conversion(tmp_path):
         ("1000092795", "两个年轻人在院子里"), ("1000092795", "朋友"), ("10002456", "工人往下看")]
     assert train.image_files["1000092795"] == "1000092795.jpg" and not train.malformed
     assert [c["caption"] for c in read_flickr(d / "test.txt", "cn").captions] == ["一个孩子"]
+
+
+def test_a_run_folder_with_checkpoints_needs_resume(tmp_path, small_models):
+    """train.py stops on a run folder with checkpoints unless --resume is given: the check says so first."""
+    env = _env(tmp_path, GPT2=str(small_models / "small_gpt2"))
+    Path(env["TRAIN"]).parent.mkdir(parents=True)
+    synthetic_features(Path(env["TRAIN"]), n_images=4, styled=False)
+    synthetic_features(Path(env["VAL"]), n_images=4, styled=False)
+    (tmp_path / "out" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "out" / "checkpoints" / "epoch_1.pt").write_bytes(b"")  # only its name is looked at
+    r = _run("train_finetune_gpt2.sh", env)
+    assert r.returncode == 2
+    assert _items(r.stderr) == [f"run folder that already has checkpoints (train.py would stop): {tmp_path / 'out'}/   "
+                                "[OUT=... to use another path]"]
+    assert "make: bash scripts/train_finetune_gpt2.sh --resume auto" in r.stderr
+    r = _run("train_finetune_gpt2.sh", dict(env, CHECK_ONLY="1"), "--resume", "auto")
+    assert r.returncode == 0, r.stderr
