@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import textwrap
-import time
 from pathlib import Path
 
 from loguru import logger
