@@ -3,7 +3,7 @@ r"""StyleCap web demo: upload photos, pick personalities, read the captions in t
     python app.py --model_path output/demo_personality/checkpoints/best.pt --clip_model_path pre_model/small_clip.pt
     python app.py --model_path output/<run>/checkpoints/best.pt --host 0.0.0.0 --port 7860
 
-The model and CLIP load once; each request runs predict.py's own code (stylecap.eval.captioning.caption_images:
+The model and CLIP load once; each request runs the code predict.py runs (stylecap.eval.captioning.caption_images:
 CLIP preprocessing, encoding, batched decoding), so the page gives the captions predict.py gives. The page is
 served whole from this machine: no CDN, no analytics, no update check, system fonts only.
 Needs the packages of requirements-app.txt (`make app` installs them).

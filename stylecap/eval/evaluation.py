@@ -40,8 +40,8 @@ def add_eval_mode_args(p: argparse.ArgumentParser, run_flags: bool = False) -> a
     that train.py defines for training as well (--data_path, --gpt2_path, --device, --seed, --bs_eval,
     --ddp_timeout), with train.py's defaults, so that both scripts run the same evaluation."""
     from stylecap.eval.segmentation import SEGMENT_CHOICES
-    g = p.add_argument_group("eval mode", "caption --data_path with --model_path, then score it; --train_captions, "
-                             "--clip_model_path, --no_java and --segment also serve evaluate.py --predictions")
+    g = p.add_argument_group("eval mode", "caption --data_path with --model_path, then score it (--train_captions,\n"
+                             "--clip_model_path, --no_java and --segment also serve evaluate.py --predictions)")
     a = g.add_argument
     a("--model_path", help="eval mode: checkpoint to evaluate (a StyleCap checkpoint or a ClipCap state dict)")
     if run_flags:
