@@ -3,8 +3,8 @@ r"""StyleCap web demo: upload photos, pick personalities, read the captions in t
     python app.py --model_path output/demo_personality/checkpoints/best.pt --clip_model_path pre_model/small_clip.pt
     python app.py --model_path output/<run>/checkpoints/best.pt --host 0.0.0.0 --port 7860
 
-The model and CLIP load once; each request runs predict.py's own code (predict.caption_images: CLIP
-preprocessing, encoding, batched decoding), so the page gives the captions predict.py gives. The page is
+The model and CLIP load once; each request runs the code predict.py runs (stylecap.eval.captioning.caption_images:
+CLIP preprocessing, encoding, batched decoding), so the page gives the captions predict.py gives. The page is
 served whole from this machine: no CDN, no analytics, no update check, system fonts only.
 Needs the packages of requirements-app.txt (`make app` installs them).
 """
@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 # Offline by construction, set before gradio / huggingface_hub are imported: no telemetry, no
@@ -32,8 +33,10 @@ from loguru import logger
 
 from models import load_model
 from models.decoding import DecodeConfig
-from predict import IMAGE_SUFFIXES, caption_images, load_clip_for
+from stylecap.clip_utils import DEFAULT_CLIP
+from stylecap.eval.captioning import caption_images, image_files, load_clip_for, resolve_styles
 from stylecap.eval.evaluation import write_predictions
+from stylecap.extract.image_encoder import extract_features
 from stylecap.utils import UserError, resolve_device, run_main, setup_logging
 
 DEFAULT_EXAMPLES = "data/demo/personality/yfcc_images"  # made by `make demo`
@@ -44,7 +47,8 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--model_path", required=True, help="StyleCap checkpoint (e.g. output/<run>/checkpoints/best.pt) or ClipCap weights")
-    a("--clip_model_path", default="pre_model/ViT-B-32.pt", help="CLIP model used to encode the images")
+    a("--clip_model_path", help=f"CLIP model used to encode the images (default: the one the checkpoint names, "
+      f"else {DEFAULT_CLIP})")
     a("--gpt2_path", help="GPT-2 folder: needed for ClipCap weights, or if a frozen GPT-2 moved")
     a("--allow_clip_mismatch", action="store_true", help="serve even when --clip_model_path is not the CLIP "
       "the model was trained with (checked by sha256)")
@@ -54,8 +58,9 @@ def get_parser() -> argparse.ArgumentParser:
     a("--examples", default=DEFAULT_EXAMPLES, help="folder whose first --n_examples images are offered as examples")
     a("--n_examples", type=int, default=4, help="example images shown under the upload box")
     a("--max_images", type=int, default=16, help="most images captioned per request")
-    a("--batch_size", type=int, default=1024,
-      help="images x styles decoded per batched call; a request within it is decoded in one call")
+    a("--bs_eval", "--batch_size", dest="bs_eval", type=int, default=1024,
+      help="images x styles decoded per batched call; a request within it is decoded in one call "
+      "(--batch_size: the older name)")
     a("--max_file_size", default="25mb", help="largest upload accepted (gradio size string)")
     return p
 
@@ -103,8 +108,9 @@ class Demo:
         torch.manual_seed(int(seed or 0))  # sampling is reproducible for a given seed, as predict.py --seed
         names = unique_names(paths)
         t0 = time.perf_counter()
-        preds, ok, bad = caption_images(self.model, self.clip_model, self.preprocess, paths, chosen, dc,
-                                        self.batch_size, self.device, num_workers=0, names=names)
+        encode = partial(extract_features, model=self.clip_model, preprocess=self.preprocess,
+                         batch_size=self.batch_size, num_workers=0, device=self.device)
+        preds, ok, bad = caption_images(self.model, encode, paths, chosen, dc, self.batch_size, names=names)
         seconds = time.perf_counter() - t0
         skipped = [f"skipped {names[i]}: {page_reason(reason)}" for i, reason in bad]
         if not ok:
@@ -120,16 +126,12 @@ class Demo:
         return status, results_html(preds, {names[i]: paths[i] for i in ok}), str(jsonl)
 
     def chosen_styles(self, styles: list[str] | None, all_styles: bool) -> list[str | None]:
-        if not self.styles:
-            return [None]  # a plain model: one caption set per image
-        if all_styles:
-            return self.styles
         chosen = [styles] if isinstance(styles, str) else list(styles or [])
-        if not chosen:
+        # a plain model: [None], one caption set per image; an unknown style: UserError naming the closest
+        resolved = resolve_styles(self.model, chosen, all_styles)
+        if not resolved:
             raise UserError("choose at least one style (type in the box to search), or tick 'all styles'")
-        for s in chosen:
-            self.model.style_id(s)  # unknown style: UserError naming the closest valid ones
-        return chosen
+        return resolved
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -189,7 +191,7 @@ def results_html(preds: list[dict], sources: dict[str, Path]) -> str:
 def example_images(folder: str | None, n: int) -> list[str]:
     if not folder or not Path(folder).is_dir():
         return []
-    return [str(p) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES][:n]
+    return [str(p) for p in image_files(folder)][:n]
 
 
 CSS = """
@@ -264,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model_path, args.gpt2_path, device)  # in eval mode
     clip_model, preprocess = load_clip_for(model, args.clip_model_path, device, args.model_path,
                                            args.allow_clip_mismatch)
-    demo = Demo(model, clip_model, preprocess, device, args.batch_size, args.max_images)
+    demo = Demo(model, clip_model, preprocess, device, args.bs_eval, args.max_images)
     page = build_ui(demo, example_images(args.examples, args.n_examples))
     page.queue(default_concurrency_limit=1)
     _, url, _ = page.launch(server_name=args.host, server_port=args.port, share=False, show_error=True,

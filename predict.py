@@ -9,21 +9,22 @@ Writes caption_generate.txt (image<TAB>caption) and predictions.jsonl to --outpu
 from __future__ import annotations
 
 import argparse
-import glob
+from functools import partial
 from pathlib import Path
 
 import torch
 from loguru import logger
 
 from models import load_model
-from models.decoding import DecodeConfig
+from stylecap.clip_utils import DEFAULT_CLIP
 from stylecap.clip_check import check_clip
+from stylecap.eval.captioning import (caption_images, caption_items, eval_items, list_images, load_clip_for,
+                                      resolve_styles)
+from stylecap.eval.evaluation import (add_decode_args, captioned_image, captions_by_image, decode_config, log_preview,
+                                      write_predictions)
+from stylecap.extract.image_encoder import extract_features
 from stylecap.features import clip_record
-from stylecap.eval.evaluation import (add_decode_args, caption_items, captioned_image, captions_by_image, decode_config,
-                                 eval_items, log_preview, write_predictions)
 from stylecap.utils import UserError, resolve_device, run_main, setup_logging
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -32,14 +33,16 @@ def get_parser() -> argparse.ArgumentParser:
     a("--model_path", required=True, help="StyleCap checkpoint (e.g. output/<run>/checkpoints/best.pt) or ClipCap weights")
     a("--image_path", help="an image file, a folder of images, or a glob such as 'photos/*.jpg'")
     a("--features", help="caption every image of a feature file (from process_*.py) instead of image files")
-    a("--clip_model_path", default="pre_model/ViT-B-32.pt", help="CLIP model used to encode --image_path")
+    a("--clip_model_path", help=f"CLIP model used to encode --image_path (default: the one the checkpoint names, "
+      f"else {DEFAULT_CLIP})")
     a("--allow_clip_mismatch", action="store_true", help="caption even when --clip_model_path (or the CLIP named "
       "by --features) is not the CLIP the model was trained with (checked by sha256 and normalisation)")
     a("--gpt2_path", help="GPT-2 folder: needed for ClipCap weights, or if a frozen GPT-2 moved")
     a("--style", help="a style name (exact trait string), or 'all' for every style of the model")
     a("--style_file", help="a file with one style per line")
     add_decode_args(p)
-    a("--batch_size", type=int, default=32, help="images encoded and captioned per batch")
+    a("--bs_eval", "--batch_size", dest="bs_eval", type=int, default=32,
+      help="images encoded and captioned per batch (--batch_size: the older name)")
     a("--num_workers", type=int, default=2, help="image decoding workers")
     a("--output_path", default="output/predict", help="folder for caption_generate.txt and predictions.jsonl")
     a("--save_images", action="store_true", help="also save copies of the images with their captions drawn under them")
@@ -48,71 +51,21 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def list_images(spec: str) -> list[Path]:
-    p = Path(spec)
-    if p.is_dir():
-        paths = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-    elif p.is_file():
-        paths = [p]
-    else:
-        paths = sorted(Path(q) for q in glob.glob(spec))
-    if not paths:
-        raise UserError(f"--image_path {spec}: no images found (give a file, a folder or a glob like 'dir/*.jpg')")
-    return paths
-
-
-def requested_styles(args, model) -> list[str | None] | None:
+def requested_styles(args: argparse.Namespace, model) -> list[str | None] | None:
     """None = each image's own style (feature files); a list = these styles for every image."""
-    names = model.cfg.styles
     if model.cfg.style_mode == "none":
         if args.style or args.style_file:
             logger.warning("this model is not styled: --style is ignored")
         return [None]
     if args.style == "all":
-        return list(names)
-    wanted = []
-    if args.style:
-        wanted.append(args.style)
+        return resolve_styles(model, [], all_styles=True)
+    wanted = [args.style] if args.style else []
     if args.style_file:
         wanted += [ln.strip() for ln in Path(args.style_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    for s in wanted:
-        model.style_id(s)  # unknown style: UserError with the closest valid names
     if not wanted and not args.features:
-        raise UserError(f"this model is styled: pass --style NAME (e.g. --style {names[0]!r}), --style all, "
-                        "or --style_file FILE")
-    return wanted or None
-
-
-def load_clip_for(model, clip_model_path: str, device: torch.device, model_path: str | Path,
-                  allow_mismatch: bool = False):
-    """(clip_model, preprocess) for encoding images for ``model``. A CLIP of the wrong width, or another
-    CLIP than the one the checkpoint ``model_path`` was trained with (by sha256), is a UserError
-    unless ``allow_mismatch``."""
-    from stylecap.clip_utils import load_clip
-    clip_model, preprocess, info = load_clip(clip_model_path, device)
-    if info["dim"] != model.cfg.clip_size:
-        raise UserError(f"{clip_model_path} gives {info['dim']}-d features but the model expects "
-                        f"{model.cfg.clip_size}-d; pass the CLIP model it was trained with")
-    check_clip(model_path, clip_record(info), "--clip_model_path is", allow_mismatch)
-    return clip_model, preprocess
-
-
-def caption_images(model, clip_model, preprocess, paths: list[Path], styles: list[str | None], dc: DecodeConfig,
-                   batch_size: int = 32, device: torch.device | str = "cpu", num_workers: int = 0,
-                   names: list[str] | None = None, progress: bool = False
-                   ) -> tuple[list[dict], list[int], list[tuple[int, str]]]:
-    """Encode image files with CLIP and caption each readable one in every style of ``styles``.
-
-    Returns (predictions as caption_items gives them, indices of the readable paths, [(index, reason)] for
-    the unreadable ones). Images are named ``names[i]`` (default: the file name). Shared by predict.py and app.py.
-    """
-    from stylecap.extract.image_encoder import extract_features
-    names = names or [Path(p).name for p in paths]
-    features, ok, bad = extract_features([str(p) for p in paths], clip_model, preprocess, batch_size=batch_size,
-                                         num_workers=num_workers, device=device)  # (n_ok, D)
-    items = [(names[i], row, s) for row, i in enumerate(ok) for s in styles]
-    preds = caption_items(model, features, items, dc, batch_size, progress=progress) if items else []
-    return preds, ok, bad
+        raise UserError(f"this model is styled: pass --style NAME (e.g. --style {model.cfg.styles[0]!r}), "
+                        "--style all, or --style_file FILE")
+    return resolve_styles(model, wanted) or None  # unknown style: UserError with the closest valid names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,17 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.features:
         from stylecap.features import load_features
         data = load_features(args.features)
-        check_clip(args.model_path, clip_record(data["meta"]), f"--features {args.features} holds",
+        check_clip(model.cfg, args.model_path, clip_record(data["meta"]), f"--features {args.features} holds",
                    args.allow_clip_mismatch, noun=" features")
         items = eval_items(data, model, None if styles in (None, [None]) else styles)
-        preds = caption_items(model, data["clip_embedding"], items, dc, args.batch_size, progress=True)
+        preds = caption_items(model, data["clip_embedding"], items, dc, args.bs_eval, progress=True)
         sources = {}
     else:
         paths = list_images(args.image_path)
         clip_model, preprocess = load_clip_for(model, args.clip_model_path, device, args.model_path,
                                                args.allow_clip_mismatch)
-        preds, ok, bad = caption_images(model, clip_model, preprocess, paths, styles, dc, args.batch_size, device,
-                                        num_workers=args.num_workers, progress=True)
+        encode = partial(extract_features, model=clip_model, preprocess=preprocess, batch_size=args.bs_eval,
+                         num_workers=args.num_workers, device=device)
+        preds, ok, bad = caption_images(model, encode, paths, styles, dc, args.bs_eval, progress=True)
         for i, reason in bad:
             logger.warning(f"skipped {paths[i]}: {reason}")
         if not ok:

@@ -25,7 +25,7 @@ from models.decoding import DecodeConfig, generate_captions
 from stylecap.train.data import (CaptionDataset, SkipSampler, collate, drop_unknown_styles, encode_data, split_by_image,
                            style_vocabulary)
 from stylecap.distributed import batch_share, from_rank0, setup_distributed
-from stylecap.eval.evaluation import add_decode_args
+from stylecap.eval.evaluation import add_eval_mode_args
 from stylecap.train.engine import (CheckpointManager, GracefulStop, TrainState, all_rng_states, evaluate_loss,
                              set_rng_state, train_one_epoch)
 from stylecap.features import FeatureStore, clip_record, load_features
@@ -43,7 +43,6 @@ def get_parser() -> argparse.ArgumentParser:
     a("--gpt2_path", help="Hugging Face GPT-2 folder (weights, config, tokenizer); default pre_model/gpt2. "
       "Eval mode: only for ClipCap weights or a frozen GPT-2 that moved")
     a("--output_path", help="run folder (default output/<data>-<mapper>-<tuned|frozen>-<style_mode>)")
-    a("--model_path", help="eval mode: checkpoint to evaluate (a StyleCap checkpoint or a ClipCap state dict)")
     # model
     a("--mapping_type", choices=["mlp", "transformer"], default="mlp", help="mapper: ClipCap MLP or Transformer")
     a("--prefix_len", type=int, default=10, help="K, the number of prefix embeddings")
@@ -62,7 +61,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--weight_decay", type=float, default=0.0, help="AdamW weight decay (ClipCap's: 0.0)")
     a("--epochs", type=int, default=10, help="training epochs")
     a("--bs_train", type=int, default=40, help="batch size per process")
-    a("--bs_eval", type=int, default=64, help="batch size for validation loss and decoding")
+    a("--bs_eval", type=int, default=64, help="batch size for validation loss and decoding (the decode batch "
+      "size of predict.py, app.py and evaluate.py has this name too)")
     a("--grad_accum", type=int, default=1, help="batches accumulated per optimizer step")
     a("--warmup_steps", type=int, default=5000, help="linear warm-up steps, then linear decay to 0")
     a("--max_grad_norm", type=float, default=1.0, help="gradient clipping norm (0 = off)")
@@ -82,17 +82,7 @@ def get_parser() -> argparse.ArgumentParser:
     a("--num_samples", type=int, default=4, help="sample captions generated and logged at each validation")
     a("--eval_subset", type=int, default=200, help="val images captioned and scored at each epoch end (0 = off)")
     a("--resume", help="checkpoint path, or 'auto' for the newest checkpoint in the run folder")
-    g = p.add_argument_group("eval mode")
-    g.add_argument("--train_captions", help="training captions (feature file or json) for style fidelity, copy rate "
-                   "and the baseline; default: the data the checkpoint was trained on")
-    g.add_argument("--clip_model_path", help="CLIP model for CLIPScore; default: the one named in the features' meta")
-    g.add_argument("--no_java", action="store_true", help="score without Java (METEOR and SPICE skipped)")
-    from stylecap.eval.segmentation import SEGMENT_CHOICES
-    g.add_argument("--segment", choices=SEGMENT_CHOICES, default="auto",
-                   help="tokens of Chinese captions for the metrics (as evaluate.py --segment): auto (Chinese -> char)")
-    g.add_argument("--allow_clip_mismatch", action="store_true", help="evaluate even when --data_path's features "
-                   "are not of the CLIP the model was trained with (checked by sha256 and normalisation)")
-    add_decode_args(g, with_max_len=False)
+    add_eval_mode_args(p)  # --model_path and the scoring and decoding flags, as evaluate.py --model_path
     return p
 
 

@@ -11,7 +11,7 @@ import hashlib
 import pickle
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -52,6 +52,10 @@ class ModelConfig:
     finetune_gpt2: bool = True         # False: GPT-2 frozen, not saved in checkpoints
     max_len: int = 64                  # caption tokens (END excluded) kept in training; decode limit
     legacy_clipcap: bool = False       # imported ClipCap model: no END token, stop at '.', <= 67 tokens
+    # The CLIP of the training features (stylecap.features.clip_record: clip_model, clip_sha256, normalized),
+    # beside clip_size: predict.py and eval mode refuse features or images of another CLIP. {}: the features
+    # named no CLIP; None: no record (ClipCap weights, checkpoints saved before checkpoints had it).
+    clip: dict | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -211,8 +215,15 @@ def tokenizer_files(gpt2_path: str | Path) -> dict[str, str]:
 
 
 def checkpoint_payload(model: StyleCapModel, **extra: Any) -> dict:
-    """Model part of a checkpoint: config, weights, GPT-2 reference; ``extra`` adds training state."""
+    """Model part of a checkpoint: config, weights, GPT-2 reference; ``extra`` adds training state.
+    ``clip=record`` (a clip_record, or None when the features named none) sets the config's CLIP record.
+    The record is also written under the top-level "clip" key that checkpoints had before ModelConfig.clip,
+    so that older StyleCap code still finds it."""
     cfg = model.cfg
+    if "clip" in extra:
+        cfg = replace(cfg, clip=extra.pop("clip") or {})
+    if cfg.clip is not None:
+        extra["clip"] = cfg.clip or None  # {} (features naming no CLIP) was stored as None
     return {
         "format": CHECKPOINT_FORMAT,
         "config": asdict(cfg),
@@ -224,8 +235,17 @@ def checkpoint_payload(model: StyleCapModel, **extra: Any) -> dict:
     }
 
 
-def model_from_checkpoint(ckpt: dict, gpt2_path: str | None = None) -> StyleCapModel:
+def config_of(ckpt: dict) -> ModelConfig:
+    """A StyleCap checkpoint's ModelConfig. Checkpoints saved before ModelConfig.clip carry the CLIP record
+    as the top-level "clip" key (None: the features named no CLIP), or, older still, none at all."""
     cfg = ModelConfig.from_dict(ckpt["config"])
+    if "clip" not in ckpt["config"] and "clip" in ckpt:
+        cfg.clip = ckpt["clip"] or {}
+    return cfg
+
+
+def model_from_checkpoint(ckpt: dict, gpt2_path: str | None = None) -> StyleCapModel:
+    cfg = config_of(ckpt)
     if gpt2_path:
         cfg.gpt2_path = str(gpt2_path)
     state = ckpt["model"]
@@ -309,13 +329,24 @@ def load_checkpoint_file(path: str | Path, mmap: bool = False) -> Any:
         raise UserError(f"{path} is not a loadable checkpoint ({reason}); was it fully written?") from None
 
 
-def load_model(path: str | Path, gpt2_path: str | None = None, device: str | torch.device = "cpu") -> StyleCapModel:
-    """A StyleCap checkpoint (rebuilt from itself alone) or a ClipCap state dict (needs ``gpt2_path``)."""
+def read_checkpoint(path: str | Path) -> Any:
+    """The checkpoint file's contents (a StyleCap payload or a ClipCap state dict), read once:
+    :func:`model_from_file` builds the model from it, and callers read the training settings from it too."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file {path} not found; train one with train.py (checkpoints are in the run "
                         "folder, e.g. output/<run>/checkpoints/best.pt)")
-    ckpt = load_checkpoint_file(path)
+    return load_checkpoint_file(path)
+
+
+def load_model(path: str | Path, gpt2_path: str | None = None, device: str | torch.device = "cpu") -> StyleCapModel:
+    """A StyleCap checkpoint (rebuilt from itself alone) or a ClipCap state dict (needs ``gpt2_path``)."""
+    return model_from_file(read_checkpoint(path), path, gpt2_path, device)
+
+
+def model_from_file(ckpt: Any, path: str | Path, gpt2_path: str | None = None,
+                    device: str | torch.device = "cpu") -> StyleCapModel:
+    """The model of a checkpoint already read (:func:`read_checkpoint`) from ``path`` (named in errors)."""
     if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
         model = model_from_checkpoint(ckpt, gpt2_path)
     elif isinstance(ckpt, dict) and any(k.startswith("clip_project.") for k in ckpt):

@@ -1,8 +1,9 @@
 """A checkpoint knows its CLIP: predict.py and eval mode refuse features or images of another one.
 
 train.py stores the training features' CLIP record (:func:`stylecap.features.clip_record`: model name,
-sha256 of the weights, normalisation) in the checkpoint under "clip". A model trained on ViT-B/16
-features would otherwise caption ViT-B/32 features without a word: both are 512-d. Models whose
+sha256 of the weights, normalisation) in the checkpoint's config (``ModelConfig.clip``; older checkpoints have
+it under the top-level "clip" key); the checks compare the loaded model's config, in memory. A model
+trained on ViT-B/16 features would otherwise caption ViT-B/32 features without a word: both are 512-d. Models whose
 checkpoint holds no record (ClipCap's released weights, checkpoints saved before the record existed,
 models trained on features that name no CLIP) cannot be checked: that is logged once, not refused.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from loguru import logger
 
+from models.captioner import ModelConfig
 from stylecap.features import clip_record, load_features
 from stylecap.utils import UserError
 
@@ -27,7 +29,7 @@ def describe(record: dict | None) -> str:
 
 
 def _load_header(path: str | Path):
-    """The checkpoint or feature dict, tensors memory-mapped (cheap); None when it cannot be read here
+    """The feature dict, tensors memory-mapped (cheap); None when it cannot be read here
     (the caller's own loader then reports the problem)."""
     for mmap in (True, False):  # mmap needs torch's zip format; very old files are not
         try:
@@ -37,26 +39,23 @@ def _load_header(path: str | Path):
     return None
 
 
-def trained_clip(model_path: str | Path) -> tuple[str, dict | None]:
-    """(kind, record): ("stylecap", record) | ("unrecorded", None): trained on features naming no CLIP |
-    ("old", None): saved before checkpoints had the record | ("clipcap", None) | ("unreadable", None)."""
-    from models.captioner import CHECKPOINT_FORMAT
-    ck = _load_header(model_path)
-    if not isinstance(ck, dict):
-        return "unreadable", None
-    if ck.get("format") != CHECKPOINT_FORMAT:
-        return ("clipcap" if any(str(k).startswith("clip_project.") for k in ck) else "unreadable"), None
-    if "clip" not in ck:
+def trained_clip(cfg: ModelConfig) -> tuple[str, dict | None]:
+    """What a loaded model's config says of its CLIP, in memory: ("stylecap", record) | ("unrecorded", None):
+    trained on features naming no CLIP | ("old", None): saved before checkpoints had the record | ("clipcap", None)."""
+    if cfg.legacy_clipcap:
+        return "clipcap", None
+    if cfg.clip is None:
         return "old", None
-    return ("stylecap", ck["clip"]) if ck["clip"] else ("unrecorded", None)
+    return ("stylecap", cfg.clip) if cfg.clip else ("unrecorded", None)
 
 
-def check_clip(model_path: str | Path, given: dict | None, given_as: str, allow: bool = False,
+def check_clip(cfg: ModelConfig, model_path: str | Path, given: dict | None, given_as: str, allow: bool = False,
                noun: str = "") -> None:
     """Refuse (UserError) when ``given`` (a clip_record of the CLIP or features at hand) is not the CLIP
-    the model at ``model_path`` was trained with, unless ``allow``. ``given_as`` ends the sentence
-    "the model was trained on X features but ...", e.g. "--clip_model_path is"; ``noun`` follows the CLIP's name."""
-    kind, trained = trained_clip(model_path)
+    the model of config ``cfg`` (loaded from ``model_path``, named in messages) was trained with, unless
+    ``allow``. ``given_as`` ends the sentence "the model was trained on X features but ...", e.g.
+    "--clip_model_path is"; ``noun`` follows the CLIP's name."""
+    kind, trained = trained_clip(cfg)
     what = f"{given_as} {describe(given)}{noun}"
     if kind == "clipcap":
         logger.warning(f"ClipCap weights carry no record of their CLIP (the released models used ViT-B/32): "
@@ -82,8 +81,9 @@ def check_clip(model_path: str | Path, given: dict | None, given_as: str, allow:
     raise UserError(f"{msg}; pass the CLIP it was trained with, or {OVERRIDE} to override")
 
 
-def check_features_clip(model_path: str | Path, features_path: str | Path, flag: str, allow: bool = False) -> None:
-    """check_clip for a feature file (its meta read cheaply, before any work is done)."""
+def check_features_clip(cfg: ModelConfig, model_path: str | Path, features_path: str | Path, flag: str,
+                        allow: bool = False) -> None:
+    """check_clip for a feature file (its meta read cheaply, before the features are loaded)."""
     data = _load_header(features_path)
     meta = data.get("meta") if isinstance(data, dict) and "meta" in data else load_features(features_path)["meta"]
-    check_clip(model_path, clip_record(meta or {}), f"{flag} {features_path} holds", allow, noun=" features")
+    check_clip(cfg, model_path, clip_record(meta or {}), f"{flag} {features_path} holds", allow, noun=" features")

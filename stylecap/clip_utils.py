@@ -12,9 +12,11 @@ from PIL import Image, ImageFile, ImageOps
 
 from stylecap.utils import UserError, sha256_file
 
+# The CLIP used when none is named: by a flag, or by the checkpoint's record (predict.py, app.py, process_*.py)
+DEFAULT_CLIP = "pre_model/ViT-B-32.pt"
 VIT_B32_HINT = ("download ViT-B-32.pt from OpenAI's CLIP release (https://openaipublic.azureedge.net/clip/"
                 "models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt) "
-                "and put it at pre_model/ViT-B-32.pt")
+                f"and put it at {DEFAULT_CLIP}")
 
 
 def _import_clip():
@@ -36,7 +38,7 @@ def _resolve(path_or_name: str) -> Path:
         if cached.is_file():
             return cached
         raise UserError(f"CLIP model '{path_or_name}' is not in openai-clip's download folder "
-                        f"({cached.parent}); {VIT_B32_HINT}, and pass --clip_model_path pre_model/ViT-B-32.pt")
+                        f"({cached.parent}); {VIT_B32_HINT}, and pass --clip_model_path {DEFAULT_CLIP}")
     raise UserError(f"CLIP model file {path_or_name} not found: {VIT_B32_HINT}")
 
 

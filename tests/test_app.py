@@ -17,6 +17,7 @@ import predict
 from models import ModelConfig, build_model, load_model
 from models.captioner import checkpoint_payload
 from models.decoding import DecodeConfig
+from stylecap.eval.captioning import load_clip_for
 from stylecap.utils import UserError
 from tests.helpers import STYLES
 
@@ -38,7 +39,7 @@ def checkpoints(small_models, tmp_path_factory):
 
 def make_demo(small_models, ckpt) -> app.Demo:
     model = load_model(ckpt, None, "cpu")
-    clip_model, preprocess = predict.load_clip_for(model, str(small_models / "small_clip.pt"), "cpu", ckpt)
+    clip_model, preprocess = load_clip_for(model, str(small_models / "small_clip.pt"), "cpu", ckpt)
     return app.Demo(model, clip_model, preprocess, torch.device("cpu"), batch_size=64, max_images=4)
 
 
@@ -100,9 +101,9 @@ def _styles(tmp_path):
 
 
 def test_all_styles_in_one_batched_call(styled_demo, images, monkeypatch):
-    import stylecap.eval.evaluation
-    n_gen, real_gen = [], stylecap.eval.evaluation.generate_captions
-    monkeypatch.setattr(stylecap.eval.evaluation, "generate_captions",  # counts the calls, runs the real one
+    import stylecap.eval.captioning
+    n_gen, real_gen = [], stylecap.eval.captioning.generate_captions
+    monkeypatch.setattr(stylecap.eval.captioning, "generate_captions",  # counts the calls, runs the real one
                         lambda model, feats, *rest: n_gen.append(feats.shape[0]) or real_gen(model, feats, *rest))
     status, _, jsonl = styled_demo.caption(images, [], all_styles=True)
     assert len(read_jsonl(jsonl)) == len(images) * len(STYLES)
@@ -194,3 +195,21 @@ def test_no_telemetry_or_update_check():
     theme = app.offline_theme()
     import gradio as gr
     assert not any(isinstance(f, gr.themes.GoogleFont) for f in theme._font + theme._font_mono)
+
+
+def test_decode_batch_size_is_bs_eval_and_batch_size_stays():
+    """Issue 16: app.py's decode batch size is --bs_eval, as in train.py, predict.py and evaluate.py;
+    --batch_size stays as its alias."""
+    for flag in ("--bs_eval", "--batch_size"):
+        assert app.get_parser().parse_args(["--model_path", "m.pt", flag, "9"]).bs_eval == 9
+    assert app.get_parser().parse_args(["--model_path", "m.pt"]).bs_eval == 1024
+
+
+def test_app_imports_no_script():
+    """Issue 16: the captioning app.py shares with predict.py lives in stylecap.eval.captioning."""
+    import ast
+    from pathlib import Path
+    tree = ast.parse(Path(app.__file__).read_text(encoding="utf-8"))
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not modules & {"predict", "train", "evaluate"}

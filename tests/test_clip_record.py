@@ -5,7 +5,9 @@ ViT-B/16: both give 512-d features, so only the record can tell them apart.
 """
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +121,77 @@ def test_clipcap_weights_and_old_checkpoints_warn_once(small_models, trained, tm
     torch.save(checkpoint_payload(model), old)  # a checkpoint from before the record existed
     log = _predict(old, tmp_path, "--features", str(trained["feats"]["b32"]))
     assert log.count("records no CLIP") == 1
+
+
+def test_clip_record_is_part_of_the_model_config(trained, clips, small_models, tmp_path):
+    """Issue 16: the record is ModelConfig.clip, beside clip_size; older checkpoints (the record as the
+    top-level "clip" key, or none) and ClipCap weights load as before."""
+    from models import load_model
+    from stylecap.clip_check import trained_clip
+    record = {"clip_model": str(clips["b16"]), "clip_sha256": sha256_file(clips["b16"]), "normalized": False}
+    ck = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    assert ck["config"]["clip"] == record == ck["clip"]  # the old key too, for older StyleCap code
+    assert load_model(trained["ckpt"]).cfg.clip == record
+    older = {**ck, "config": {k: v for k, v in ck["config"].items() if k != "clip"}}
+    for top, cfg_clip, kind in ((record, record, "stylecap"), (None, {}, "unrecorded"), ("absent", None, "old")):
+        payload = {k: v for k, v in older.items() if k != "clip"} if top == "absent" else {**older, "clip": top}
+        torch.save(payload, tmp_path / "older.pt")
+        cfg = load_model(tmp_path / "older.pt").cfg
+        assert cfg.clip == cfg_clip and trained_clip(cfg) == (kind, cfg_clip or None)
+        # and saved again, the config carries what the old key said
+        assert checkpoint_payload(load_model(tmp_path / "older.pt")).get("clip", "absent") == top
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(gpt2_path=str(small_models / "small_gpt2"), style_mode="none", max_len=8))
+    torch.save(model.state_dict(), tmp_path / "clipcap.pt")
+    cfg = load_model(tmp_path / "clipcap.pt", str(small_models / "small_gpt2")).cfg
+    assert cfg.clip is None and trained_clip(cfg) == ("clipcap", None)
+
+
+def test_predict_uses_the_clip_the_checkpoint_names(trained, clips, demo_data, tmp_path):
+    """Issue 16: without --clip_model_path, predict.py encodes with the CLIP the checkpoint records, and says so."""
+    image = sorted((demo_data / "personality" / "yfcc_images").glob("*.jpg"))[0]
+    log = _predict(trained["ckpt"], tmp_path, "--image_path", str(image))
+    assert f"CLIP: {clips['b16']} (recorded in the checkpoint)" in log and "cannot check" not in log
+    log = _predict(trained["ckpt"], tmp_path, "--image_path", str(image), "--clip_model_path", str(clips["b16"]))
+    assert f"CLIP: {clips['b16']} (--clip_model_path)" in log
+
+
+def test_predict_without_a_usable_record_falls_back_to_the_default_clip(trained, styled_ckpt, demo_data, tmp_path):
+    """No record (or a record naming a CLIP that is not on this machine): DEFAULT_CLIP, named in the log."""
+    from stylecap.clip_utils import DEFAULT_CLIP
+    image = sorted((demo_data / "personality" / "yfcc_images").glob("*.jpg"))[0]
+    ck = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    ck["config"]["clip"] = {**ck["config"]["clip"], "clip_model": str(tmp_path / "elsewhere" / "ViT-B-16.pt")}
+    moved = tmp_path / "moved.pt"
+    torch.save(ck, moved)
+    for ckpt, why in ((styled_ckpt, "the checkpoint records no CLIP"), (moved, "is not on this machine")):
+        out = tmp_path / f"fallback-{ckpt.stem}"
+        with pytest.raises(UserError, match=DEFAULT_CLIP.replace(".", r"\.")):  # not here: the download hint
+            predict.main(["--model_path", str(ckpt), "--output_path", str(out), "--style", "Happy",
+                          "--image_path", str(image)])
+        log = (out / "predict.log").read_text()
+        assert f"CLIP: {DEFAULT_CLIP} (the default" in log and why in log
+
+
+@pytest.mark.parametrize("script", ["train", "evaluate"])
+def test_eval_mode_reads_the_checkpoint_once(trained, tmp_path, monkeypatch, script):
+    """Issue 16: eval mode opens the checkpoint file once (the model, its CLIP record and its training
+    settings all come from that one read); it used to open it 3 times."""
+    import builtins
+    import evaluate
+    ckpt = trained["ckpt"].resolve()
+    loads, opens = [], []
+    real_load, real_open = torch.load, builtins.open
+
+    def is_ckpt(f) -> bool:
+        return isinstance(f, (str, os.PathLike)) and Path(f).resolve() == ckpt
+
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: (loads.append(f) if is_ckpt(f) else None)
+                        or real_load(f, *a, **k))
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (opens.append(f) if is_ckpt(f) else None)
+                        or real_open(f, *a, **k))
+    argv = ["--model_path", str(trained["ckpt"]), "--data_path", str(trained["feats"]["b16"]),
+            "--output_path", str(tmp_path / "eval"), "--no_java"]
+    assert (train.main(["--mode", "eval", *argv]) if script == "train" else evaluate.main(argv)) == 0
+    assert len(loads) == 1 and len(opens) <= 1
+    assert (tmp_path / "eval" / "eval_config.json").is_file()

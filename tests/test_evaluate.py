@@ -213,3 +213,15 @@ def test_bad_references_name_the_file(pc, tmp_path):
         other.write_text("zzz.jpg\ta caption\n")
         evaluate.main(["--predictions", str(other), "--references", str(pc["dir"] / "test.json"),
                        "--output_path", str(tmp_path / "m.json"), "--quiet"])
+
+
+def test_model_path_mode_and_file_mode_are_told_apart(capsys):
+    """Issue 16: without --model_path, --predictions/--references/--output_path are required as before;
+    with it, the flags that only score a predictions file are refused, not ignored."""
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--predictions", "p.jsonl"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "required" in err and "--references" in err and "--output_path" in err
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--model_path", "m.pt", "--data_path", "d.pkl", "--report", "r.html"])
+    assert e.value.code == 2 and "--report" in capsys.readouterr().err

@@ -76,3 +76,41 @@ def test_train_eval_mode_writes_predictions_metrics_and_report(styled_ckpt, tmp_
     assert len(read_jsonl(out / "predictions.jsonl")) == 6  # each image in its own style
     assert "<table" in (out / "report.html").read_text()
     assert list(out.glob("events.out.tfevents.*"))
+
+
+def _eval_outputs(out) -> dict:
+    """predictions, metrics and eval config of an eval folder, the folder's own name replaced."""
+    return {name: (out / name).read_text().replace(str(out), "OUT")
+            for name in ("predictions.jsonl", "caption_generate.txt", "metrics.json", "eval_config.json")}
+
+
+def test_evaluate_model_path_equals_train_eval_mode(styled_ckpt, tmp_path):
+    """Issue 16: `evaluate.py --model_path --data_path --output_path` runs what `train.py --mode eval` runs:
+    the same files with the same contents (sampling too: both default --seed to 42, --bs_eval to 64)."""
+    import evaluate
+    feats = synthetic_features(tmp_path / "test.pkl", n_images=6)
+    common = ["--model_path", str(styled_ckpt), "--data_path", str(feats), "--no_java", "--train_captions",
+              str(feats), "--decode", "sample", "--topk", "5", "--num_generate", "2"]
+    assert train.main(["--mode", "eval", *common, "--output_path", str(tmp_path / "by_train")]) == 0
+    assert evaluate.main([*common, "--output_path", str(tmp_path / "by_evaluate")]) == 0
+    t, e = _eval_outputs(tmp_path / "by_train"), _eval_outputs(tmp_path / "by_evaluate")
+    assert t == e and len(read_jsonl(tmp_path / "by_evaluate" / "predictions.jsonl")) == 12
+    assert json.loads(e["metrics.json"])["counts"]["scored"] == 6
+    for out in ("by_train", "by_evaluate"):
+        assert (tmp_path / out / "report.html").is_file() and list((tmp_path / out).glob("events.out.tfevents.*"))
+
+
+def test_decode_batch_size_is_bs_eval_and_batch_size_stays(styled_ckpt, tmp_path):
+    """Issue 16: one name (--bs_eval) for the decode batch size; predict.py's --batch_size is an alias."""
+    import evaluate
+    for parser in (predict.get_parser(), evaluate.build_parser(), train.get_parser()):
+        assert parser.parse_args(["--model_path", "m.pt", "--bs_eval", "7"]).bs_eval == 7
+    assert predict.get_parser().parse_args(["--model_path", "m.pt", "--batch_size", "7"]).bs_eval == 7
+    feats = synthetic_features(tmp_path / "f.pkl", n_images=5)
+    outs = []
+    for flag in ("--bs_eval", "--batch_size"):
+        out = tmp_path / flag.strip("-")
+        assert predict.main(["--model_path", str(styled_ckpt), "--features", str(feats), "--style", "all",
+                             "--output_path", str(out), flag, "3"]) == 0
+        outs.append((out / "predictions.jsonl").read_text())
+    assert outs[0] == outs[1] and len(outs[0].splitlines()) == 5 * len(STYLES)

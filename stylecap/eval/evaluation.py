@@ -1,22 +1,21 @@
 """Caption a feature file with a model, score it, and write predictions, metrics and the report.
 
-Shared by ``predict.py --features``, ``train.py --mode eval`` and training's end-of-epoch evaluation.
+Shared by ``predict.py --features``, ``evaluate.py --model_path`` (= ``train.py --mode eval``) and training's
+end-of-epoch evaluation; the captioning itself is stylecap.eval.captioning's.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import textwrap
-import time
 from pathlib import Path
 
-import numpy as np
-import torch
 from loguru import logger
 
 from models.captioner import StyleCapModel
-from models.decoding import DecodeConfig, generate_captions
-from stylecap.distributed import batch_share, gather_lists, rank_and_world
+from models.decoding import DecodeConfig
+from stylecap.distributed import rank_and_world
+from stylecap.eval.captioning import caption_items_across_ranks, eval_items
 from stylecap.utils import atomic_write_json, atomic_write_text
 
 
@@ -32,6 +31,43 @@ def add_decode_args(p: argparse.ArgumentParser, with_max_len: bool = True) -> No
     a("--num_generate", type=int, default=1, help="captions per image (beam or sample)")
     if with_max_len:
         a("--max_len", type=int, default=None, help="max new tokens (default: the model's limit)")
+
+
+def add_eval_mode_args(p: argparse.ArgumentParser, run_flags: bool = False) -> argparse._ArgumentGroup:
+    """The flags of eval mode (caption --data_path with --model_path, then score), one definition for
+    ``train.py --mode eval`` and ``evaluate.py --model_path``; evaluate.py's scoring of a predictions file
+    reads --train_captions, --clip_model_path, --no_java and --segment too. ``run_flags``: also the flags
+    that train.py defines for training as well (--data_path, --gpt2_path, --device, --seed, --bs_eval,
+    --ddp_timeout), with train.py's defaults, so that both scripts run the same evaluation."""
+    from stylecap.eval.segmentation import SEGMENT_CHOICES
+    g = p.add_argument_group("eval mode", "caption --data_path with --model_path, then score it (--train_captions,\n"
+                             "--clip_model_path, --no_java and --segment also serve evaluate.py --predictions)")
+    a = g.add_argument
+    a("--model_path", help="eval mode: checkpoint to evaluate (a StyleCap checkpoint or a ClipCap state dict)")
+    if run_flags:
+        a("--data_path", help="eval mode: the feature file (from process_*.py) to caption and score")
+        a("--gpt2_path", help="eval mode: GPT-2 folder, only for ClipCap weights or a frozen GPT-2 that moved")
+        a("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
+        a("--seed", type=int, default=42, help="seed of --decode sample (each batch has its own, from it)")
+        a("--bs_eval", type=int, default=64, help="images x styles decoded per batch")
+        a("--ddp_timeout", type=float, default=120, help="minutes a torchrun rank waits for the others")
+    a("--train_captions", help="training captions (feature file, PersonalityCaptions or COCO json): trains the "
+      "style-fidelity classifier, measures the share of copied captions and the most-frequent-caption baseline; "
+      "eval mode's default: the data the checkpoint was trained on")
+    a("--clip_model_path", help="CLIP model (e.g. pre_model/ViT-B-32.pt) for CLIPScore/RefCLIPScore; needs the "
+      "references to be a feature file made with the same CLIP; eval mode's default: the one named in the "
+      "features' meta")
+    a("--no_java", action="store_true",
+      help="do not use Java: pure-Python tokenization for BLEU/ROUGE-L/CIDEr; METEOR and SPICE skipped")
+    a("--segment", choices=SEGMENT_CHOICES, default="auto",
+      help="how Chinese (CJK) captions are split into tokens for every metric, the diversity measures and "
+      "the style classifier: auto (default: the language is detected from the text; Chinese -> char, "
+      "else none), char (each CJK character a token, as published Flickr30k-CN/COCO-CN tables), "
+      "jieba (jieba words), none (PTBTokenizer only, which leaves Chinese sentences whole)")
+    a("--allow_clip_mismatch", action="store_true", help="evaluate even when --data_path's features "
+      "are not of the CLIP the model was trained with (checked by sha256 and normalisation)")
+    add_decode_args(g, with_max_len=False)
+    return g
 
 
 def decode_config(args) -> DecodeConfig:
@@ -53,78 +89,6 @@ def captioned_image(path: str | Path, captions: list[str], width: int = 512):
     for i, ln in enumerate(lines):
         draw.text((6, img.height + 5 + 14 * i), ln, fill="black")
     return canvas
-
-
-def eval_items(data: dict, model: StyleCapModel, styles: list[str] | None = None,
-               max_images: int | None = None) -> list[tuple[str, int, str | None]]:
-    """(image_id, feature row, style) to caption: each image with its own style(s) from the records,
-    or with every style in ``styles``; plain models caption each image once."""
-    items, seen = [], set()
-    for c in data["captions"]:
-        if model.cfg.style_mode == "none":
-            wanted = [None]
-        else:
-            wanted = styles if styles is not None else [c.get("style")]
-        for s in wanted:
-            key = (c["image_id"], s)
-            if key not in seen:
-                seen.add(key)
-                items.append((c["image_id"], c["clip_embedding"], s))
-    if max_images is not None:
-        keep = list(dict.fromkeys(i for i, _, _ in items))[:max_images]
-        items = [it for it in items if it[0] in set(keep)]
-    return items
-
-
-def caption_items(model: StyleCapModel, features: torch.Tensor, items: list[tuple[str, int, str | None]],
-                  dc: DecodeConfig, batch_size: int = 64, progress: bool = False,
-                  with_scores: bool = True, seed: int | None = None, first_batch: int = 0) -> list[dict]:
-    """Predictions {"image", "style", "caption", "score"}, ``num_generate`` per item, in item order.
-    ``with_scores=False``: score None. ``seed``: each batch draws its samples from a seed of its own, made
-    from (seed, its batch number counted from ``first_batch``), so --decode sample gives the same captions
-    however the batches are spread over processes (None: the global RNG runs on, as predict.py's --seed).
-    ``progress``: a bar in items/s with an ETA, and a closing log line with the rate."""
-    from tqdm import tqdm
-    device = next(model.parameters()).device
-    preds, t0 = [], time.perf_counter()
-    with tqdm(total=len(items), disable=not progress, desc="captioning", unit="img", leave=False) as bar:
-        for b, start in enumerate(range(0, len(items), batch_size)):
-            chunk = items[start:start + batch_size]
-            feats = features[[row for _, row, _ in chunk]].to(device)
-            if seed is not None:
-                torch.manual_seed(batch_seed(seed, first_batch + b))  # all devices
-            outs = generate_captions(model, feats, [s for _, _, s in chunk], dc, with_scores)
-            for (image_id, _, style), gens in zip(chunk, outs):
-                for g in gens:
-                    preds.append({"image": image_id, "style": style, "caption": g["caption"], "score": g["score"]})
-            bar.update(len(chunk))
-    if progress and items:
-        took = time.perf_counter() - t0
-        logger.info(f"captioned {len(items)} items in {took:.1f}s ({len(items) / max(took, 1e-9):.1f} items/s)")
-    return preds
-
-
-def batch_seed(seed: int, batch: int) -> int:
-    """The seed of batch ``batch``: numpy's SeedSequence mixes the pair, so that (seed, batch + 1) is not
-    (seed + 1, batch) and runs with neighbouring --seed values share no batch's samples."""
-    return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
-
-
-def caption_items_across_ranks(model: StyleCapModel, features: torch.Tensor,
-                               items: list[tuple[str, int, str | None]], dc: DecodeConfig, batch_size: int = 64,
-                               progress: bool = False, with_scores: bool = True,
-                               seed: int | None = None) -> list[dict]:
-    """caption_items under torchrun: each rank captions a contiguous block of whole batches, and every rank
-    gets all predictions back in item order. The batches are the ones one process makes, so the result is
-    identical to one process's (greedy and beam; sample too when ``seed`` is given). All ranks must call
-    it; without a process group it is caption_items. Progress is shown by rank 0, for its own share."""
-    rank, world = rank_and_world()
-    first, lo, hi = batch_share(len(items), batch_size, rank, world)
-    if progress and rank == 0 and world > 1:
-        logger.info(f"captioning {len(items)} items on {world} processes; rank 0 does items {lo}-{hi - 1}")
-    local = caption_items(model, features, items[lo:hi], dc, batch_size, progress and rank == 0, with_scores,
-                          seed, first)
-    return gather_lists(local)
 
 
 def write_predictions(folder: str | Path, preds: list[dict]) -> tuple[Path, Path]:
@@ -164,29 +128,50 @@ def quick_caption_metrics(model: StyleCapModel, data: dict, n_images: int, batch
     return {m: scores[m] for m in ("BLEU-4", "ROUGE-L", "CIDEr")}
 
 
-def run_eval_mode(args) -> int:
-    """train.py --mode eval: caption --data_path with --model_path, score it, write the run folder.
-    Under torchrun every rank captions its share of the images; rank 0 gathers them, scores and writes."""
+def run_eval_mode(args: argparse.Namespace) -> int:
+    """``evaluate.py --model_path`` and ``train.py --mode eval`` (the flags of add_eval_mode_args): caption
+    --data_path with --model_path, score it, write the eval folder. Under torchrun every rank captions its
+    share of the images; rank 0 gathers them, scores and writes."""
+    from stylecap.utils import UserError
+    if not args.model_path or not args.data_path:
+        raise UserError("eval mode needs --model_path (a checkpoint) and --data_path (a feature file to score)")
+    out = eval_folder(args.model_path, args.data_path, args.output_path)
+    captioned = _caption_split(args, out)
+    if captioned is None:  # ranks > 0: their share is with rank 0
+        return 0
+    _score_and_write(args, out, *captioned)
+    return 0
+
+
+def eval_folder(model_path: str | Path, data_path: str | Path, output_path: str | Path | None) -> Path:
+    """--output_path, or output/eval-<run>-<split> (the run folder of .../<run>/checkpoints/x.pt)."""
+    model_path, data_path = Path(model_path), Path(data_path)
+    return Path(output_path or Path("output") / f"eval-{model_path.parent.parent.name or model_path.stem}-{data_path.stem}")
+
+
+def _caption_split(args: argparse.Namespace, out: Path):
+    """Every rank: load the model (the checkpoint file opened once) and the features, check that they are of
+    the model's CLIP, caption its share. Rank 0 gets (model, the checkpoint's settings, data, decoding,
+    all predictions); the others None."""
     import torch.distributed as dist
-    from models import load_model
+    from models.captioner import model_from_file, read_checkpoint
+    from stylecap.clip_check import check_features_clip
     from stylecap.distributed import setup_distributed
     from stylecap.features import load_features
-    from stylecap.eval.scoring import run_evaluation
-    from stylecap.eval.tables import format_table
-    from stylecap.utils import UserError, setup_logging
-    if not args.model_path or not args.data_path:
-        raise UserError("--mode eval needs --model_path (a checkpoint) and --data_path (a feature file to score)")
+    from stylecap.utils import setup_logging
     model_path, data_path = Path(args.model_path), Path(args.data_path)
-    out = Path(args.output_path or Path("output") / f"eval-{model_path.parent.parent.name or model_path.stem}-{data_path.stem}")
     rank, world, device = setup_distributed(args.device, args.ddp_timeout)
     try:
         if rank == 0:
             setup_logging(out / "eval.log")
         else:
             setup_logging(None, quiet=True)
-        from stylecap.clip_check import check_features_clip  # features of the model's CLIP, before any work
-        check_features_clip(model_path, data_path, "--data_path", getattr(args, "allow_clip_mismatch", False))
-        model = load_model(model_path, args.gpt2_path, device)
+        ck = read_checkpoint(model_path)  # the one read: the model, its CLIP record and its training settings
+        model = model_from_file(ck, model_path, args.gpt2_path, device)
+        settings = checkpoint_settings(ck)
+        del ck  # the weights are in the model now
+        # features of the model's CLIP (compared in memory), before they are loaded and captioned
+        check_features_clip(model.cfg, model_path, data_path, "--data_path", args.allow_clip_mismatch)
         data = load_features(data_path)
         dc = decode_config(args)
         dc.max_len = None  # train.py's --max_len is the training truncation; decode to the model's own limit
@@ -196,11 +181,18 @@ def run_eval_mode(args) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()  # the captions are gathered: rank 0 scores alone, the others are done
-    if rank != 0:
-        return 0
+    return (model, settings, data, dc, preds) if rank == 0 else None
+
+
+def _score_and_write(args: argparse.Namespace, out: Path, model: StyleCapModel, settings: dict, data: dict,
+                     dc: DecodeConfig, preds: list[dict]) -> None:
+    """Rank 0: predictions, eval_config.json, metrics.json, report.html and the TensorBoard events."""
+    from stylecap.eval.scoring import run_evaluation
+    from stylecap.eval.tables import format_table
+    data_path = Path(args.data_path)
     _, jsonl = write_predictions(out, preds)
     log_preview(preds)
-    train_args = write_eval_config(out, model, model_path, data_path, dc)
+    train_args = write_eval_config(out, model, settings, Path(args.model_path), data_path, dc)
 
     train_captions = args.train_captions
     if train_captions is None:  # default: the data the model was trained on, if it is still there
@@ -212,27 +204,30 @@ def run_eval_mode(args) -> int:
     metrics = run_evaluation(jsonl, data_path, out / "metrics.json", report=out / "report.html",
                              train_captions=train_captions or None, image_dir=image_dir,
                              clip_model_path=clip_path if clip_path and Path(clip_path).is_file() else None,
-                             java=False if args.no_java else None, segment=getattr(args, "segment", "auto"))
+                             java=False if args.no_java else None, segment=args.segment)
     print(format_table(metrics))
     _tensorboard_eval(out, preds, meta)
     logger.info(f"predictions, metrics.json and report.html in {out}")
-    return 0
 
 
-def write_eval_config(out: Path, model: StyleCapModel, model_path: Path, data_path: Path, dc: DecodeConfig) -> dict:
-    """eval_config.json: what was evaluated and how (the checkpoint's training settings, the decoding),
-    so that compare.py can label eval folders by the settings in which they differ. Returns the
-    checkpoint's training settings ({} for ClipCap weights)."""
-    from dataclasses import asdict
-    from models.captioner import load_checkpoint_file
-    ck = load_checkpoint_file(model_path, mmap=True)  # lazy: reads no weights
+def checkpoint_settings(ck) -> dict:
+    """{"train_args", "model_config"} of a checkpoint read with read_checkpoint ({} each for ClipCap weights)."""
     ck = ck if isinstance(ck, dict) and "format" in ck else {}  # a ClipCap state dict has no settings
-    train_args = ck.get("args") or {}
+    return {"train_args": ck.get("args") or {}, "model_config": ck.get("config") or {}}
+
+
+def write_eval_config(out: Path, model: StyleCapModel, settings: dict, model_path: Path, data_path: Path,
+                      dc: DecodeConfig) -> dict:
+    """eval_config.json: what was evaluated and how (the checkpoint's training settings, the decoding),
+    so that compare.py can label eval folders by the settings in which they differ. ``settings``: from
+    checkpoint_settings. Returns the checkpoint's training settings ({} for ClipCap weights)."""
+    from dataclasses import asdict
     params = sum(v.numel() for v in model.trainable_state_dict().values() if v.is_floating_point())
     atomic_write_json(out / "eval_config.json", {
         "model_path": str(model_path.resolve()), "data_path": str(data_path), "decode": asdict(dc),
-        "train_args": train_args, "model_config": ck.get("config") or {}, "trainable_parameters": params})
-    return train_args
+        "train_args": settings["train_args"], "model_config": settings["model_config"],
+        "trainable_parameters": params})
+    return settings["train_args"]
 
 
 def captions_by_image(preds: list[dict]) -> dict[str, list[str]]:

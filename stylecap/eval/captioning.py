@@ -1,0 +1,183 @@
+"""Captioning with a trained model: the images of a folder, the requested styles, the CLIP that encodes
+images for the model, and batched decoding of (image, style) items.
+
+One home for predict.py, app.py and evaluation (``train.py --mode eval``, ``evaluate.py --model_path``,
+training's end-of-epoch metrics): they caption with the same code, so they give the same captions.
+Encoding image files is the extraction engine's job (``stylecap.extract.image_encoder.extract_features``);
+the scripts hand it in as ``encode``, since the eval package does not import the extract package.
+"""
+from __future__ import annotations
+
+import glob
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from loguru import logger
+
+from models.captioner import StyleCapModel
+from models.decoding import DecodeConfig, generate_captions
+from stylecap.clip_check import check_clip
+from stylecap.clip_utils import DEFAULT_CLIP
+from stylecap.distributed import batch_share, gather_lists, rank_and_world
+from stylecap.features import clip_record
+from stylecap.utils import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+Item = tuple[str, int, "str | None"]  # (image id, feature row, style)
+# image paths -> (features (n_ok, D) on the CPU, indices of the readable paths, [(index, reason)] of the others)
+Encoder = Callable[[list[str]], tuple[torch.Tensor, list[int], list[tuple[int, str]]]]
+
+
+# ---- images and styles ----------------------------------------------------------------------------
+def image_files(folder: str | Path) -> list[Path]:
+    """The images of a folder (by suffix), sorted by name."""
+    return sorted(q for q in Path(folder).iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def list_images(spec: str) -> list[Path]:
+    """--image_path: an image file, a folder of images or a glob; UserError when it names no image."""
+    p = Path(spec)
+    if p.is_dir():
+        paths = image_files(p)
+    elif p.is_file():
+        paths = [p]
+    else:
+        paths = sorted(Path(q) for q in glob.glob(spec))
+    if not paths:
+        raise UserError(f"--image_path {spec}: no images found (give a file, a folder or a glob like 'dir/*.jpg')")
+    return paths
+
+
+def resolve_styles(model: StyleCapModel, wanted: list[str], all_styles: bool = False) -> list[str | None]:
+    """The styles to caption in: [None] for a plain model (``wanted`` is ignored), every style of the model
+    for ``all_styles``, else ``wanted`` (may be empty), each checked against the model's styles (an unknown
+    one is a UserError naming the closest valid names)."""
+    if model.cfg.style_mode == "none":
+        return [None]
+    if all_styles:
+        return list(model.cfg.styles)
+    for s in wanted:
+        model.style_id(s)
+    return list(wanted)
+
+
+# ---- CLIP ------------------------------------------------------------------------------------------
+def clip_path_for(model: StyleCapModel, given: str | None) -> tuple[str, str]:
+    """(CLIP to encode images with, why that one): ``given`` (--clip_model_path) if any, else the CLIP the
+    checkpoint records when it is on this machine, else DEFAULT_CLIP."""
+    if given:
+        return given, "--clip_model_path"
+    recorded = (model.cfg.clip or {}).get("clip_model")
+    if recorded and Path(recorded).expanduser().is_file():
+        return recorded, "recorded in the checkpoint"
+    if recorded:
+        return DEFAULT_CLIP, f"the default: {recorded}, recorded in the checkpoint, is not on this machine"
+    return DEFAULT_CLIP, "the default: the checkpoint records no CLIP"
+
+
+def load_clip_for(model: StyleCapModel, clip_model_path: str | None, device: torch.device | str,
+                  model_path: str | Path, allow_mismatch: bool = False):
+    """(clip_model, preprocess) for encoding images for ``model`` (loaded from ``model_path``, named in
+    messages). ``clip_model_path`` None: the CLIP the checkpoint names (see clip_path_for); the one used is
+    logged. A CLIP of the wrong width, or another CLIP than the model was trained with (by sha256), is a
+    UserError unless ``allow_mismatch``."""
+    from stylecap.clip_utils import load_clip
+    path, why = clip_path_for(model, clip_model_path)
+    logger.info(f"CLIP: {path} ({why})")
+    clip_model, preprocess, info = load_clip(path, device)
+    if info["dim"] != model.cfg.clip_size:
+        raise UserError(f"{path} gives {info['dim']}-d features but the model expects "
+                        f"{model.cfg.clip_size}-d; pass the CLIP model it was trained with")
+    check_clip(model.cfg, model_path, clip_record(info), "--clip_model_path is", allow_mismatch)
+    return clip_model, preprocess
+
+
+# ---- batched captioning ----------------------------------------------------------------------------
+def eval_items(data: dict, model: StyleCapModel, styles: list[str] | None = None,
+               max_images: int | None = None) -> list[Item]:
+    """(image_id, feature row, style) to caption: each image with its own style(s) from the records,
+    or with every style in ``styles``; plain models caption each image once."""
+    items, seen = [], set()
+    for c in data["captions"]:
+        if model.cfg.style_mode == "none":
+            wanted = [None]
+        else:
+            wanted = styles if styles is not None else [c.get("style")]
+        for s in wanted:
+            key = (c["image_id"], s)
+            if key not in seen:
+                seen.add(key)
+                items.append((c["image_id"], c["clip_embedding"], s))
+    if max_images is not None:
+        keep = list(dict.fromkeys(i for i, _, _ in items))[:max_images]
+        items = [it for it in items if it[0] in set(keep)]
+    return items
+
+
+def caption_items(model: StyleCapModel, features: torch.Tensor, items: list[Item],
+                  dc: DecodeConfig, batch_size: int = 64, progress: bool = False,
+                  with_scores: bool = True, seed: int | None = None, first_batch: int = 0) -> list[dict]:
+    """Predictions {"image", "style", "caption", "score"}, ``num_generate`` per item, in item order.
+    ``features`` (N, D) is indexed by the items' rows. ``with_scores=False``: score None. ``seed``: each
+    batch draws its samples from a seed of its own, made from (seed, its batch number counted from
+    ``first_batch``), so --decode sample gives the same captions however the batches are spread over
+    processes (None: the global RNG runs on, as predict.py's --seed).
+    ``progress``: a bar in items/s with an ETA, and a closing log line with the rate."""
+    from tqdm import tqdm
+    device = next(model.parameters()).device
+    preds, t0 = [], time.perf_counter()
+    with tqdm(total=len(items), disable=not progress, desc="captioning", unit="img", leave=False) as bar:
+        for b, start in enumerate(range(0, len(items), batch_size)):
+            chunk = items[start:start + batch_size]
+            feats = features[[row for _, row, _ in chunk]].to(device)  # (b, D)
+            if seed is not None:
+                torch.manual_seed(batch_seed(seed, first_batch + b))  # all devices
+            outs = generate_captions(model, feats, [s for _, _, s in chunk], dc, with_scores)
+            for (image_id, _, style), gens in zip(chunk, outs):
+                for g in gens:
+                    preds.append({"image": image_id, "style": style, "caption": g["caption"], "score": g["score"]})
+            bar.update(len(chunk))
+    if progress and items:
+        took = time.perf_counter() - t0
+        logger.info(f"captioned {len(items)} items in {took:.1f}s ({len(items) / max(took, 1e-9):.1f} items/s)")
+    return preds
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of batch ``batch``: numpy's SeedSequence mixes the pair, so that (seed, batch + 1) is not
+    (seed + 1, batch) and runs with neighbouring --seed values share no batch's samples."""
+    return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
+
+
+def caption_items_across_ranks(model: StyleCapModel, features: torch.Tensor, items: list[Item], dc: DecodeConfig,
+                               batch_size: int = 64, progress: bool = False, with_scores: bool = True,
+                               seed: int | None = None) -> list[dict]:
+    """caption_items under torchrun: each rank captions a contiguous block of whole batches, and every rank
+    gets all predictions back in item order. The batches are the ones one process makes, so the result is
+    identical to one process's (greedy and beam; sample too when ``seed`` is given). All ranks must call
+    it; without a process group it is caption_items. Progress is shown by rank 0, for its own share."""
+    rank, world = rank_and_world()
+    first, lo, hi = batch_share(len(items), batch_size, rank, world)
+    if progress and rank == 0 and world > 1:
+        logger.info(f"captioning {len(items)} items on {world} processes; rank 0 does items {lo}-{hi - 1}")
+    local = caption_items(model, features, items[lo:hi], dc, batch_size, progress and rank == 0, with_scores,
+                          seed, first)
+    return gather_lists(local)
+
+
+def caption_images(model: StyleCapModel, encode: Encoder, paths: list[Path], styles: list[str | None],
+                   dc: DecodeConfig, batch_size: int = 32, names: list[str] | None = None, progress: bool = False
+                   ) -> tuple[list[dict], list[int], list[tuple[int, str]]]:
+    """Encode image files with ``encode`` (CLIP) and caption each readable one in every style of ``styles``.
+
+    Returns (predictions as caption_items gives them, indices of the readable paths, [(index, reason)] for
+    the unreadable ones). Images are named ``names[i]`` (default: the file name). Shared by predict.py and app.py.
+    """
+    names = names or [Path(p).name for p in paths]
+    features, ok, bad = encode([str(p) for p in paths])  # (n_ok, D)
+    items = [(names[i], row, s) for row, i in enumerate(ok) for s in styles]
+    preds = caption_items(model, features, items, dc, batch_size, progress=progress) if items else []
+    return preds, ok, bad
