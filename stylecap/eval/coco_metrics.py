@@ -39,6 +39,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Hashable
 
@@ -207,12 +208,55 @@ def score_captions(predictions: dict[Hashable, str], references: dict[Hashable, 
     if not keys:
         return _none_metrics("no predictions to score")
     index = {k: i for i, k in enumerate(keys)}  # scorers want plain, sortable, JSON-able ids
-    ids = list(range(len(keys)))
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
     use_java, java_reason = java_status(java)
-    skipped: dict[str, str] = {}
+    no_java = None if use_java else java_reason  # why METEOR and SPICE cannot run, if so
+    gts, res, tokenizer, seg_info = _tokenized(predictions, references, keys, use_java, segment)
+    sc = _Scores()
+    bleu_scorer = _score_ngrams(sc, gts, res, metrics)
+    meteor, meteor_stats = _score_meteor(sc, gts, res, metrics, no_java)
+    _score_spice(sc, gts, res, metrics, spice=spice, spice_jars=spice_jars, language=seg_info["language"],
+                 no_java=no_java)
+    for m, reason in sc.skipped.items():
+        (logger.debug if quiet else logger.info)(f"{m}: skipped ({reason})")
+
+    result = {m: sc.out[m] for m in STANDARD}
+    result["skipped"] = sc.skipped
+    result["tokenizer"] = tokenizer
+    result["segmentation"] = seg_info
+    result["per_image"] = {k: {m: float(v[i]) for m, v in sc.per.items()} for i, k in enumerate(keys)}
+    if bleu_scorer is not None:  # n-gram statistics: compare.py's bootstrap recomputes corpus BLEU from them
+        from stylecap.eval.significance import bleu_stats
+        for i, k in enumerate(keys):
+            result["per_image"][k]["bleu_stats"] = bleu_stats(res[i][0], gts[i])
+    result["subsets"] = {}
+    try:
+        for name, sub_keys in (subsets or {}).items():
+            sub_ids = [index[k] for k in sub_keys if k in index]
+            if sub_ids:
+                result["subsets"][name] = _subset_scores(sub_ids, sc.per, bleu_scorer, meteor, meteor_stats)
+    finally:
+        if meteor is not None:
+            meteor.close()
+    return result
+
+
+_NOT_ASKED = "not requested (metrics=...)"
+
+
+@dataclass
+class _Scores:
+    """What the scorers of score_captions fill in, in the order they run: corpus values by metric name,
+    per-image values (lists indexed like the ids), and the reason of each skipped metric."""
+    out: dict[str, Any] = field(default_factory=lambda: {m: None for m in STANDARD})
+    per: dict[str, list[float]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _tokenized(predictions: dict[Hashable, str], references: dict[Hashable, list[str]], keys: list[Hashable],
+               use_java: bool, segment: "str | Segmenter | None") -> tuple[dict, dict, str, dict]:
+    """(gts {id: tokenized references}, res {id: [tokenized prediction]}, tokenizer name, segmentation info),
+    ids being the positions in ``keys``. Segmented text (Chinese) replaces PTBTokenizer; without Java,
+    or when PTBTokenizer fails, the pure-Python tokenizer does."""
     groups = {("g", i): list(references[k]) for i, k in enumerate(keys)}
     groups.update({("r", i): [predictions[k]] for i, k in enumerate(keys)})
     segmenter, seg_info = resolve_segmentation(segment, (c for v in groups.values() for c in v))
@@ -225,82 +269,75 @@ def score_captions(predictions: dict[Hashable, str], references: dict[Hashable, 
         except Exception as e:  # e.g. a read-only site-packages: PTBTokenizer writes a temp file there
             logger.warning(f"PTBTokenizer failed ({e}); using the pure-Python tokenizer")
             tok, tokenizer = _tokenize(groups, False), "python"
-    gts = {i: tok[("g", i)] for i in ids}
-    res = {i: tok[("r", i)] for i in ids}
+    ids = range(len(keys))
+    return {i: tok[("g", i)] for i in ids}, {i: tok[("r", i)] for i in ids}, tokenizer, seg_info
 
-    out: dict[str, Any] = {m: None for m in STANDARD}
-    per: dict[str, list[float]] = {}
-    not_asked = "not requested (metrics=...)"
+
+def _score_ngrams(sc: _Scores, gts: dict, res: dict, metrics: tuple[str, ...]):
+    """BLEU-1..4, ROUGE-L and CIDEr-D (pure Python). Returns the BLEU scorer (its cooked n-gram counts
+    score subsets), or None when BLEU is not requested."""
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
     bleu_scorer = None
     if "BLEU" in metrics:
-        bleu_scorer = _bleu_scorer(gts, res, ids)
+        bleu_scorer = _bleu_scorer(gts, res, list(range(len(gts))))
         bleu, bleu_per = _bleu(bleu_scorer)
         for n in range(4):
-            out[f"BLEU-{n + 1}"], per[f"BLEU-{n + 1}"] = float(bleu[n]), list(bleu_per[n])
+            sc.out[f"BLEU-{n + 1}"], sc.per[f"BLEU-{n + 1}"] = float(bleu[n]), list(bleu_per[n])
     else:
-        skipped.update({f"BLEU-{n}": not_asked for n in range(1, 5)})
+        sc.skipped.update({f"BLEU-{n}": _NOT_ASKED for n in range(1, 5)})
     for name, cls in (("ROUGE-L", Rouge), ("CIDEr", Cider)):
         if name in metrics:
             value, values = cls().compute_score(gts, res)
-            out[name], per[name] = float(value), list(values)
+            sc.out[name], sc.per[name] = float(value), list(values)
         else:
-            skipped[name] = not_asked
+            sc.skipped[name] = _NOT_ASKED
+    return bleu_scorer
 
-    # METEOR: one process for the whole evaluation, subsets re-use its statistics.
+
+def _score_meteor(sc: _Scores, gts: dict, res: dict, metrics: tuple[str, ...],
+                  no_java: str | None) -> tuple[MeteorStats | None, dict[int, str] | None]:
+    """METEOR: one process for the whole evaluation; subsets re-use its statistics. Returns (the process,
+    its per-caption statistics); the statistics are None when METEOR did not run (``no_java``: why Java
+    is unusable, None when it is usable). The caller closes the process."""
     meteor_stats, meteor = None, None
     if "METEOR" not in metrics:
-        skipped["METEOR"] = not_asked
-    elif not use_java:
-        skipped["METEOR"] = java_reason
+        sc.skipped["METEOR"] = _NOT_ASKED
+    elif no_java is not None:
+        sc.skipped["METEOR"] = no_java
     else:
         try:
             meteor = MeteorStats()
             meteor_stats = meteor.stats(gts, res)
-            out["METEOR"], per["METEOR"] = meteor.score([meteor_stats[i] for i in ids])
+            sc.out["METEOR"], sc.per["METEOR"] = meteor.score([meteor_stats[i] for i in range(len(gts))])
         except Exception as e:
-            skipped["METEOR"] = f"METEOR failed ({type(e).__name__}: {e})"
+            sc.skipped["METEOR"] = f"METEOR failed ({type(e).__name__}: {e})"
             meteor_stats = None
+    return meteor, meteor_stats
 
+
+def _score_spice(sc: _Scores, gts: dict, res: dict, metrics: tuple[str, ...], *, spice: bool,
+                 spice_jars: str | None, language: str, no_java: str | None) -> None:
+    """SPICE, when requested, enabled, on English captions, with Java and the CoreNLP jars; any failure
+    becomes a skip reason (the other metrics are unaffected)."""
     if "SPICE" not in metrics:
-        skipped["SPICE"] = not_asked
+        sc.skipped["SPICE"] = _NOT_ASKED
     elif not spice:
-        skipped["SPICE"] = "disabled (--no_spice / spice=False)"
-    elif seg_info["language"] != "en":
-        skipped["SPICE"] = (f"SPICE is English-only (its scene graphs come from Stanford CoreNLP's English "
-                            f"parser); not computed for {seg_info['language']} captions")
-    elif not use_java:
-        skipped["SPICE"] = java_reason
+        sc.skipped["SPICE"] = "disabled (--no_spice / spice=False)"
+    elif language != "en":
+        sc.skipped["SPICE"] = (f"SPICE is English-only (its scene graphs come from Stanford CoreNLP's English "
+                               f"parser); not computed for {language} captions")
+    elif no_java is not None:
+        sc.skipped["SPICE"] = no_java
     else:
         folder, reason = find_spice_jars(spice_jars)
         if folder is None:
-            skipped["SPICE"] = reason
+            sc.skipped["SPICE"] = reason
         else:
             try:
-                out["SPICE"], per["SPICE"] = run_spice(gts, res, folder)
+                sc.out["SPICE"], sc.per["SPICE"] = run_spice(gts, res, folder)
             except Exception as e:  # a Java failure must not kill the evaluation
-                skipped["SPICE"] = f"SPICE failed ({type(e).__name__}: {e}); the other metrics are unaffected"
-    for m, reason in skipped.items():
-        (logger.debug if quiet else logger.info)(f"{m}: skipped ({reason})")
-
-    result = {m: out[m] for m in STANDARD}
-    result["skipped"] = skipped
-    result["tokenizer"] = tokenizer
-    result["segmentation"] = seg_info
-    result["per_image"] = {k: {m: float(v[i]) for m, v in per.items()} for i, k in enumerate(keys)}
-    if bleu_scorer is not None:  # n-gram statistics: compare.py's bootstrap recomputes corpus BLEU from them
-        from stylecap.eval.significance import bleu_stats
-        for i, k in enumerate(keys):
-            result["per_image"][k]["bleu_stats"] = bleu_stats(res[i][0], gts[i])
-    result["subsets"] = {}
-    try:
-        for name, sub_keys in (subsets or {}).items():
-            sub_ids = [index[k] for k in sub_keys if k in index]
-            if sub_ids:
-                result["subsets"][name] = _subset_scores(sub_ids, per, bleu_scorer, meteor, meteor_stats)
-    finally:
-        if meteor is not None:
-            meteor.close()
-    return result
+                sc.skipped["SPICE"] = f"SPICE failed ({type(e).__name__}: {e}); the other metrics are unaffected"
 
 
 def _subset_scores(ids, per, bleu_scorer, meteor, meteor_stats) -> dict:
