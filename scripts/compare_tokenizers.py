@@ -7,7 +7,8 @@ punctuation, URLs, ALL CAPS, slang contractions, prices and times.
                                                     # tokenized differently and BLEU-4 / CIDEr with each
 
 The set: ``informal_captions(n)`` builds n captions from templates (seeded, offline) and
-``EDGE_CASES`` lists hand-written ones (stylecap/demo/informal.py). The test suite checks the two tokenizers agree on all of it.
+``EDGE_CASES`` lists hand-written ones (both in stylecap/demo/informal.py). The test suite checks the two
+tokenizers agree on all of it.
 """
 from __future__ import annotations
 
