@@ -3,7 +3,7 @@
     python -m bench.decode_fidelity [--n 50] [--no_full] [--workers 2] [--out bench/decode_fidelity.json]
 
 By default features equal openai-clip's ``encode_image(preprocess(Image.open(p)))``. This measures the
-two opt-ins against that exact path, on photo-like JPEGs (bench/photos.py; quality 90):
+two opt-ins against that exact path, on photo-like JPEGs (stylecap/demo/photos.py; quality 90):
 
 * ``--fast_jpeg_decode`` on ``n`` 1024x768 and ``n`` 2048x1536 JPEGs;
 * ``--exif_transpose`` on ``n`` 1024x768 JPEGs tagged "rotate 90" (EXIF orientation 6, as phones write
@@ -12,7 +12,7 @@ two opt-ins against that exact path, on photo-like JPEGs (bench/photos.py; quali
 Reported per flag and image set: the normalised pixel tensors' mean and max |difference| (and their
 spread, for scale); the features' cosine distance (1 - cos) and relative L2 ||f - f_exact|| / ||f_exact||
 (mean and max over images; for scale, also between different images of the set) with the small CLIP
-of scripts/make_small_models.py and, unless --no_full, a full-size random-weight ViT-B/32
+of stylecap/demo/small_models.py and, unless --no_full, a full-size random-weight ViT-B/32
 ``clip.model.CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)`` (random weights: the released
 ViT-B/32 may be more or less sensitive); speed as images/s of decode + preprocess alone (one process:
 what a DataLoader worker runs, i.e. decode, resize, crop, RGB, as uint8) and end to end
@@ -34,8 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.photos import photo_like, save_jpeg  # noqa: E402
+from bench.common import FULL_CLIP  # noqa: E402
 from stylecap.clip_utils import _import_clip, load_clip, open_image  # noqa: E402
+from stylecap.demo.photos import photo_like, save_jpeg  # noqa: E402
+from stylecap.demo.small_models import make_clip  # noqa: E402
 from stylecap.extract.image_encoder import extract_features, split_preprocess  # noqa: E402
 from stylecap.utils import atomic_write_json  # noqa: E402
 
@@ -100,13 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     clip = _import_clip()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        from scripts.make_small_models import make_clip
         make_clip(tmp, seed=0)
         small, _, info = load_clip(str(tmp / "small_clip.pt"))
         models = {"small CLIP": small}
         if not args.no_full:
             torch.manual_seed(0)
-            models["ViT-B/32 (random weights)"] = clip.model.CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12).eval()
+            models["ViT-B/32 (random weights)"] = clip.model.CLIP(*FULL_CLIP).eval()
         preprocess = clip.clip._transform(info["input_resolution"])
         (tmp / "img").mkdir()
         t = time.perf_counter()

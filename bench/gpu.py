@@ -29,15 +29,20 @@ from pathlib import Path
 
 import torch
 
-from bench import bench, reference
-from bench.bench import Env, ends_like, eval_mode, log, make_images, stop_training_data, train_to_stop
+from bench import reference
+from bench.common import THREADS, Env, error_row, figure_row, log, print_table, quiet_libraries, read_results
 from bench.gpu_common import GPU_SIZES, device_info, fig, free, measured_matmul_tflops, peak_table, timed
 from bench.gpu_train import bench_memory, bench_training
+from bench.synthetic import ends_like, make_images, stop_training_data, train_to_stop
+from models.decoding import DecodeConfig, eval_mode, generate_captions
+from stylecap.clip_utils import load_image
+from stylecap.extract.image_encoder import (ImageDataset, collate, default_workers, extract_features,
+                                            split_preprocess)
+from stylecap.utils import atomic_write_json
 
 
 # ============================================================================== extraction
 def bench_extraction(env: Env, device: torch.device, sz: dict) -> dict:
-    from stylecap.extract.image_encoder import ImageDataset, collate, default_workers, extract_features, split_preprocess
     model, preprocess = env.clip()
     model = model.to(device)
     paths = [str(p) for p in make_images(env.tmp / "gpu_images", sz["images"])]
@@ -52,7 +57,6 @@ def bench_extraction(env: Env, device: torch.device, sz: dict) -> dict:
         for _ in loader:
             pass
 
-    from stylecap.clip_utils import load_image
     pre = torch.stack([preprocess(load_image(p)) for p in paths[:bs]]).to(device)  # (bs, 3, 224, 224) on device
 
     @torch.inference_mode()
@@ -88,12 +92,11 @@ def bench_extraction(env: Env, device: torch.device, sz: dict) -> dict:
 
 # ============================================================================== decoding
 def bench_decoding(env: Env, device: torch.device, sz: dict) -> dict:
-    from models.decoding import DecodeConfig, generate_captions
     model = env.model(seed=0, finetune_gpt2=True).to(device)
     base_feats, caps = stop_training_data(16, seed=0)
     base_feats = base_feats.to(device)
     t = time.perf_counter()
-    # brief training so that captions end with END at a realistic length (bench.bench.train_to_stop)
+    # brief training so that captions end with END at a realistic length (bench.synthetic.train_to_stop)
     loss, steps = train_to_stop(model, base_feats, caps, steps=sz["stop_steps"], lr=2e-3,
                                 precision="bf16" if device.type == "cuda" else "fp32",
                                 until=lambda: ends_like(model, base_feats, caps), check_every=10,
@@ -162,27 +165,20 @@ def run_suite(device: torch.device, quick: bool, tmp: Path) -> dict:
 
 
 def print_suite(res: dict) -> None:
-    rows = [("figure", "ours", "baseline", "unit", "ratio", "target", "met")]
-    fmt = lambda x: "-" if x is None else f"{x:.4g}"
+    rows = []
     for stage in ("extraction", "memory", "training", "decoding"):
         figs = res.get(stage, {})
         flat = {**{k: v for k, v in figs.items() if k != "epoch_times"}, **figs.get("epoch_times", {})}
         for k, v in flat.items():
             if isinstance(v, dict) and "unit" in v:
-                rows.append((k, fmt(v["ours"]), fmt(v["baseline"]), v["unit"], fmt(v["value"]), v["target"] or "-",
-                             {True: "yes", False: "NO", None: "-"}[v["met"]]))
+                rows.append(figure_row(k, v))
             elif k == "error":
-                rows.append((stage, "ERROR", str(v)[:60], "", "", "", ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for j, r in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
+                rows.append(error_row(stage, str(v)))
+    print_table(("figure", "ours", "baseline", "unit", "ratio", "target", "met"), rows)
 
 
 def main(args) -> int:
     """The GPU suite (bench/gpu.py): figures under results.json's "cuda" key ("gpu_suite_on_cpu" for a CPU trial)."""
-    from stylecap.utils import atomic_write_json
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -196,14 +192,14 @@ def main(args) -> int:
               f"benchmarks", file=sys.stderr)
         return 2
     if device.type == "cpu":
-        torch.set_num_threads(bench.THREADS)
-    bench.quiet_libraries()
+        torch.set_num_threads(THREADS)
+    quiet_libraries()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="stylecap_bench_gpu_") as tmp:
         suite = run_suite(device, args.quick, Path(tmp))
     suite["total_seconds"] = round(time.perf_counter() - t0, 1)
     out = Path(args.out)
-    results = bench.read_results(out)
+    results = read_results(out)
     results["cuda" if device.type == "cuda" else "gpu_suite_on_cpu"] = suite
     atomic_write_json(out, results)
     print_suite(suite)

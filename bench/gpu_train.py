@@ -8,8 +8,9 @@ from functools import partial
 import torch
 
 from bench import reference
-from bench.bench import Env, coco_like_captions, log, train_step_flops
-from bench.gpu_common import (CLIPCAP_COCO_EPOCH_MIN, COCO_CAPTIONS, PERSONALITY_CAPTIONS, fig, free, timed)
+from bench.common import Env, log, train_step_flops
+from bench.gpu_common import CLIPCAP_COCO_EPOCH_MIN, COCO_CAPTIONS, PERSONALITY_CAPTIONS, fig, free, timed
+from bench.synthetic import coco_like_captions
 
 
 # ============================================================================== training

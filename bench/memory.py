@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+from bench.common import Env, entry
+from bench.synthetic import coco_like_captions
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -102,7 +105,7 @@ def mib(kb: float) -> float:
 
 
 # ---------------------------------------------------------------------------- features_fp16_memory
-def bench_fp16_memory(entry, env, coco_like_captions) -> dict:
+def bench_fp16_memory(env: Env) -> dict:
     """One training process's data memory: open + tokenize + one pass over every feature row, for the same
     captions with fp16 vs fp32 features. Value: fp16 / fp32 of the data memory (see run_children)."""
     from stylecap.features import save_features
@@ -144,7 +147,7 @@ def bench_fp16_memory(entry, env, coco_like_captions) -> dict:
 
 
 # ---------------------------------------------------------------------------- the CC3M-size store
-def write_cc3m_like(tmp: Path, n: int, coco_like_captions, seed: int = 0) -> tuple[Path, Path, dict]:
+def write_cc3m_like(tmp: Path, n: int, seed: int = 0) -> tuple[Path, Path, dict]:
     """(columnar file, first-format file, seconds) for n images with one caption each (CC3M's layout:
     img2dataset keys as image ids), fp16 512-d features. Written in parts, never as caption dicts for the
     columnar file."""
@@ -174,12 +177,12 @@ def write_cc3m_like(tmp: Path, n: int, coco_like_captions, seed: int = 0) -> tup
     return columnar, first, t
 
 
-def bench_store(entry, env, coco_like_captions) -> list[tuple[str, dict]]:
+def bench_store(env: Env) -> list[tuple[str, dict]]:
     from models.tokenizer import CaptionTokenizer, load_hf_tokenizer
     from stylecap.train.data import encode_data
     from stylecap.features import load_features
     n = env.sizes["store_captions"]
-    columnar, first, t = write_cc3m_like(env.tmp, n, coco_like_captions)
+    columnar, first, t = write_cc3m_like(env.tmp, n)
     cache = env.tmp / "token_cache"
     t0 = time.perf_counter()  # what local rank 0 does once per machine and dataset
     encode_data(load_features(columnar), CaptionTokenizer(load_hf_tokenizer(env.gpt2_dir)), max_len=64, cache_dir=cache)

@@ -8,27 +8,12 @@ Two cases, offline, from the demo's Flickr30k-CN templates: every prediction a v
 """
 from __future__ import annotations
 
-import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.make_demo_data import sample_content, zh_captions  # noqa: E402
-
-NEAR_REFS = {"a": ["白色背景上有一个小的红色圆形"], "b": ["黑色背景上有一个大的蓝色正方形"]}
-NEAR_PREDS = {"a": "白色背景上有一个小的绿色圆形", "b": "黑色背景上有一个大的蓝色三角形"}  # 1 and 2 characters wrong
-
-
-def zh_reference_set(n: int = 8, seed: int = 0) -> dict[str, list[str]]:
-    """n images with different contents, each with the demo's five Chinese references."""
-    rng, seen, refs = random.Random(seed), set(), {}
-    while len(refs) < n:
-        c = sample_content(rng)
-        if tuple(sorted(c.items())) not in seen:
-            seen.add(tuple(sorted(c.items())))
-            refs[f"img{len(refs)}"] = zh_captions(c)
-    return refs
+from stylecap.demo.content import NEAR_PREDS, NEAR_REFS, zh_reference_set  # noqa: E402
 
 
 def main(argv=None) -> int:

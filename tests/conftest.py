@@ -25,7 +25,7 @@ def small_models(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     """A small clean demo dataset (flickr30k/, flickr30k_cn/, personality/)."""
-    from scripts.make_demo_data import generate
+    from stylecap.demo.datasets import generate
     out = tmp_path_factory.mktemp("demo")
     generate(out, seed=0, variant="clean", n_flickr=30, n_personality=40)
     return out
@@ -33,7 +33,7 @@ def demo_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dirty_data(tmp_path_factory) -> Path:
-    from scripts.make_demo_data import generate
+    from stylecap.demo.datasets import generate
     out = tmp_path_factory.mktemp("dirty")
     generate(out, seed=0, variant="dirty")
     return out

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import bench, gpu_common
+from bench import bench, common, cpu_decode, gpu_common, synthetic
 
 
 def test_gpu_suite_runs_on_cpu_in_quick_mode(tmp_path, capsys):
@@ -65,17 +65,17 @@ def test_peak_table_matches_device_names():
 
 def test_benchmark_decodes_run_in_eval_mode(tmp_path):
     """A stop model left in train mode (dropout on) is still decoded in eval mode, and gets its mode back."""
-    env = bench.Env(quick=True, tmp=Path(tmp_path))
+    env = common.Env(quick=True, tmp=Path(tmp_path))
     env.sizes = dict(env.sizes, greedy_n=2, greedy_ref_n=1, beam_n=1, beam_ref_n=1, decode_rounds=1,
                      decode_max_len=4)
     model = env.model(seed=0, finetune_gpt2=True)
-    feats, caps = bench.stop_training_data(2, seed=0)
+    feats, caps = synthetic.stop_training_data(2, seed=0)
     env._stop_model = (model.train(), feats, caps)
     modes = []
     hook = model.gpt.register_forward_pre_hook(lambda mod, args: modes.append(mod.training))
-    bench.bench_greedy(env)
-    bench.bench_beam(env)
-    assert bench.ends_like(model, feats, caps) in (True, False)
+    cpu_decode.bench_greedy(env)
+    cpu_decode.bench_beam(env)
+    assert synthetic.ends_like(model, feats, caps) in (True, False)
     hook.remove()
     assert modes and not any(modes)
     assert model.training  # the caller's mode is restored

@@ -9,8 +9,7 @@ import shutil
 import pytest
 
 import evaluate
-from scripts.chinese_metrics_check import NEAR_PREDS, NEAR_REFS, zh_reference_set
-from scripts.make_demo_data import sample_content, zh_captions
+from stylecap.demo.content import NEAR_PREDS, NEAR_REFS, sample_content, zh_captions, zh_reference_set
 from stylecap.eval.metrics import diversity, evaluate_predictions, score_captions
 from stylecap.eval.segmentation import detect_language, segmenter_for
 from stylecap.eval.style_classifier import StyleClassifier

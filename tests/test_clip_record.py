@@ -16,7 +16,7 @@ import predict
 import train
 from models import ModelConfig, build_model
 from models.captioner import checkpoint_payload
-from scripts.make_small_models import make_clip
+from stylecap.demo.small_models import make_clip
 from stylecap.features import clip_record, load_features, save_features
 from stylecap.utils import UserError, sha256_file
 from tests.helpers import synthetic_features

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import process_conceptual
-from scripts.demo_img2dataset import write_shard, write_stats
 from stylecap.clip_utils import load_clip
+from stylecap.demo.img2dataset import write_shard, write_stats
 from stylecap.extract.image_encoder import extract_features
 from stylecap.utils import UserError, run_main
 from tests.helpers import kill_9_when
@@ -85,7 +85,7 @@ def _photo_shards(folder: Path, n_tars: int, per_tar: int) -> Path:
     enough for a test to kill it from outside between shards."""
     import numpy as np
     from PIL import Image
-    from bench.photos import photo_like
+    from stylecap.demo.photos import photo_like
     folder.mkdir()
     base = np.asarray(photo_like(0, 1600, 1200))
     for t in range(n_tars):

@@ -1,4 +1,4 @@
-"""Tests for scripts/make_demo_data.py: real on-disk formats, determinism, and the
+"""Tests for the demo data (stylecap/demo/, scripts/make_demo_data.py): real on-disk formats, determinism, and the
 dirty variant's manifest matching the files it describes."""
 import collections
 import importlib.util
@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
+from stylecap.demo import content
+from stylecap.demo.datasets import generate
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_demo_data", ROOT / "scripts/make_demo_data.py")
-mdd = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mdd)
+script = importlib.util.module_from_spec(_spec)  # the command line, loaded as `python scripts/...` runs it
+_spec.loader.exec_module(script)
 
 TRAITS = json.loads((ROOT / "stylecap/data/personality_traits.json").read_text(encoding="utf-8"))
 SMALL = dict(n_flickr=20, n_personality=30)  # 2/2 Flickr val/test, 3/3 personality val/test
@@ -23,7 +26,7 @@ SMALL = dict(n_flickr=20, n_personality=30)  # 2/2 Flickr val/test, 3/3 personal
 def clean(tmp_path_factory):
     out = tmp_path_factory.mktemp("clean")
     t0 = time.perf_counter()
-    paths = mdd.generate(out, seed=3, **SMALL)
+    paths = generate(out, seed=3, **SMALL)
     assert time.perf_counter() - t0 < 5, "small generation must stay fast for the test suite"
     return out, paths
 
@@ -31,7 +34,7 @@ def clean(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dirty(tmp_path_factory):
     out = tmp_path_factory.mktemp("dirty")
-    paths = mdd.generate(out, seed=3, variant="dirty")
+    paths = generate(out, seed=3, variant="dirty")
     return out, paths, json.loads(paths["manifest"].read_text(encoding="utf-8"))
 
 
@@ -42,7 +45,7 @@ def _tree(root: Path) -> dict:
 def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for out, seed in ((a, 7), (b, 7), (c, 8)):
-        mdd.generate(out, seed=seed, n_flickr=6, n_personality=5)
+        generate(out, seed=seed, n_flickr=6, n_personality=5)
     ta, tb, tc = _tree(a), _tree(b), _tree(c)
     assert ta.keys() == tb.keys() and len(ta) > 20
     assert all(ta[k] == tb[k] for k in ta), [k for k in ta if ta[k] != tb[k]]
@@ -50,8 +53,8 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path):
 
 
 def test_dirty_is_deterministic_too(tmp_path):
-    mdd.generate(tmp_path / "a", seed=1, variant="dirty", n_dirty_good=4)
-    mdd.generate(tmp_path / "b", seed=1, variant="dirty", n_dirty_good=4)
+    generate(tmp_path / "a", seed=1, variant="dirty", n_dirty_good=4)
+    generate(tmp_path / "b", seed=1, variant="dirty", n_dirty_good=4)
     assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
 
 
@@ -97,8 +100,8 @@ def test_five_different_wordings_share_content_words(clean):
     for im in d["images"]:
         raws = [s["raw"] for s in im["sentences"]]
         assert len(set(raws)) == 5
-        colours = {w for r in raws for w in s_words(r) if w in mdd.COLOURS}
-        bgs = {w for r in raws for w in s_words(r) if w in mdd.BACKGROUNDS}
+        colours = {w for r in raws for w in s_words(r) if w in content.COLOURS}
+        bgs = {w for r in raws for w in s_words(r) if w in content.BACKGROUNDS}
         assert len(colours) == 1 and len(bgs) == 1, raws
 
 
@@ -109,8 +112,8 @@ def s_words(text):
 def test_cn_captions_five_per_image_and_charset_covers_them(clean):
     out, paths = clean
     counts = collections.Counter()
-    charset = set(mdd.chinese_charset())
-    assert mdd.chinese_charset() == sorted(charset)
+    charset = set(content.chinese_charset())
+    assert content.chinese_charset() == sorted(charset)
     for line in paths["cn_captions"].read_text(encoding="utf-8").splitlines():
         img_id, cap = line.split("\t")
         assert re.fullmatch(r"\d{10}", img_id)  # no .jpg suffix in this format
@@ -153,7 +156,7 @@ def test_personality_splits_styles_and_references(clean):
 
 def test_styles_have_distinct_templates():
     c = {"colour": "red", "size": "large", "bg": "white", "shape": "circle"}
-    all_caps = {s: mdd.styled_captions(s, c) for s in mdd.STYLES}
+    all_caps = {s: content.styled_captions(s, c) for s in content.STYLES}
     flat = [x for caps in all_caps.values() for x in caps]
     assert len(flat) == len(set(flat)) == 25
     assert all("red" in x and "white" in x and "big" in x for x in flat)
@@ -186,19 +189,19 @@ def test_refuses_to_overwrite_foreign_dataset_dir(tmp_path):
     (tmp_path / "flickr30k").mkdir()
     (tmp_path / "flickr30k" / "real.jpg").write_bytes(b"x")
     with pytest.raises(SystemExit):
-        mdd.generate(tmp_path, n_flickr=3, n_personality=3)
+        generate(tmp_path, n_flickr=3, n_personality=3)
     assert (tmp_path / "flickr30k" / "real.jpg").exists()
 
 
 def test_regenerating_removes_stale_files(tmp_path):
-    mdd.generate(tmp_path, variant="dirty", n_dirty_good=3)
-    mdd.generate(tmp_path, n_flickr=3, n_personality=3)
+    generate(tmp_path, variant="dirty", n_dirty_good=3)
+    generate(tmp_path, n_flickr=3, n_personality=3)
     assert not (tmp_path / "dirty_manifest.json").exists()
     assert len(list((tmp_path / "flickr30k/flickr30k-images").iterdir())) == 3
 
 
 def test_main_cli(tmp_path, capsys):
-    assert mdd.main(["--out", str(tmp_path), "--n_flickr", "4", "--n_personality", "3", "--seed", "2"]) == 0
+    assert script.main(["--out", str(tmp_path), "--n_flickr", "4", "--n_personality", "3", "--seed", "2"]) == 0
     assert "flickr_token" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "personality/personality_captions/test.json").read_text())) == 1
 
@@ -265,3 +268,22 @@ def test_dirty_captions_reference_every_special_and_malformed_lines(dirty):
     assert any("comment" not in train[i] for i in bad_idx)
     all_recs = train + [r for s in ("val", "test") for r in json.loads(paths[f"personality_{s}"].read_text())]
     assert {r["image_hash"] for r in all_recs} == set(m["good"]) | set(m["bad"])
+
+
+def test_no_library_module_imports_the_demo_package():
+    """stylecap.demo is for scripts, the bench and the tests: the library never depends on synthetic data."""
+    import ast
+    bad = []
+    for folder in ("stylecap", "models"):
+        for p in (ROOT / folder).rglob("*.py"):
+            if p.is_relative_to(ROOT / "stylecap" / "demo"):
+                continue
+            for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:  # `from stylecap import demo` too
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                else:
+                    continue
+                bad += [f"{p.relative_to(ROOT)}: {n}" for n in names if (n + ".").startswith("stylecap.demo.")]
+    assert not bad, bad

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import evaluate
-from scripts.make_demo_data import STYLES, en_captions, encode, render, sample_content, styled_captions
+from stylecap.demo.content import STYLES, en_captions, encode, render, sample_content, styled_captions
 from stylecap.features import save_features
 from stylecap.eval.metrics import STANDARD
 from stylecap.utils import UserError

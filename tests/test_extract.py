@@ -166,7 +166,7 @@ def _large_photos(folder: Path, n: int) -> Path:
     extraction takes long enough for a test to kill it from outside between chunks."""
     import numpy as np
     from PIL import Image
-    from bench.photos import photo_like, save_jpeg
+    from stylecap.demo.photos import photo_like, save_jpeg
     folder.mkdir()
     base = np.asarray(photo_like(0, 1600, 1200))
     for i in range(n):  # shifted copies: distinct content without generating n photos

@@ -6,8 +6,8 @@ import clip
 import torch
 from torch.utils.data import dataloader
 
-from bench.photos import photo_like, save_jpeg
 from stylecap.clip_utils import load_clip, open_image
+from stylecap.demo.photos import photo_like, save_jpeg
 from stylecap.extract.image_encoder import extract_features
 
 

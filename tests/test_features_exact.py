@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import process_flickr
-from bench.photos import photo_like, save_jpeg
 from stylecap.clip_utils import _import_clip, load_clip, open_image
+from stylecap.demo.photos import photo_like, save_jpeg
 from stylecap.extract.image_encoder import extract_features
 from stylecap.features import load_features
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from scripts.compare_tokenizers import EDGE_CASES, informal_captions
+from stylecap.demo.informal import EDGE_CASES, informal_captions
 from stylecap.eval.coco_metrics import _tokenize, score_captions
 from stylecap.eval.ptb_tokenize import python_tokenize
 

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import torch
 
-from scripts.make_demo_data import STYLES, en_captions, sample_content, styled_captions
+from stylecap.demo.content import STYLES, en_captions, sample_content, styled_captions
 from stylecap.eval import coco_metrics as C
 from stylecap.eval import metrics as M
 from stylecap.eval.style_classifier import StyleClassifier

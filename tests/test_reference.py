@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.bench import stop_training_data, train_to_stop
+from bench.synthetic import stop_training_data, train_to_stop
 from bench.reference import (reference_beam, reference_collate, reference_greedy, reference_max_seq_len)
 from models import ModelConfig, build_model, load_model
 from models.decoding import DecodeConfig, context_embeds, generate_captions, sequence_logprob

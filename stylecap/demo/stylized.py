@@ -1,4 +1,4 @@
-"""Small synthetic stylized sets in the layouts process_stylized.py reads (used by make_demo_data.py).
+"""Small synthetic stylized sets in the layouts process_stylized.py reads (written by stylecap/demo/datasets.py).
 
     stylized/generic/captions.jsonl   {"image", "caption", "style", "split"} a line (styles positive/negative)
     stylized/generic/captions.csv     image,caption,style (no split column: a seeded split by image)

@@ -2,7 +2,7 @@
 
 JPEG's cost and its reduced-scale (draft) decoding depend on high-frequency content, so flat demo
 images would understate what --fast_jpeg_decode changes; these have the detail of a real photo.
-Used by bench/decode_fidelity.py and tests/test_features_exact.py.
+Used by bench/decode_fidelity.py and the extraction tests.
 """
 from __future__ import annotations
 

