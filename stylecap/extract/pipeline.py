@@ -93,10 +93,10 @@ def shard_job(job: Job, i: int, n: int, batch_size: int) -> Job:
     return _subset(job, lo, hi, shard_path(job.path, i, n), shard={"index": i, "count": n, "first_image": lo})
 
 
-def run_key(job: Job, settings: dict) -> str:
+def run_key(job: Job, encoding: dict) -> str:
     """Hash of everything that determines a file's content (not its path, not the worker count)."""
     blob = json.dumps({"v": FORMAT_VERSION, "ids": job.image_ids, "paths": job.image_paths,
-                       "captions": job.captions, "meta": job.meta, "settings": settings},
+                       "captions": job.captions, "meta": job.meta, "settings": encoding},
                       sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -175,33 +175,33 @@ def extract_job(job: Job, enc: Encoder, key: str, settings: ExtractSettings):
 
 
 # ----------------------------------------------------------------------------- the output file
-def finalize(job: Job, settings: dict, emb: torch.Tensor, ok: list[int], bad: list) -> dict:
+def finalize(job: Job, encoding: dict, emb: torch.Tensor, ok: list[int], bad: list) -> dict:
     """The feature-file dict. emb [len(ok), D]: row r is image ok[r] (ascending = first appearance)."""
     row = {job.image_ids[k]: r for r, k in enumerate(ok)}
     # Caption records by row (stable, so source order within an image): a merge of shards concatenates
     # to the same list even if the source interleaves images.
     caps = sorted(({**c, "clip_embedding": row[c["image_id"]]} for c in job.captions if c["image_id"] in row),
                   key=lambda c: c["clip_embedding"])
-    emb = emb.to(torch.float16 if settings["fp16"] else torch.float32).contiguous()
+    emb = emb.to(torch.float16 if encoding["fp16"] else torch.float32).contiguous()
     meta = dict(job.meta)
     n_malformed = meta.pop("malformed_count", 0)
     meta.update({
-        **file_meta(settings, emb),
+        **file_meta(encoding, emb),
         "counts": {"images": len(ok), "captions": len(caps), "skipped_images": len(bad),
                    "skipped_captions": len(job.captions) - len(caps), "malformed": n_malformed},
         "skipped": [{"image_id": job.image_ids[i], "path": job.image_paths[i], "reason": r} for i, r in bad],
-        "extraction": dict(settings),
-        "run_key": run_key(job, settings),
+        "extraction": dict(encoding),
+        "run_key": run_key(job, encoding),
     })
     return {"clip_embedding": emb, "captions": caps, "meta": meta}
 
 
-def file_meta(settings: dict, emb: torch.Tensor) -> dict:
+def file_meta(encoding: dict, emb: torch.Tensor) -> dict:
     """The meta keys every feature file has: which CLIP (clip_record reads them), format, when, which code."""
     return {"format_version": FORMAT_VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version(),
-            "clip_model": settings["clip_model"], "clip_sha256": settings["clip_sha256"],
+            "clip_model": encoding["clip_model"], "clip_sha256": encoding["clip_sha256"],
             "dim": int(emb.shape[1]), "dtype": str(emb.dtype).replace("torch.", ""), "normalized": False}
 
 
@@ -353,11 +353,11 @@ def merge(jobs: list[Job]) -> int:
         if missing:
             raise UserError(f"--merge: {job.path}: shard(s) {missing} of {n} missing; run --shard {missing[0]}/{n}")
         parts = [torch.load(files[i], map_location="cpu", weights_only=True) for i in range(n)]
-        settings = parts[0]["meta"]["extraction"]
+        encoding = parts[0]["meta"]["extraction"]
         embs, ok, bad = [], [], []
         for i, part in enumerate(parts):
-            sj = shard_job(job, i, n, settings["batch_size"])
-            if part["meta"].get("run_key") != run_key(sj, settings):
+            sj = shard_job(job, i, n, encoding["batch_size"])
+            if part["meta"].get("run_key") != run_key(sj, encoding):
                 raise UserError(f"--merge: {files[i]} was made with other arguments, inputs or settings than "
                                 f"this command / shard 0; rerun --shard {i}/{n} with the same arguments")
             lo, why = sj.meta["shard"]["first_image"], {s["image_id"]: s["reason"] for s in part["meta"]["skipped"]}
@@ -366,5 +366,5 @@ def merge(jobs: list[Job]) -> int:
             embs.append(part["clip_embedding"])
         if not ok:
             raise UserError(f"--merge: no image of {job.path} was encoded in any shard")
-        _write(job, finalize(job, settings, torch.cat(embs), ok, bad))
+        _write(job, finalize(job, encoding, torch.cat(embs), ok, bad))
     return 0
