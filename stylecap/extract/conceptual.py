@@ -35,7 +35,8 @@ from stylecap.extract import pipeline as extract
 from stylecap.extract.image_encoder import extract_features
 from stylecap.extract.pipeline import Encoder
 from stylecap.extract.settings import ExtractSettings
-from stylecap.extract.webdataset_source import TarImages, find_tars, index_tar, read_stats
+from stylecap.extract.readers import READERS
+from stylecap.extract.webdataset_source import TarImages, index_tar, read_stats
 from stylecap.features import FeatureStore, save_features, utf8_column
 from stylecap.utils import UserError, atomic_torch_save
 
@@ -148,7 +149,7 @@ def write_file(tars: list[Path], data_path: str, output: Path, settings: dict, k
     ``data_path``: --data_path as given (recorded in the meta as it is)."""
     store, parts = combine([part_file(output, t) for t in tars], settings["dim"],
                            torch.float16 if settings["fp16"] else torch.float32)
-    meta = {"dataset": "conceptual", "source": "img2dataset", "source_format": "webdataset",
+    meta = {"dataset": READERS["webdataset"].dataset, "source": "img2dataset", "source_format": "webdataset",
             "data_path": str(data_path), "shards": [t.name for t in tars], "styles": [],
             **extract.file_meta(settings, store.clip_embedding), "counts": _counts(parts, store.n_images),
             "skipped": [{"image_id": s["image_id"], "path": str(Path(data_path) / p["tar"]),
@@ -179,7 +180,7 @@ def write_file(tars: list[Path], data_path: str, output: Path, settings: dict, k
 def run(data_path: str, output: Path, settings: ExtractSettings) -> int:
     """Encode the missing parts (all, or this --shard's), then combine; or --merge. ``data_path``: the
     img2dataset folder as given on the command line."""
-    tars = find_tars(data_path)
+    tars = READERS["webdataset"].read(data_path)  # the tar shards, in shard order
     if settings.merge:
         return merge(tars, data_path, output, settings)
     enc = extract.load_encoder(settings)

@@ -31,7 +31,7 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from stylecap.clip_utils import load_clip
+from stylecap.extract.caption_sources import CaptionSource
 from stylecap.extract.image_encoder import autocast_dtype, encode_batches
 from stylecap.extract.settings import ExtractSettings
 from stylecap.features import save_features
@@ -61,7 +62,8 @@ class Job:
     meta: dict = field(default_factory=dict)  # source-level meta, copied into the file's meta
 
 
-def make_job(path, source, image_dir, image_ids, meta: dict) -> Job:
+def make_job(path: str | Path, source: CaptionSource, image_dir: str | Path, image_ids: Iterable[str],
+             meta: dict) -> Job:
     """A job for ``image_ids`` of a CaptionSource; its malformed lines go into the meta."""
     ids = list(image_ids)
     keep = set(ids)

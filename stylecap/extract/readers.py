@@ -2,8 +2,8 @@
 
 Every dataset layout the process_*.py scripts read is one entry of :data:`READERS`. A script's
 ``--format`` choices are its entries, in table order; ``--format auto`` tries their detectors in table
-order, the catch-all ones (``fallback``) last, and takes the first that says yes; the entry also gives the feature files' ``meta["dataset"]``
-and, for a released stylized set, its fixed style order.
+order, the catch-all ones (``fallback``) last, and takes the first that says yes; the entry also gives
+the feature files' ``meta["dataset"]`` and, for a released stylized set, its fixed style order.
 
 Adding a reader for a caption file or folder (process_flickr.py or process_stylized.py):
 
@@ -34,8 +34,8 @@ from stylecap.utils import UserError
 @dataclass(frozen=True)
 class Reader:
     """One dataset layout. ``read(path, image_dir)``: a CaptionSource for the caption formats;
-    personality: {split: CaptionSource} of the personality_captions folder; webdataset: the tar shards
-    (encoded by :mod:`stylecap.extract.conceptual`)."""
+    personality: {split: CaptionSource} of the personality_captions folder. webdataset: ``read(folder)``,
+    the tar shards of an img2dataset output (encoded by :mod:`stylecap.extract.conceptual`)."""
     script: str                                    # process_<script>.py offers it
     dataset: str                                   # meta["dataset"] of the feature files
     read: Callable[..., object]
@@ -45,16 +45,12 @@ class Reader:
     fallback: bool = False                         # a catch-all detector: tried after the script's others
 
 
-def _is_file(path: Path) -> bool:
-    return path.is_file()
-
-
 READERS: dict[str, Reader] = {
     # process_flickr.py: Flickr30k and Flickr30k-CN captions, no style
     "token": Reader("flickr", "flickr30k", read_token,
                     lambda p: p.is_file() and not json_document(p) and caption_index(p)),
     "karpathy": Reader("flickr", "flickr30k", read_karpathy, lambda p: p.is_file() and json_document(p)),
-    "cn": Reader("flickr", "flickr30k-cn", read_cn, _is_file, fallback=True),  # any other text file
+    "cn": Reader("flickr", "flickr30k-cn", read_cn, Path.is_file, fallback=True),  # any other text file
     # process_stylized.py: styled captions
     "jsonl": Reader("stylized", "stylized", read_jsonl,
                     lambda p: p.is_file() and (jsonl_name(p) or first_line_kind(p) == "object")),
