@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 
 from stylecap.extract import conceptual
-from stylecap.extract import pipeline as extract
+from stylecap.extract.settings import ExtractSettings, add_args
 from stylecap.utils import run_main, setup_logging
 
 HELP = {
@@ -40,15 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="img2dataset's --output_folder (webdataset format): 00000.tar, 00001.tar, ... and _stats.json")
     p.add_argument("--output_path", required=True,
                    help="feature file, e.g. data/features/cc3m.pkl; work in progress goes to <output>.parts/")
-    extract.add_args(p, HELP)
+    add_args(p, HELP)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    extract.check_args(args)
+    settings = ExtractSettings.from_args(args)
     setup_logging(Path(args.output_path).with_suffix(".log"))
-    return conceptual.run(args)
+    return conceptual.run(args.data_path, Path(args.output_path), settings)
 
 
 if __name__ == "__main__":

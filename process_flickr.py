@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 
-from stylecap.extract import pipeline as extract
-from stylecap.extract.caption_sources import FORMATS, read_flickr
-from stylecap.extract.splits import add_split_args, extract_by_split, start_extraction
+from stylecap.extract.readers import formats
+from stylecap.extract.settings import add_args
+from stylecap.extract.splits import add_split_args, extract_captions
 from stylecap.utils import run_main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,20 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_path", required=True, help="folder with the images (flickr30k-images)")
     p.add_argument("--output_path", required=True,
                    help="feature file path, e.g. data/features/flickr.pkl; splits go to <stem>_<split>.pkl")
-    p.add_argument("--format", choices=("auto",) + FORMATS, default="auto",
+    p.add_argument("--format", choices=("auto",) + formats("flickr"), default="auto",
                    help="caption source format; auto detects it from the content (default: auto)")
     add_split_args(p)
-    extract.add_args(p)
+    add_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    image_dir = start_extraction(args, "the flickr30k-images folder")
-    source = read_flickr(args.caption_path, args.format)
-    meta = {"dataset": "flickr30k-cn" if source.format == "cn" else "flickr30k",
-            "source_format": source.format, "sources": source.files, "image_dir": str(image_dir), "styles": []}
-    return extract_by_split(source, meta, args, "karpathy")
+    return extract_captions("flickr", build_parser().parse_args(argv), "the flickr30k-images folder", "karpathy")
+
 
 if __name__ == "__main__":
     run_main(main)

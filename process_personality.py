@@ -17,7 +17,9 @@ import argparse
 from pathlib import Path
 
 from stylecap.extract import pipeline as extract
-from stylecap.extract.caption_sources import PERSONALITY_SPLITS, read_personality_split, read_traits
+from stylecap.extract.caption_sources import personality_styles, read_traits
+from stylecap.extract.readers import READERS
+from stylecap.extract.settings import ExtractSettings, add_args
 from stylecap.utils import UserError, run_main, setup_logging
 
 
@@ -28,13 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_path", required=True, help="the yfcc_images folder ({image_hash}.jpg)")
     p.add_argument("--output_path", required=True,
                    help="output FOLDER; gets train.pkl, val.pkl, test.pkl (+ .skipped.txt) and extract.log")
-    extract.add_args(p)
+    add_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    extract.check_args(args)
+    settings = ExtractSettings.from_args(args)
     data_dir, image_dir, out_dir = Path(args.data_path), Path(args.image_path), Path(args.output_path)
     if out_dir.is_file() or out_dir.suffix in (".pkl", ".pt"):
         raise UserError(f"--output_path {out_dir} must be a folder: it gets train.pkl, val.pkl and test.pkl")
@@ -45,37 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     if not image_dir.is_dir():
         raise UserError(f"image folder {image_dir} not found; pass --image_path (the yfcc_images folder)")
 
-    from loguru import logger
-    sources = {s: read_personality_split(data_dir / f"{s}.json")
-               for s in PERSONALITY_SPLITS if (data_dir / f"{s}.json").is_file()}
-    if not sources:
-        raise UserError(f"{data_dir} has none of train.json, val.json, test.json; pass the personality_captions folder")
-    missing = [s for s in PERSONALITY_SPLITS if s not in sources]
-    if missing:
-        logger.warning(f"{data_dir}: no {', '.join(m + '.json' for m in missing)}; writing only {', '.join(sources)}")
-
-    # One style list for all three files, so style ids agree between train and test.
-    seen: dict[str, None] = {}
+    reader = READERS["personality"]
+    sources = reader.read(data_dir, image_dir)
     for src in sources.values():
         extract.log_malformed(src.malformed)
-        for c in src.captions:
-            seen.setdefault(c["style"], None)
     traits = read_traits(data_dir)
-    if traits is None:
-        styles = list(seen)
-    else:
-        extra = [s for s in seen if s not in set(traits)]
-        if extra:
-            logger.warning(f"{len(extra)} trait(s) not in personalities.txt, appended to the style list: {extra[:5]}")
-        styles = traits + extra
+    styles = personality_styles(sources, traits)  # one list for all files: style ids agree between splits
     files = [str(data_dir / "personalities.txt")] if traits is not None else []
-
     jobs = [extract.make_job(out_dir / f"{s}.pkl", src, image_dir, list(src.image_files),
-                             {"dataset": "personality_captions", "source_format": "personality",
+                             {"dataset": reader.dataset, "source_format": "personality",
                               "sources": src.files + files, "image_dir": str(image_dir), "styles": styles,
                               "split_method": "personality", "split": s})
             for s, src in sources.items()]
-    return extract.run(jobs, args)
+    return extract.run(jobs, settings)
 
 
 if __name__ == "__main__":

@@ -24,15 +24,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from stylecap.extract import pipeline as extract
-from stylecap.extract.stylized_sources import (FLICKRSTYLE_FILES, SENTICAP_STYLES, STYLIZED_FORMATS,
-                                       detect_stylized_format, read_stylized)
-from stylecap.extract.splits import add_split_args, extract_by_split, start_extraction
+from stylecap.extract.readers import formats
+from stylecap.extract.settings import add_args
+from stylecap.extract.splits import add_split_args, extract_captions
 from stylecap.utils import run_main
-
-DATASET = {"jsonl": "stylized", "csv": "stylized", "flickrstyle": "flickrstyle10k", "senticap": "senticap"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,33 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with the images; 'image' paths of the generic formats are relative to it")
     p.add_argument("--output_path", required=True,
                    help="feature file path, e.g. data/features/flickrstyle.pkl; splits go to <stem>_<split>.pkl")
-    p.add_argument("--format", choices=("auto",) + STYLIZED_FORMATS, default="auto",
+    p.add_argument("--format", choices=("auto",) + formats("stylized"), default="auto",
                    help="caption source format; auto detects it from the content (default: auto)")
     add_split_args(p)
-    extract.add_args(p)
+    add_args(p)
     return p
 
 
-def style_list(fmt: str, captions: list[dict]) -> list[str]:
-    """The style vocabulary: the dataset's fixed order for the two released sets (so style ids do not
-    depend on which style a file happens to list first), first appearance for the generic formats."""
-    fixed = {"flickrstyle": list(FLICKRSTYLE_FILES), "senticap": list(SENTICAP_STYLES)}.get(fmt, [])
-    seen = dict.fromkeys(fixed)
-    for c in captions:
-        if c.get("style") is not None:
-            seen.setdefault(c["style"], None)
-    present = {c.get("style") for c in captions}
-    return [s for s in seen if s in present]
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    image_dir = start_extraction(args, "the folder the images are in")
-    fmt = detect_stylized_format(Path(args.caption_path)) if args.format == "auto" else args.format
-    source = read_stylized(args.caption_path, fmt, image_dir)
-    meta = {"dataset": DATASET[fmt], "source_format": fmt, "sources": source.files, "image_dir": str(image_dir),
-            "styles": style_list(fmt, source.captions)}
-    return extract_by_split(source, meta, args, "source")
+    return extract_captions("stylized", build_parser().parse_args(argv), "the folder the images are in", "source")
+
 
 if __name__ == "__main__":
     run_main(main)

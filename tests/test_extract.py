@@ -353,3 +353,26 @@ def test_legacy_pickles_read_and_malicious_refused(tmp_path):
         with pytest.raises(UserError):
             load_features(tmp_path / f"evil{i}.pt")
     assert not marker.exists()
+
+
+def test_settings_object_from_flags():
+    """The scripts' shared flags become one typed, frozen ExtractSettings; the library never sees the Namespace."""
+    import dataclasses
+    from stylecap.extract.settings import CHUNK_IMAGES, ExtractSettings
+    parse = lambda *a: ExtractSettings.from_args(process_flickr.build_parser().parse_args(
+        ["--caption_path", "c", "--image_path", "i", "--output_path", "o.pkl", *a]))
+    s = parse("--batch_size", "64", "--fp16", "--shard", "1/4")
+    assert (s.batch_size, s.fp16, s.chunk_batches, s.shard_index, s.shard_count, s.sharded) == \
+        (64, True, CHUNK_IMAGES // 64, 1, 4, True)
+    assert s.clip_model_path == "pre_model/ViT-B-32.pt" and s.device is None and s.autocast == "auto"
+    assert not parse().sharded and parse("--chunk_batches", "3").chunk_batches == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.batch_size = 1
+    for bad, msg in ((["--batch_size", "0"], "--batch_size and --limit must be >= 1"),
+                     (["--chunk_batches", "0"], "--chunk_batches must be >= 1"),
+                     (["--shard", "4/4"], r"--shard 4/4: expected i/n"),
+                     (["--shard", "0/2", "--merge"], "--merge combines the shard files")):
+        with pytest.raises(UserError, match=msg):
+            parse(*bad)
+    library = "".join(p.read_text() for p in (Path(__file__).parents[1] / "stylecap" / "extract").glob("*.py"))
+    assert "device_obj" not in library and "getattr(args" not in library

@@ -14,8 +14,8 @@ import process_stylized
 import train
 from stylecap.features import load_features
 from stylecap.extract.splits import seeded_split
-from stylecap.extract.stylized_sources import (detect_stylized_format, read_flickrstyle, read_jsonl, read_py2_pickle,
-                                       read_senticap, read_stylized)
+from stylecap.extract.readers import detect_stylized_format, read_stylized
+from stylecap.extract.stylized_sources import read_flickrstyle, read_jsonl, read_py2_pickle, read_senticap
 from stylecap.utils import UserError
 
 SPLITS = ("train", "val", "test")
@@ -262,3 +262,73 @@ def test_main_refuses_a_file_without_usable_line_before_loading_clip(tmp_path):
     with pytest.raises(UserError, match="no usable JSON line"):
         process_stylized.main(["--caption_path", str(path), "--image_path", str(tmp_path / "images"),
                                "--output_path", str(tmp_path / "o.pkl"), "--clip_model_path", str(tmp_path / "none.pt")])
+
+
+# ----------------------------------------------------------------------------- the reader table
+def test_reader_table_gives_choices_detection_and_meta(demo_data, tmp_path):
+    import process_flickr
+    from stylecap.extract import readers
+    assert readers.formats("flickr") == ("token", "karpathy", "cn")
+    assert readers.formats("stylized") == ("jsonl", "csv", "flickrstyle", "senticap")
+    for script, mod in (("flickr", process_flickr), ("stylized", process_stylized)):
+        fmt = next(a for a in mod.build_parser()._actions if a.dest == "format")
+        assert tuple(fmt.choices) == ("auto",) + readers.formats(script)
+    fl, cn = demo_data / "flickr30k", demo_data / "flickr30k_cn"
+    for path, want in ((fl / "results_20130124.token", "token"), (fl / "dataset_flickr30k.json", "karpathy"),
+                       (cn / "captions_cn.txt", "cn")):
+        assert readers.detect("flickr", path) == want
+    for exp in expected(demo_data).values():  # the stylized detectors exclude each other: one yes per layout
+        path = demo_data / exp["caption_path"]
+        assert sum(readers.READERS[f].detect(path) for f in readers.formats("stylized")) == 1
+    with pytest.raises(UserError, match="caption file .*nope not found; pass --caption_path"):
+        readers.detect("flickr", tmp_path / "nope")
+    with pytest.raises(UserError, match="caption file .* not found; pass --caption_path"):
+        readers.detect("flickr", tmp_path)  # a folder is not a Flickr caption source
+    fmt, src = readers.read_source("flickr", cn / "captions_cn.txt", image_dir=cn / "flickr30k-images")
+    meta = readers.source_meta(fmt, src, cn / "flickr30k-images")
+    assert list(meta) == ["dataset", "source_format", "sources", "image_dir", "styles"]
+    assert meta["dataset"] == "flickr30k-cn" and meta["source_format"] == "cn" and meta["styles"] == []
+
+
+def test_a_new_reader_is_one_table_entry(tmp_path, monkeypatch):
+    """A made-up 'pipe' format (image|style|caption lines): its reader plus one entry make process_stylized.py
+    offer it, detect it and read it."""
+    from stylecap.extract import readers
+    from stylecap.extract.caption_sources import CaptionSource
+
+    def read_pipe(path: Path, image_dir: Path | None = None) -> CaptionSource:
+        src = CaptionSource(format="pipe", files=[str(path)])
+        for line in path.read_text().splitlines():
+            image, style, caption = line.split("|")
+            src.add(image, caption, style=style)
+        return src
+
+    monkeypatch.setitem(readers.READERS, "pipe", readers.Reader(
+        "stylized", "pipes", read_pipe, lambda p: p.is_file() and p.suffix == ".pipe", styles=("sad", "happy")))
+    path = _write(tmp_path / "c.pipe", "1.jpg|happy|a dog\n2.jpg|sad|a cat\n")
+    fmt = next(a for a in process_stylized.build_parser()._actions if a.dest == "format")
+    assert "pipe" in fmt.choices and readers.detect("stylized", path) == "pipe"
+    name, src = readers.read_source("stylized", path)
+    meta = readers.source_meta(name, src, tmp_path)
+    assert meta["dataset"] == "pipes" and meta["styles"] == ["sad", "happy"]  # the entry's fixed order
+
+
+def test_karpathy_and_senticap_share_the_walker(tmp_path):
+    from stylecap.extract.caption_sources import read_karpathy
+    images = [{"filename": "a.jpg", "split": "restval", "sentences": [{"raw": " one ", "sentiment": 1}]},
+              {"filename": "b.jpg", "split": "holdout", "sentences": [{"raw": "two", "sentiment": 0}]},
+              {"filename": "c.jpg", "split": "val", "sentences": []},
+              {"split": "test", "sentences": [{"raw": "x"}]},
+              {"filename": "d.jpg", "split": "test", "sentences": [{"sentiment": 1}, {"raw": "four", "sentiment": 0}]}]
+    path = _write(tmp_path / "k.json", json.dumps({"images": images}))
+    k, s = read_karpathy(path), read_senticap(path)
+    where = lambda src: [(m["where"], m["reason"]) for m in src.malformed]
+    assert where(k) == [("images[1]", "unknown split 'holdout' (expected train/restval/val/test)"),
+                        ("images[2]", "no 'sentences' (or an empty list)"), ("images[3]", "no 'filename'"),
+                        ("images[4].sentences[0]", "no 'raw' caption text")]
+    assert where(s)[:2] == [("images[0]", "unknown split 'restval' (expected train/val/test)"),
+                            ("images[1]", "unknown split 'holdout' (expected train/val/test)")]
+    assert where(s)[2:] == where(k)[1:]
+    assert k.splits == {"a": "train", "d": "test"} and s.splits == {"d": "test"}
+    assert [c["caption"] for c in k.captions] == ["one", "four"]
+    assert [(c["caption"], c["style"]) for c in s.captions] == [("four", "negative")]

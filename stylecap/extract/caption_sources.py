@@ -1,4 +1,5 @@
-"""Parsers for the caption sources process_flickr.py / process_personality.py read.
+"""Parsers for the caption sources process_flickr.py / process_personality.py read (registered, with their
+detectors, in :mod:`stylecap.extract.readers`).
 
     token     Flickr30k ``results_20130124.token``: ``1000092795.jpg#0<TAB>caption`` lines
     karpathy  Karpathy split json: ``images[i].filename``, ``.split``, ``.sentences[j].raw``
@@ -21,8 +22,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from loguru import logger
 
 from stylecap.utils import UserError
 
@@ -88,28 +92,35 @@ def _lines(path: Path):
             yield n, text
 
 
-def detect_format(path: str | Path) -> str:
-    """'karpathy' for JSON; for TAB files 'token' when names carry a ``#n`` caption index, else 'cn'."""
-    path = Path(path)
+def need_file(path: Path) -> Path:
+    """``path`` when it is a file; else the one-line error every caption-file reader gives."""
     if not path.is_file():
-        raise UserError(f"caption file {path} not found; pass --caption_path (Flickr30k "
-                        "results_20130124.token, dataset_flickr30k.json or the Flickr30k-CN txt)")
+        raise UserError(f"caption file {path} not found; check --caption_path")
+    return path
+
+
+def json_document(path: Path) -> bool:
+    """Does the file start (after a BOM and blanks) like a JSON document ('{' or '[')?"""
     with open(path, "rb") as f:
         head = f.read(1 << 16).lstrip(b"\xef\xbb\xbf").lstrip()
-    if head[:1] in (b"{", b"["):
-        return "karpathy"
+    return head[:1] in (b"{", b"[")
+
+
+def caption_index(path: Path) -> bool:
+    """Does one of the first 200 non-blank lines name its image with a ``#n`` caption index before a TAB
+    (Flickr30k's ``1000092795.jpg#0<TAB>caption``)?"""
     for n, (_, text) in enumerate(_lines(path)):
         if n >= 200:
             break
         if text and "\t" in text and re.search(r"#\d+$", text.split("\t", 1)[0].strip()):
-            return "token"
-    return "cn"
+            return True
+    return False
 
 
 def _read_tab_file(path: Path, fmt: str) -> CaptionSource:
     """token and cn files: ``<image>[#n]<TAB><caption>``; differ only in how the image is named."""
     src = CaptionSource(format=fmt, files=[str(path)])
-    for n, text in _lines(path):
+    for n, text in _lines(need_file(path)):
         if text is None:
             src.bad(path, f"line {n}", "not UTF-8 text")
         elif "\t" not in text:
@@ -131,47 +142,66 @@ def _read_tab_file(path: Path, fmt: str) -> CaptionSource:
     return src
 
 
-def read_karpathy(path: Path) -> CaptionSource:
-    data = _json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise UserError(f"{path}: not a Karpathy split file (expected {{\"images\": [{{\"filename\", \"split\", "
-                        "\"sentences\": [{\"raw\"}]}]}); pass --format token or cn for a TAB file")
-    src = CaptionSource(format="karpathy", files=[str(path)], splits={})
-    for i, img in enumerate(data["images"]):
+def read_token(path: Path, image_dir: Path | None = None) -> CaptionSource:
+    """Flickr30k ``results_20130124.token``: ``1000092795.jpg#0<TAB>caption`` lines."""
+    return _read_tab_file(path, "token")
+
+
+def read_cn(path: Path, image_dir: Path | None = None) -> CaptionSource:
+    """Flickr30k-CN: ``1000092795<TAB>caption`` lines, image ``1000092795.jpg``."""
+    return _read_tab_file(path, "cn")
+
+
+def walk_images(src: CaptionSource, path: Path, images: list, splits: dict[str, str],
+                name_of: Callable[[dict], str | None],
+                extra_of: Callable[[dict], dict | str] = lambda sent: {}) -> None:
+    """The walker of the ``{"images": [{"filename", "split", "sentences": [{"raw", ...}]}]}`` layout that
+    Karpathy's split files and SentiCap's json share: each usable sentence -> a caption record of
+    ``src`` and its image's split (``splits`` maps the accepted split names to the stored ones).
+    ``name_of(image)``: the image file under --image_path, or None when the record has no usable filename;
+    ``extra_of(sentence)``: the record's extra fields (e.g. its style), or the reason it is malformed."""
+    for i, img in enumerate(images):
         where = f"images[{i}]"
-        if not isinstance(img, dict) or not isinstance(img.get("filename"), str) or not img["filename"]:
+        name = name_of(img) if isinstance(img, dict) else None
+        if name is None:
             src.bad(path, where, "no 'filename'")
             continue
-        if img.get("split") not in KARPATHY_SPLITS:
-            src.bad(path, where, f"unknown split {img.get('split')!r} (expected train/restval/val/test)")
+        if not isinstance(img.get("split"), str) or img["split"] not in splits:
+            src.bad(path, where, f"unknown split {img.get('split')!r} (expected {'/'.join(splits)})")
             continue
         if not isinstance(img.get("sentences"), list) or not img["sentences"]:
             src.bad(path, where, "no 'sentences' (or an empty list)")
             continue
-        # COCO's Karpathy file has 'filepath' (train2014/val2014); Flickr30k's has none.
-        name = img["filename"] if not img.get("filepath") else f"{img['filepath']}/{img['filename']}"
         for j, sent in enumerate(img["sentences"]):
             raw = sent.get("raw") if isinstance(sent, dict) else None
-            if not isinstance(raw, str) or not raw.strip():
-                src.bad(path, f"{where}.sentences[{j}]", "no 'raw' caption text")
+            extra = extra_of(sent) if isinstance(raw, str) and raw.strip() else "no 'raw' caption text"
+            if isinstance(extra, str):
+                src.bad(path, f"{where}.sentences[{j}]", extra)
                 continue
-            src.add(name, raw.strip())
-            src.splits.setdefault(Path(name).stem, KARPATHY_SPLITS[img["split"]])
+            src.add(name, raw.strip(), **extra)
+            src.splits.setdefault(Path(name).stem, splits[img["split"]])
+
+
+def _karpathy_name(img: dict) -> str | None:
+    """COCO's Karpathy file has 'filepath' (train2014/val2014); Flickr30k's has none."""
+    if not isinstance(img.get("filename"), str) or not img["filename"]:
+        return None
+    return img["filename"] if not img.get("filepath") else f"{img['filepath']}/{img['filename']}"
+
+
+def read_karpathy(path: Path, image_dir: Path | None = None) -> CaptionSource:
+    """Karpathy split json: ``images[i].filename``, ``.split``, ``.sentences[j].raw`` (restval is train)."""
+    data = _json(need_file(path))
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UserError(f"{path}: not a Karpathy split file (expected {{\"images\": [{{\"filename\", \"split\", "
+                        "\"sentences\": [{\"raw\"}]}]}); pass --format token or cn for a TAB file")
+    src = CaptionSource(format="karpathy", files=[str(path)], splits={})
+    walk_images(src, path, data["images"], KARPATHY_SPLITS, _karpathy_name)
     if not src.captions:
         raise UserError(f"{path}: no usable image/sentence in the Karpathy file"
                         + (f"; first problem: {src.malformed[0]['where']}: {src.malformed[0]['reason']}"
                            if src.malformed else ""))
     return src
-
-
-def read_flickr(path: str | Path, fmt: str = "auto") -> CaptionSource:
-    """Read a Flickr30k caption source; ``fmt`` is 'auto' (detect from content) or one of FORMATS."""
-    path = Path(path)
-    if fmt == "auto":
-        fmt = detect_format(path)
-    elif not path.is_file():
-        raise UserError(f"caption file {path} not found; check --caption_path")
-    return read_karpathy(path) if fmt == "karpathy" else _read_tab_file(path, fmt)
 
 
 # ----------------------------------------------------------------------------- PersonalityCaptions
@@ -223,3 +253,30 @@ def read_traits(data_dir: Path) -> list[str] | None:
         return None
     return [t.strip() for t in path.read_text(encoding="utf-8-sig").splitlines()
             if t.strip() and "Trait" not in t]
+
+
+def read_personality(data_dir: Path, image_dir: Path | None = None) -> dict[str, CaptionSource]:
+    """The split files of the personality_captions folder that are there -> {split: CaptionSource}."""
+    sources = {s: read_personality_split(data_dir / f"{s}.json")
+               for s in PERSONALITY_SPLITS if (data_dir / f"{s}.json").is_file()}
+    if not sources:
+        raise UserError(f"{data_dir} has none of train.json, val.json, test.json; pass the personality_captions folder")
+    missing = [s for s in PERSONALITY_SPLITS if s not in sources]
+    if missing:
+        logger.warning(f"{data_dir}: no {', '.join(m + '.json' for m in missing)}; writing only {', '.join(sources)}")
+    return sources
+
+
+def personality_styles(sources: dict[str, CaptionSource], traits: list[str] | None) -> list[str]:
+    """One style list for all split files, so style ids agree between train and test: the traits of
+    personalities.txt in order (any other trait seen in the data appended), else first appearance."""
+    seen: dict[str, None] = {}
+    for src in sources.values():
+        for c in src.captions:
+            seen.setdefault(c["style"], None)
+    if traits is None:
+        return list(seen)
+    extra = [s for s in seen if s not in set(traits)]
+    if extra:
+        logger.warning(f"{len(extra)} trait(s) not in personalities.txt, appended to the style list: {extra[:5]}")
+    return traits + extra

@@ -29,12 +29,16 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from loguru import logger
 
 from stylecap.extract import pipeline as extract
-from stylecap.features import FeatureStore, save_features, utf8_column
 from stylecap.extract.image_encoder import extract_features
+from stylecap.extract.pipeline import Encoder
+from stylecap.extract.settings import ExtractSettings
+from stylecap.extract.readers import READERS
+from stylecap.extract.webdataset_source import TarImages, index_tar, read_stats
+from stylecap.features import FeatureStore, save_features, utf8_column
 from stylecap.utils import UserError, atomic_torch_save
-from stylecap.extract.webdataset_source import TarImages, find_tars, index_tar, read_stats
 
 FP16_AT_COMBINE = "fp16"  # the one setting parts do not depend on: parts are fp32, the dtype is chosen at combine
 
@@ -75,27 +79,27 @@ def _load_part(f: Path, mmap: bool = True) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- one tar shard
-def encode_tar(tar: Path, model, preprocess, settings: dict, key: str, args) -> dict:
+def encode_tar(tar: Path, output: Path, enc: Encoder, key: str, settings: ExtractSettings) -> dict:
     """Encode one tar shard -> its part (also written to its part file)."""
-    from loguru import logger
+    encoding = enc.encoding
     t0 = time.perf_counter()
-    index = index_tar(tar, args.limit)
+    index = index_tar(tar, settings.limit)
     if index.tar_error:
         logger.warning(f"{tar.name}: tar unreadable after {index.n_samples} samples ({index.tar_error}); "
                        "the samples before it are used")
     emb, ok, bad = extract_features(
-        TarImages(tar, index.offsets, index.sizes), model, preprocess, batch_size=settings["batch_size"],
-        num_workers=args.num_workers, device=args.device_obj, allow_truncated=settings["allow_truncated"],
-        autocast=settings["autocast"], fast_jpeg_decode=settings["fast_jpeg_decode"],
-        exif_transpose=settings["exif_transpose"], progress=True)  # emb [len(ok), D] fp32: one row per decoded image
-    part = {"run_key": key, "tar": tar.name, "shard": args.shard,
-            "settings": {k: v for k, v in settings.items() if k != FP16_AT_COMBINE},
+        TarImages(tar, index.offsets, index.sizes), enc.model, enc.preprocess, batch_size=encoding["batch_size"],
+        num_workers=settings.num_workers, device=enc.device, allow_truncated=encoding["allow_truncated"],
+        autocast=encoding["autocast"], fast_jpeg_decode=encoding["fast_jpeg_decode"],
+        exif_transpose=encoding["exif_transpose"], progress=True)  # emb [len(ok), D] fp32: one row per decoded image
+    part = {"run_key": key, "tar": tar.name, "shard": settings.shard,
+            "settings": {k: v for k, v in encoding.items() if k != FP16_AT_COMBINE},
             "emb": emb.contiguous(), "keys": [index.keys[i] for i in ok], "captions": [index.captions[i] for i in ok],
             "skipped": index.skipped + [{"image_id": index.keys[i], "category": "unreadable image", "reason": r}
                                         for i, r in bad],
             "n_samples": index.n_samples, "caption_from_json": index.caption_from_json,
             "tar_error": index.tar_error, "stats": read_stats(tar)}
-    atomic_torch_save(part, part_file(Path(args.output_path), tar))
+    atomic_torch_save(part, part_file(output, tar))
     dt = time.perf_counter() - t0
     logger.info(f"{tar.name}: encoded {len(ok)} of {index.n_samples} samples, skipped {len(part['skipped'])} "
                 f"in {dt:.1f}s ({len(ok) / max(dt, 1e-9):.1f} images/s)")
@@ -139,20 +143,20 @@ def _counts(parts: list[dict], n_rows: int) -> dict:
             "tar_errors": {p["tar"]: p["tar_error"] for p in parts if p["tar_error"]}}
 
 
-def write_file(tars: list[Path], settings: dict, key: str, args) -> None:
-    """Combine the parts of ``tars`` into --output_path with its meta, skipped list and summary log."""
-    from loguru import logger
-    output = Path(args.output_path)
+def write_file(tars: list[Path], data_path: str, output: Path, settings: dict, key: str,
+               limit: int | None) -> None:
+    """Combine the parts of ``tars`` into --output_path with its meta, skipped list and summary log.
+    ``data_path``: --data_path as given (recorded in the meta as it is)."""
     store, parts = combine([part_file(output, t) for t in tars], settings["dim"],
                            torch.float16 if settings["fp16"] else torch.float32)
-    meta = {"dataset": "conceptual", "source": "img2dataset", "source_format": "webdataset",
-            "data_path": str(args.data_path), "shards": [t.name for t in tars], "styles": [],
+    meta = {"dataset": READERS["webdataset"].dataset, "source": "img2dataset", "source_format": "webdataset",
+            "data_path": str(data_path), "shards": [t.name for t in tars], "styles": [],
             **extract.file_meta(settings, store.clip_embedding), "counts": _counts(parts, store.n_images),
-            "skipped": [{"image_id": s["image_id"], "path": str(Path(args.data_path) / p["tar"]),
+            "skipped": [{"image_id": s["image_id"], "path": str(Path(data_path) / p["tar"]),
                          "reason": f"{s['category']}: {s['reason']}"} for p in parts for s in p["skipped"]],
             "malformed": [], "extraction": dict(settings), "run_key": key}
-    if args.limit:
-        meta["limit"] = args.limit
+    if limit:
+        meta["limit"] = limit
     c = meta["counts"]
     if not len(store):
         extract.write_skipped(output, meta)
@@ -173,25 +177,25 @@ def write_file(tars: list[Path], settings: dict, key: str, args) -> None:
 
 
 # ----------------------------------------------------------------------------- orchestration
-def run(args) -> int:
-    """Encode the missing parts (all, or this --shard's), then combine; or --merge."""
-    from loguru import logger
-    tars, output = find_tars(args.data_path), Path(args.output_path)
-    if args.merge:
-        return merge(tars, args)
-    model, preprocess, settings = extract.load_encoder(args)
-    key = file_key(tars, settings, args.limit)
-    meta = extract.up_to_date(output, key) if args.shard_count is None else None
+def run(data_path: str, output: Path, settings: ExtractSettings) -> int:
+    """Encode the missing parts (all, or this --shard's), then combine; or --merge. ``data_path``: the
+    img2dataset folder as given on the command line."""
+    tars = READERS["webdataset"].read(data_path)  # the tar shards, in shard order
+    if settings.merge:
+        return merge(tars, data_path, output, settings)
+    enc = extract.load_encoder(settings)
+    key = file_key(tars, enc.encoding, settings.limit)
+    meta = extract.up_to_date(output, key) if not settings.sharded else None
     if meta is not None:
         logger.info(f"{output} is up to date (same shards and settings); delete it to recompute")
         extract.write_skipped(output, meta)  # in case a kill came between the file and its list
         shutil.rmtree(parts_dir(output), ignore_errors=True)
         return 0
-    mine = tars if args.shard_count is None else shard_tars(tars, args.shard_index, args.shard_count)
-    logger.info(f"{len(mine)} of {len(tars)} tar shards in {args.data_path}"
-                + (f" (shard {args.shard})" if args.shard else "") + f"; parts in {parts_dir(output)}")
+    mine = shard_tars(tars, settings.shard_index, settings.shard_count) if settings.sharded else tars
+    logger.info(f"{len(mine)} of {len(tars)} tar shards in {data_path}"
+                + (f" (shard {settings.shard})" if settings.shard else "") + f"; parts in {parts_dir(output)}")
     for k, tar in enumerate(mine):
-        pkey = part_key(tar, settings, args.limit)
+        pkey = part_key(tar, enc.encoding, settings.limit)
         done = _load_part(part_file(output, tar))
         if done is not None and done.get("run_key") == pkey:
             logger.info(f"[{k + 1}/{len(mine)}] {tar.name}: done earlier (its part is up to date)")
@@ -199,32 +203,32 @@ def run(args) -> int:
         if done is not None:
             logger.warning(f"{tar.name}: its part was made with other arguments or inputs; redoing it")
         logger.info(f"[{k + 1}/{len(mine)}] {tar.name}: encoding")
-        encode_tar(tar, model, preprocess, settings, pkey, args)
-    if args.shard_count is not None:
-        logger.info(f"shard {args.shard}: {len(mine)} tar shards done; after every shard, rerun the same command "
+        encode_tar(tar, output, enc, pkey, settings)
+    if settings.sharded:
+        logger.info(f"shard {settings.shard}: {len(mine)} tar shards done; after every shard, rerun the same command "
                     "with --merge instead of --shard")
         return 0
-    write_file(tars, settings, key, args)
+    write_file(tars, data_path, output, enc.encoding, key, settings.limit)
     return 0
 
 
-def merge(tars: list[Path], args) -> int:
+def merge(tars: list[Path], data_path: str, output: Path, settings: ExtractSettings) -> int:
     """Check every tar has a part made with the same settings, then combine (as a single run would)."""
-    from loguru import logger
-    output = Path(args.output_path)
     files = [part_file(output, t) for t in tars]
     have = [f for f in files if f.is_file()]
-    # the settings this command fixes without loading CLIP; the others come from the parts (or the file)
-    from_args = {"batch_size": args.batch_size, "allow_truncated": bool(args.allow_truncated), "fp16": bool(args.fp16),
-                 "fast_jpeg_decode": bool(args.fast_jpeg_decode), "exif_transpose": bool(args.exif_transpose)}
+    # the encoding values this command fixes without loading CLIP; the others come from the parts (or the file)
+    from_args = {"batch_size": settings.batch_size, "allow_truncated": settings.allow_truncated,
+                 "fp16": settings.fp16, "fast_jpeg_decode": settings.fast_jpeg_decode,
+                 "exif_transpose": settings.exif_transpose}
+    limit = settings.limit
     first = _load_part(have[0]) if have else None
     if first is None:  # no parts: up to date when an earlier --merge (or run) of these shards wrote the file
-        settings = ((_load_part(output) or {}).get("meta") or {}).get("extraction")
-        if settings and extract.up_to_date(output, file_key(tars, {**settings, **from_args}, args.limit)) is not None:
+        encoding = ((_load_part(output) or {}).get("meta") or {}).get("extraction")
+        if encoding and extract.up_to_date(output, file_key(tars, {**encoding, **from_args}, limit)) is not None:
             logger.info(f"{output} is up to date (same shards and settings); delete it to recompute")
             return 0
         raise UserError(f"--merge: no part files in {parts_dir(output)}; run every --shard i/n of this command first")
-    settings = {**first["settings"], **from_args}
+    encoding = {**first["settings"], **from_args}
     missing = [t.name for t, f in zip(tars, files) if not f.is_file()]
     if missing:
         raise UserError(f"--merge: no part for {missing[0]}" + (f" and {len(missing) - 1} more tar shards"
@@ -232,9 +236,9 @@ def merge(tars: list[Path], args) -> int:
                         "(same --data_path and --output_path), or this command without --merge")
     for t, f in zip(tars, files):
         p = _load_part(f)
-        if p is None or p.get("run_key") != part_key(t, settings, args.limit):
+        if p is None or p.get("run_key") != part_key(t, encoding, limit):
             made = f" (made by --shard {p['shard']})" if p and p.get("shard") else ""
             raise UserError(f"--merge: {f}{made} was made with other arguments, inputs or settings than this "
                             "command; rerun its --shard with the same arguments")
-    write_file(tars, settings, file_key(tars, settings, args.limit), args)
+    write_file(tars, data_path, output, encoding, file_key(tars, encoding, limit), limit)
     return 0

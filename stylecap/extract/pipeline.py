@@ -1,7 +1,9 @@
-"""The shared CLIP feature-extraction engine behind process_flickr.py and process_personality.py.
+"""The shared CLIP feature-extraction engine behind process_flickr.py, process_stylized.py and
+process_personality.py.
 
-A script parses its caption source into :class:`Job`s (one per output file: the images in order of
-first appearance, their caption records, source-level meta) and calls :func:`run`, which
+A script reads its caption source (:mod:`stylecap.extract.readers`) into :class:`Job`s (one per output
+file: the images in order of first appearance, their caption records, source-level meta) and calls
+:func:`run` with its :class:`~stylecap.extract.settings.ExtractSettings`, which
 
 * encodes every image ONCE (however many captions it has) with :mod:`stylecap.extract.image_encoder`
   (``num_workers`` decoders in parallel; bad images are skipped and recorded without killing the
@@ -29,80 +31,24 @@ import math
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from loguru import logger
+from tqdm import tqdm
 
 from stylecap.clip_utils import load_clip
+from stylecap.extract.caption_sources import CaptionSource
+from stylecap.extract.image_encoder import autocast_dtype, encode_batches
+from stylecap.extract.settings import ExtractSettings
 from stylecap.features import save_features
-from stylecap.extract.image_encoder import autocast_dtype, default_workers, encode_batches
 from stylecap.utils import (UserError, atomic_torch_save, atomic_write_json, atomic_write_text,
                             code_version, resolve_device)
 
 FORMAT_VERSION = 1
-CHUNK_IMAGES = 2048  # default chunk size in images: a kill loses at most this much work
 VOLATILE_META = ("created", "code_version")  # the only meta keys that differ between identical runs
-
-
-# ----------------------------------------------------------------------------- command line
-def add_args(p, help_for: dict[str, str] | None = None) -> None:
-    """The flags the process_*.py scripts share. ``help_for``: {dest: help} for a script whose unit of
-    work differs (process_conceptual.py shards and resumes by tar shard)."""
-    p.add_argument("--clip_model_path", default="pre_model/ViT-B-32.pt",
-                   help="CLIP weights: OpenAI's TorchScript archive (ViT-B-32.pt), a plain state dict, or a "
-                        "model name such as ViT-B/32 already in openai-clip's cache (default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=128,
-                   help="images per encoder batch (default: %(default)s). Resume and --shard/--merge need the "
-                        "same value in every run, since batch composition fixes the exact values")
-    p.add_argument("--num_workers", type=int, default=default_workers(),
-                   help="images decoded and preprocessed in parallel: DataLoader worker processes that decode ahead "
-                        "of a GPU encoder; with --device cpu, threads that decode each batch between encoder "
-                        "batches (default: min(4, CPU count))")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--autocast", choices=("auto", "none", "fp16", "bf16"), default="auto",
-                   help="mixed precision for the encoder: auto = fp16 on CUDA, none on CPU (default: auto)")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="encode only the first N images of each output file (quick trial runs)")
-    p.add_argument("--fp16", action="store_true", help="store clip_embedding as float16 (half the size)")
-    p.add_argument("--allow_truncated", action="store_true",
-                   help="decode what is there of truncated images instead of skipping them")
-    p.add_argument("--fast_jpeg_decode", action="store_true",
-                   help="decode large JPEGs at a reduced DCT scale (still >= the CLIP input size per side): faster, "
-                        "but features no longer equal openai-clip's (see README, 'Extracting CLIP features')")
-    p.add_argument("--exif_transpose", action="store_true",
-                   help="rotate images as their EXIF orientation tag says before encoding; openai-clip (and "
-                        "ClipCap's features) encode the stored pixels, unrotated, which is the default")
-    p.add_argument("--shard", default=None, metavar="i/n",
-                   help="encode only shard i of n (0-based; contiguous blocks of whole batches) into "
-                        "<output stem>.shard<i>of<n>.pkl; combine the n shard files with --merge")
-    p.add_argument("--merge", action="store_true",
-                   help="after all --shard i/n runs: rerun the same command with --merge instead of --shard "
-                        "to combine the shard files into the final file(s), identical to a single run's")
-    p.add_argument("--chunk_batches", type=int, default=None, metavar="K",
-                   help=f"save progress every K batches in <output>.partial/ so a killed run resumes "
-                        f"(default: about {CHUNK_IMAGES} images per chunk)")
-    for action in p._actions:  # argparse has no public setter for an added argument's help
-        if help_for and action.dest in help_for:
-            action.help = help_for[action.dest]
-
-
-def check_args(args) -> None:
-    """Validate the shared flags; parse --shard into args.shard_index / args.shard_count."""
-    if args.batch_size < 1 or args.num_workers < 0 or (args.limit is not None and args.limit < 1):
-        raise UserError("--batch_size and --limit must be >= 1 and --num_workers >= 0")
-    if args.chunk_batches is None:
-        args.chunk_batches = max(1, CHUNK_IMAGES // args.batch_size)
-    elif args.chunk_batches < 1:
-        raise UserError("--chunk_batches must be >= 1")
-    args.shard_index = args.shard_count = None
-    if args.shard is not None:
-        m = re.fullmatch(r"(\d+)/(\d+)", args.shard.strip())
-        if not m or not int(m[1]) < int(m[2]):
-            raise UserError(f"--shard {args.shard}: expected i/n with 0 <= i < n, e.g. --shard 0/4")
-        if args.merge:
-            raise UserError("--merge combines the shard files: run it without --shard")
-        args.shard_index, args.shard_count = int(m[1]), int(m[2])
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -116,7 +62,8 @@ class Job:
     meta: dict = field(default_factory=dict)  # source-level meta, copied into the file's meta
 
 
-def make_job(path, source, image_dir, image_ids, meta: dict) -> Job:
+def make_job(path: str | Path, source: CaptionSource, image_dir: str | Path, image_ids: Iterable[str],
+             meta: dict) -> Job:
     """A job for ``image_ids`` of a CaptionSource; its malformed lines go into the meta."""
     ids = list(image_ids)
     keep = set(ids)
@@ -148,10 +95,10 @@ def shard_job(job: Job, i: int, n: int, batch_size: int) -> Job:
     return _subset(job, lo, hi, shard_path(job.path, i, n), shard={"index": i, "count": n, "first_image": lo})
 
 
-def run_key(job: Job, settings: dict) -> str:
+def run_key(job: Job, encoding: dict) -> str:
     """Hash of everything that determines a file's content (not its path, not the worker count)."""
     blob = json.dumps({"v": FORMAT_VERSION, "ids": job.image_ids, "paths": job.image_paths,
-                       "captions": job.captions, "meta": job.meta, "settings": settings},
+                       "captions": job.captions, "meta": job.meta, "settings": encoding},
                       sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -159,7 +106,6 @@ def run_key(job: Job, settings: dict) -> str:
 # ----------------------------------------------------------------------------- chunked, resumable run
 def _load_chunks(part: Path, manifest: dict, n_chunks: int, per_chunk: int, n_images: int) -> list[dict]:
     """The chunks already done, in order; a partial folder from other arguments is discarded."""
-    from loguru import logger
     if part.is_dir():
         try:
             old = json.loads((part / "manifest.json").read_text())
@@ -186,15 +132,14 @@ def _load_chunks(part: Path, manifest: dict, n_chunks: int, per_chunk: int, n_im
     return chunks
 
 
-def extract_job(job: Job, model, preprocess, settings: dict, key: str, args):
+def extract_job(job: Job, enc: Encoder, key: str, settings: ExtractSettings):
     """Encode a job's images with chunked progress in ``<output>.partial/`` -> (emb fp32, ok, bad)."""
-    from loguru import logger
-    from tqdm import tqdm
-    n_images, batch = len(job.image_paths), settings["batch_size"]
-    per_chunk = args.chunk_batches * batch  # chunks are whole batches: resume keeps batch boundaries
+    encoding = enc.encoding
+    n_images, batch = len(job.image_paths), encoding["batch_size"]
+    per_chunk = settings.chunk_batches * batch  # chunks are whole batches: resume keeps batch boundaries
     n_chunks = math.ceil(n_images / per_chunk)
     part = Path(f"{job.path}.partial")
-    manifest = {"run_key": key, "chunk_batches": args.chunk_batches, "n_images": n_images}
+    manifest = {"run_key": key, "chunk_batches": settings.chunk_batches, "n_images": n_images}
     chunks = _load_chunks(part, manifest, n_chunks, per_chunk, n_images)
     start = len(chunks) * per_chunk
     if chunks:
@@ -202,12 +147,12 @@ def extract_job(job: Job, model, preprocess, settings: dict, key: str, args):
     buf_ok, buf_emb, buf_bad, covered = [], [], [], 0
     t0 = time.perf_counter()
     with tqdm(total=n_images, initial=start, unit="img", desc=job.path.name, mininterval=1.0) as bar:
-        for ok, emb, bad, n in encode_batches(job.image_paths, model, preprocess, batch_size=batch,
-                                              num_workers=args.num_workers, device=args.device_obj,
-                                              allow_truncated=settings["allow_truncated"],
-                                              autocast=settings["autocast"], start=start,
-                                              fast_jpeg_decode=settings["fast_jpeg_decode"],
-                                              exif_transpose=settings["exif_transpose"]):
+        for ok, emb, bad, n in encode_batches(job.image_paths, enc.model, enc.preprocess, batch_size=batch,
+                                              num_workers=settings.num_workers, device=enc.device,
+                                              allow_truncated=encoding["allow_truncated"],
+                                              autocast=encoding["autocast"], start=start,
+                                              fast_jpeg_decode=encoding["fast_jpeg_decode"],
+                                              exif_transpose=encoding["exif_transpose"]):
             if emb is not None:
                 buf_ok.append(ok)
                 buf_emb.append(emb)  # stays on the device until the chunk is saved
@@ -218,47 +163,47 @@ def extract_job(job: Job, model, preprocess, settings: dict, key: str, args):
             if covered == per_chunk or first + covered == n_images:
                 chunk = {"first": first, "count": covered,
                          "ok": torch.cat(buf_ok) if buf_ok else torch.zeros(0, dtype=torch.long),
-                         "emb": torch.cat(buf_emb).float().cpu() if buf_emb else torch.zeros(0, settings["dim"]),
+                         "emb": torch.cat(buf_emb).float().cpu() if buf_emb else torch.zeros(0, encoding["dim"]),
                          "bad_index": [i for i, _ in buf_bad], "bad_reason": [r for _, r in buf_bad]}
                 atomic_torch_save(chunk, part / f"chunk_{len(chunks):05d}.pt")
                 chunks.append(chunk)
                 buf_ok, buf_emb, buf_bad, covered = [], [], [], 0
     done, elapsed = n_images - start, time.perf_counter() - t0
     logger.info(f"{job.path.name}: {done} images in {elapsed:.1f}s ({done / max(elapsed, 1e-9):.1f} images/s)")
-    emb = torch.cat([c["emb"] for c in chunks]) if chunks else torch.zeros(0, settings["dim"])
+    emb = torch.cat([c["emb"] for c in chunks]) if chunks else torch.zeros(0, encoding["dim"])
     ok = [i for c in chunks for i in c["ok"].tolist()]
     bad = [(i, r) for c in chunks for i, r in zip(c["bad_index"], c["bad_reason"])]
     return emb, ok, bad
 
 
 # ----------------------------------------------------------------------------- the output file
-def finalize(job: Job, settings: dict, emb: torch.Tensor, ok: list[int], bad: list) -> dict:
+def finalize(job: Job, encoding: dict, emb: torch.Tensor, ok: list[int], bad: list) -> dict:
     """The feature-file dict. emb [len(ok), D]: row r is image ok[r] (ascending = first appearance)."""
     row = {job.image_ids[k]: r for r, k in enumerate(ok)}
     # Caption records by row (stable, so source order within an image): a merge of shards concatenates
     # to the same list even if the source interleaves images.
     caps = sorted(({**c, "clip_embedding": row[c["image_id"]]} for c in job.captions if c["image_id"] in row),
                   key=lambda c: c["clip_embedding"])
-    emb = emb.to(torch.float16 if settings["fp16"] else torch.float32).contiguous()
+    emb = emb.to(torch.float16 if encoding["fp16"] else torch.float32).contiguous()
     meta = dict(job.meta)
     n_malformed = meta.pop("malformed_count", 0)
     meta.update({
-        **file_meta(settings, emb),
+        **file_meta(encoding, emb),
         "counts": {"images": len(ok), "captions": len(caps), "skipped_images": len(bad),
                    "skipped_captions": len(job.captions) - len(caps), "malformed": n_malformed},
         "skipped": [{"image_id": job.image_ids[i], "path": job.image_paths[i], "reason": r} for i, r in bad],
-        "extraction": dict(settings),
-        "run_key": run_key(job, settings),
+        "extraction": dict(encoding),
+        "run_key": run_key(job, encoding),
     })
     return {"clip_embedding": emb, "captions": caps, "meta": meta}
 
 
-def file_meta(settings: dict, emb: torch.Tensor) -> dict:
+def file_meta(encoding: dict, emb: torch.Tensor) -> dict:
     """The meta keys every feature file has: which CLIP (clip_record reads them), format, when, which code."""
     return {"format_version": FORMAT_VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version(),
-            "clip_model": settings["clip_model"], "clip_sha256": settings["clip_sha256"],
+            "clip_model": encoding["clip_model"], "clip_sha256": encoding["clip_sha256"],
             "dim": int(emb.shape[1]), "dtype": str(emb.dtype).replace("torch.", ""), "normalized": False}
 
 
@@ -282,7 +227,6 @@ def write_skipped(path: Path, meta: dict) -> None:
 
 
 def _write(job: Job, data: dict) -> None:
-    from loguru import logger
     save_features(job.path, data)  # atomic: temp file + rename
     write_skipped(job.path, data["meta"])
     shutil.rmtree(Path(f"{job.path}.partial"), ignore_errors=True)
@@ -303,7 +247,6 @@ def up_to_date(path: Path, key: str) -> dict | None:
 
 
 def log_malformed(malformed: list[dict]) -> None:
-    from loguru import logger
     for m in malformed[:10]:
         logger.warning(f"skipped malformed caption entry {m['file']} {m['where']}: {m['reason']}")
     if len(malformed) > 10:
@@ -311,62 +254,76 @@ def log_malformed(malformed: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------- orchestration
-def load_encoder(args):
-    """-> (model, preprocess, settings): CLIP on args.device (set as args.device_obj) and the settings that
-    fix the output values (they go into run keys and meta["extraction"])."""
-    from loguru import logger
-    args.device_obj = resolve_device(args.device)
-    model, preprocess, info = load_clip(args.clip_model_path, args.device_obj)
-    ac = autocast_dtype(args.autocast, args.device_obj)
-    settings = {"clip_model": info["clip_model"], "clip_sha256": info["clip_sha256"], "dim": info["dim"],
-                "batch_size": args.batch_size, "device_type": args.device_obj.type,
+@dataclass
+class Encoder:
+    """CLIP ready to encode on its device, and ``encoding``: the values that fix the output (they go into
+    run keys and meta["extraction"]; their keys and order are part of the file format)."""
+    model: torch.nn.Module
+    preprocess: Callable
+    device: torch.device
+    encoding: dict
+
+
+def load_encoder(settings: ExtractSettings) -> Encoder:
+    """CLIP on settings.device, and the encoding values of this run."""
+    device = resolve_device(settings.device)
+    model, preprocess, info = load_clip(settings.clip_model_path, device)
+    ac = autocast_dtype(settings.autocast, device)
+    encoding = {"clip_model": info["clip_model"], "clip_sha256": info["clip_sha256"], "dim": info["dim"],
+                "batch_size": settings.batch_size, "device_type": device.type,
                 "autocast": {None: "none", torch.float16: "fp16", torch.bfloat16: "bf16"}[ac],
-                "allow_truncated": bool(args.allow_truncated), "fp16": bool(args.fp16),
+                "allow_truncated": settings.allow_truncated, "fp16": settings.fp16,
                 # how images were decoded: both False = exactly openai-clip's preprocess(Image.open(p))
-                "fast_jpeg_decode": bool(args.fast_jpeg_decode), "exif_transpose": bool(args.exif_transpose)}
-    logger.info(f"CLIP {info['clip_model']} (dim {info['dim']}) on {args.device_obj}, batch {args.batch_size}, "
-                f"{args.num_workers} workers, autocast {settings['autocast']}; decoding: " +
-                (", ".join(k for k in ("fast_jpeg_decode", "exif_transpose") if settings[k]) or "as openai-clip"))
-    return model, preprocess, settings
+                "fast_jpeg_decode": settings.fast_jpeg_decode, "exif_transpose": settings.exif_transpose}
+    logger.info(f"CLIP {info['clip_model']} (dim {info['dim']}) on {device}, batch {settings.batch_size}, "
+                f"{settings.num_workers} workers, autocast {encoding['autocast']}; decoding: " +
+                (", ".join(k for k in ("fast_jpeg_decode", "exif_transpose") if encoding[k]) or "as openai-clip"))
+    return Encoder(model, preprocess, device, encoding)
 
 
-def run(jobs: list[Job], args) -> int:
+def _reuse(job: Job, key: str) -> int | None:
+    """The image count of ``job``'s final file when it is up to date (then nothing is redone), else None."""
+    meta = up_to_date(job.path, key)
+    if meta is None:
+        return None
+    logger.info(f"{job.path} is up to date (same inputs and settings); delete it to recompute")
+    write_skipped(job.path, meta)  # in case a kill came between the file and its list
+    shutil.rmtree(Path(f"{job.path}.partial"), ignore_errors=True)
+    return meta["counts"]["images"]
+
+
+def run(jobs: list[Job], settings: ExtractSettings) -> int:
     """Extract (or --merge) every job. Exit 0 when at least one image was encoded."""
-    from loguru import logger
-    if args.limit:
-        jobs = [limit_job(j, args.limit) for j in jobs]
-    if args.merge:
+    if settings.limit:
+        jobs = [limit_job(j, settings.limit) for j in jobs]
+    if settings.merge:
         return merge(jobs)
-    model, preprocess, settings = load_encoder(args)
+    enc = load_encoder(settings)
     encoded, skipped, first_bad = 0, 0, None
     for job in jobs:
-        sharded = args.shard_count is not None
-        if sharded:
-            job = shard_job(job, args.shard_index, args.shard_count, args.batch_size)
+        if settings.sharded:
+            job = shard_job(job, settings.shard_index, settings.shard_count, settings.batch_size)
         elif not job.image_ids:
             logger.warning(f"{job.path}: no images for this file; not written")
             continue
-        key = run_key(job, settings)
-        meta = up_to_date(job.path, key)
-        if meta is not None:
-            logger.info(f"{job.path} is up to date (same inputs and settings); delete it to recompute")
-            write_skipped(job.path, meta)  # in case a kill came between the file and its list
-            shutil.rmtree(Path(f"{job.path}.partial"), ignore_errors=True)
-            encoded += meta["counts"]["images"]
+        key = run_key(job, enc.encoding)
+        done = _reuse(job, key)
+        if done is not None:
+            encoded += done
             continue
-        emb, ok, bad = extract_job(job, model, preprocess, settings, key, args)
+        emb, ok, bad = extract_job(job, enc, key, settings)
         encoded, skipped = encoded + len(ok), skipped + len(bad)
         if bad and first_bad is None:
             first_bad = f"{job.image_paths[bad[0][0]]}: {bad[0][1]}"
-        data = finalize(job, settings, emb, ok, bad)
-        if ok or sharded:  # a shard file is written even when empty: --merge needs every shard
+        data = finalize(job, enc.encoding, emb, ok, bad)
+        if ok or settings.sharded:  # a shard file is written even when empty: --merge needs every shard
             _write(job, data)
         else:
             write_skipped(job.path, data["meta"])
             shutil.rmtree(Path(f"{job.path}.partial"), ignore_errors=True)
             logger.error(f"{job.path}: none of its {len(bad)} images could be encoded; file not written "
                          f"(see {skipped_txt(job.path)})")
-    if encoded == 0 and (skipped or args.shard_count is None):
+    if encoded == 0 and (skipped or not settings.sharded):
         raise UserError(f"no image could be encoded: all {skipped} listed images were skipped "
                         f"(first: {first_bad}); check --image_path" if skipped else
                         "no image to encode: the caption source lists none for the output file(s)")
@@ -398,11 +355,11 @@ def merge(jobs: list[Job]) -> int:
         if missing:
             raise UserError(f"--merge: {job.path}: shard(s) {missing} of {n} missing; run --shard {missing[0]}/{n}")
         parts = [torch.load(files[i], map_location="cpu", weights_only=True) for i in range(n)]
-        settings = parts[0]["meta"]["extraction"]
+        encoding = parts[0]["meta"]["extraction"]
         embs, ok, bad = [], [], []
         for i, part in enumerate(parts):
-            sj = shard_job(job, i, n, settings["batch_size"])
-            if part["meta"].get("run_key") != run_key(sj, settings):
+            sj = shard_job(job, i, n, encoding["batch_size"])
+            if part["meta"].get("run_key") != run_key(sj, encoding):
                 raise UserError(f"--merge: {files[i]} was made with other arguments, inputs or settings than "
                                 f"this command / shard 0; rerun --shard {i}/{n} with the same arguments")
             lo, why = sj.meta["shard"]["first_image"], {s["image_id"]: s["reason"] for s in part["meta"]["skipped"]}
@@ -411,5 +368,5 @@ def merge(jobs: list[Job]) -> int:
             embs.append(part["clip_embedding"])
         if not ok:
             raise UserError(f"--merge: no image of {job.path} was encoded in any shard")
-        _write(job, finalize(job, settings, torch.cat(embs), ok, bad))
+        _write(job, finalize(job, encoding, torch.cat(embs), ok, bad))
     return 0

@@ -1,19 +1,26 @@
 """Splits by image for the feature-extraction scripts: a caption source's own split, or a seeded one.
 
 Shared by process_flickr.py and process_stylized.py: one output file per split (``<stem>_<split>.pkl``),
-or one file when the source has no split and both ratios are 0."""
+or one file when the source has no split and both ratios are 0. :func:`extract_captions` is the whole
+of such a script after its flags: the checks, the source read through :mod:`stylecap.extract.readers`,
+the split, the extraction."""
 from __future__ import annotations
 
+import argparse
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from stylecap.extract import pipeline as extract
+from stylecap.extract import readers
+from stylecap.extract.caption_sources import CaptionSource
+from stylecap.extract.settings import ExtractSettings
 from stylecap.utils import UserError, setup_logging
 
 SPLITS = ("train", "val", "test")
 
 
-def add_split_args(p) -> None:
+def add_split_args(p: argparse.ArgumentParser) -> None:
     """--val_ratio, --test_ratio, --seed: the split by image for sources without their own split."""
     p.add_argument("--val_ratio", type=float, default=0.05,
                    help="fraction of IMAGES for val when the source has no split (default: %(default)s)")
@@ -23,9 +30,18 @@ def add_split_args(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split by image (default: %(default)s)")
 
 
-def check_split_args(args) -> None:
-    if not (0 <= args.val_ratio < 1 and 0 <= args.test_ratio < 1):
-        raise UserError("--val_ratio and --test_ratio must be in [0, 1)")
+@dataclass(frozen=True)
+class SplitSettings:
+    """The seeded split by image (add_split_args), for sources without their own split."""
+    val_ratio: float = 0.05
+    test_ratio: float = 0.05
+    seed: int = 0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SplitSettings:
+        if not (0 <= args.val_ratio < 1 and 0 <= args.test_ratio < 1):
+            raise UserError("--val_ratio and --test_ratio must be in [0, 1)")
+        return cls(args.val_ratio, args.test_ratio, args.seed)
 
 
 def seeded_split(image_ids: list[str], val_ratio: float, test_ratio: float, seed: int) -> dict[str, str]:
@@ -49,7 +65,8 @@ def split_path(output: Path, split: str) -> Path:
     return output.with_name(f"{output.stem}_{split}{output.suffix}")
 
 
-def jobs_by_split(output: Path, source, image_dir: Path, meta: dict, args, source_method: str) -> list:
+def jobs_by_split(output: Path, source: CaptionSource, image_dir: Path, meta: dict, split: SplitSettings,
+                  source_method: str) -> list[extract.Job]:
     """extract Jobs for ``source``: by its own split (``source.splits``, recorded as ``source_method``),
     else by a seeded split by image (--val_ratio/--test_ratio/--seed), else one file."""
     ids = list(source.image_files)  # first-appearance order
@@ -57,32 +74,29 @@ def jobs_by_split(output: Path, source, image_dir: Path, meta: dict, args, sourc
     if source.splits is not None:
         splits = source.splits
         meta["split_method"] = source_method
-    elif args.val_ratio == 0 and args.test_ratio == 0:
+    elif split.val_ratio == 0 and split.test_ratio == 0:
         splits = None
         meta["split_method"] = "none"
     else:
-        splits = seeded_split(ids, args.val_ratio, args.test_ratio, args.seed)
-        meta.update(split_method="seeded", seed=args.seed, val_ratio=args.val_ratio, test_ratio=args.test_ratio)
+        splits = seeded_split(ids, split.val_ratio, split.test_ratio, split.seed)
+        meta.update(split_method="seeded", seed=split.seed, val_ratio=split.val_ratio, test_ratio=split.test_ratio)
     if splits is None:
         return [extract.make_job(output, source, image_dir, ids, {**meta, "split": None})]
     return [extract.make_job(split_path(output, s), source, image_dir, [i for i in ids if splits[i] == s],
                              {**meta, "split": s}) for s in SPLITS]
 
 
-def start_extraction(args, image_folder: str) -> Path:
-    """The checks and logging a split-writing script begins with; returns --image_path. ``image_folder``
-    names the folder the error message asks for."""
-    extract.check_args(args)
-    check_split_args(args)
+def extract_captions(script: str, args: argparse.Namespace, image_folder: str, source_method: str) -> int:
+    """process_<script>.py after its flags: check them, start the log, read --caption_path in --format
+    (readers), then extract one file per split. ``image_folder`` names the folder the error message asks
+    for; ``source_method`` is meta["split_method"] when the source has its own split."""
+    settings, split = ExtractSettings.from_args(args), SplitSettings.from_args(args)
     setup_logging(Path(args.output_path).with_suffix(".log"))
     image_dir = Path(args.image_path)
     if not image_dir.is_dir():
         raise UserError(f"image folder {image_dir} not found; pass --image_path ({image_folder})")
-    return image_dir
-
-
-def extract_by_split(source, meta: dict, args, source_method: str) -> int:
-    """Log the source's malformed records, then extract one file per split (see jobs_by_split)."""
+    fmt, source = readers.read_source(script, args.caption_path, args.format, image_dir)
     extract.log_malformed(source.malformed)
-    image_dir = Path(args.image_path)
-    return extract.run(jobs_by_split(Path(args.output_path), source, image_dir, meta, args, source_method), args)
+    jobs = jobs_by_split(Path(args.output_path), source, image_dir, readers.source_meta(fmt, source, image_dir),
+                         split, source_method)
+    return extract.run(jobs, settings)

@@ -1,4 +1,5 @@
-"""Parsers for the stylized caption sources process_stylized.py reads.
+"""Parsers for the stylized caption sources process_stylized.py reads (registered, with their detectors, in
+:mod:`stylecap.extract.readers`).
 
     jsonl        generic: one JSON object a line, ``{"image", "caption"[, "style"][, "split"]}``
     csv          generic: a header row naming the columns ``image,caption[,style][,split]``, then one
@@ -43,11 +44,10 @@ import json
 import pickle
 from pathlib import Path
 
-from stylecap.extract.caption_sources import KARPATHY_SPLITS, CaptionSource, _json, _lines
+from stylecap.extract.caption_sources import KARPATHY_SPLITS, CaptionSource, _json, _lines, need_file, walk_images
 from stylecap.features import RestrictedUnpickler
 from stylecap.utils import UserError
 
-STYLIZED_FORMATS = ("jsonl", "csv", "flickrstyle", "senticap")
 # FlickrStyle10K: style string -> (folder, caption file). The folder names are the dataset's words.
 FLICKRSTYLE_FILES = {"humor": ("humor", "funny_train.txt"), "romantic": ("romantic", "romantic_train.txt")}
 SENTICAP_STYLES = ("positive", "negative")  # sentiment 1 / 0
@@ -56,12 +56,6 @@ GENERIC_COLUMNS = ("image", "caption", "style", "split")
 
 def _first(src: CaptionSource) -> str:
     return f"; first problem: {src.malformed[0]['where']}: {src.malformed[0]['reason']}" if src.malformed else ""
-
-
-def _need(path: Path) -> Path:
-    if not path.is_file():
-        raise UserError(f"caption file {path} not found; check --caption_path")
-    return path
 
 
 # ----------------------------------------------------------------------------- generic jsonl / csv
@@ -105,10 +99,10 @@ def _add_generic(src: CaptionSource, path: Path, rows: list[tuple[str, dict]]) -
     return src
 
 
-def read_jsonl(path: Path) -> CaptionSource:
+def read_jsonl(path: Path, image_dir: Path | None = None) -> CaptionSource:
     src = CaptionSource(format="jsonl", files=[str(path)])
     rows = []
-    for n, text in _lines(_need(path)):
+    for n, text in _lines(need_file(path)):
         where = f"line {n}"
         if text is None:
             src.bad(path, where, "not UTF-8 text")
@@ -157,8 +151,8 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict, bool]]]:
     return header, out
 
 
-def read_csv(path: Path) -> CaptionSource:
-    header, rows = _csv_rows(_need(path))
+def read_csv(path: Path, image_dir: Path | None = None) -> CaptionSource:
+    header, rows = _csv_rows(need_file(path))
     if "image" not in header or "caption" not in header:
         raise UserError(f"{path}: the header row {','.join(header)[:80]!r} lacks image and caption columns; "
                         "expected image,caption[,style][,split] (pass --format senticap for SentiCap's csv)")
@@ -223,7 +217,7 @@ def _decode_caption(line: bytes) -> str:
     return line.decode("latin-1")
 
 
-def read_flickrstyle(folder: Path) -> CaptionSource:
+def read_flickrstyle(folder: Path, image_dir: Path | None = None) -> CaptionSource:
     """The FlickrStyle_v0.9 folder: each style folder present contributes one caption per image name."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -280,34 +274,29 @@ def senticap_image(filename: str, image_dir: Path | None) -> str:
     return filename
 
 
+SENTICAP_SPLITS = {"train": "train", "val": "val", "test": "test"}
+
+
+def _senticap_style(sent: dict) -> dict | str:
+    """A SentiCap sentence's style ({"style": "positive"/"negative"}), or why it has none."""
+    senti = sent.get("sentiment")
+    if senti not in (0, 1) or isinstance(senti, bool):
+        return f"sentiment {senti!r} is not 0 (negative) or 1 (positive)"
+    return {"style": SENTICAP_STYLES[0] if senti == 1 else SENTICAP_STYLES[1]}
+
+
 def _read_senticap_json(path: Path, image_dir: Path | None) -> CaptionSource:
     data = _json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise UserError(f"{path}: not senticap_dataset.json (expected {{\"images\": [{{\"filename\", \"split\", "
                         "\"sentences\": [{\"raw\", \"sentiment\"}]}]}})")
     src = CaptionSource(format="senticap", files=[str(path)], splits={})
-    for i, img in enumerate(data["images"]):
-        where = f"images[{i}]"
-        if not isinstance(img, dict) or not isinstance(img.get("filename"), str) or not img["filename"].strip():
-            src.bad(path, where, "no 'filename'")
-            continue
-        if img.get("split") not in ("train", "val", "test"):
-            src.bad(path, where, f"unknown split {img.get('split')!r} (expected train/val/test)")
-            continue
-        if not isinstance(img.get("sentences"), list) or not img["sentences"]:
-            src.bad(path, where, "no 'sentences' (or an empty list)")
-            continue
-        name = senticap_image(img["filename"].strip(), image_dir)
-        for j, sent in enumerate(img["sentences"]):
-            raw = sent.get("raw") if isinstance(sent, dict) else None
-            senti = sent.get("sentiment") if isinstance(sent, dict) else None
-            if not isinstance(raw, str) or not raw.strip():
-                src.bad(path, f"{where}.sentences[{j}]", "no 'raw' caption text")
-            elif senti not in (0, 1) or isinstance(senti, bool):
-                src.bad(path, f"{where}.sentences[{j}]", f"sentiment {senti!r} is not 0 (negative) or 1 (positive)")
-            else:
-                src.add(name, raw.strip(), style=SENTICAP_STYLES[0] if senti == 1 else SENTICAP_STYLES[1])
-                src.splits.setdefault(Path(name).stem, img["split"])
+
+    def name_of(img: dict) -> str | None:
+        name = img.get("filename")
+        return senticap_image(name.strip(), image_dir) if isinstance(name, str) and name.strip() else None
+
+    walk_images(src, path, data["images"], SENTICAP_SPLITS, name_of, _senticap_style)
     if not src.captions:
         raise UserError(f"{path}: no usable image/sentence in the SentiCap file{_first(src)}")
     return src
@@ -342,42 +331,28 @@ def _read_senticap_csv(path: Path, image_dir: Path | None) -> CaptionSource:
 
 def read_senticap(path: Path, image_dir: Path | None = None) -> CaptionSource:
     """senticap_dataset.json (with its train/val/test split) or SentiCap's csv (no split)."""
-    path = _need(Path(path))
+    path = need_file(Path(path))
     with open(path, "rb") as f:
         head = f.read(64).lstrip(b"\xef\xbb\xbf").lstrip()
     return _read_senticap_json(path, image_dir) if head[:1] in (b"{", b"[") else _read_senticap_csv(path, image_dir)
 
 
-# ----------------------------------------------------------------------------- dispatch
-def detect_stylized_format(path: Path) -> str:
-    """A folder -> flickrstyle; *.jsonl / *.ndjson -> jsonl; a JSON document (not one object a line) or a
-    filename,is_positive_sentiment,caption csv -> senticap; other JSON lines -> jsonl; other text -> csv."""
-    path = Path(path)
-    if path.is_dir():
-        return "flickrstyle"
-    if not path.is_file():
-        raise UserError(f"caption source {path} not found; pass --caption_path (a .jsonl/.csv file, "
-                        "senticap_dataset.json, or the FlickrStyle_v0.9 folder)")
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        return "jsonl"  # by name: its first line may be the malformed one
+# ----------------------------------------------------------------------------- detection
+def first_line_kind(path: Path) -> str:
+    """What the file's first line is, for the detectors of stylecap.extract.readers: 'object' (one JSON
+    object, not SentiCap's {"images": ...}), 'document' (a JSON document that is not one object a line, or
+    SentiCap's), 'senticap_header' (filename,is_positive_sentiment,caption) or 'text'."""
     with open(path, "rb") as f:
         first = f.readline(1 << 20).lstrip(b"\xef\xbb\xbf").strip()
     if first.startswith(b"{"):
         try:
             rec = json.loads(first)
         except ValueError:  # a pretty-printed or huge JSON document: not one object a line
-            return "senticap"
-        return "senticap" if isinstance(rec, dict) and "images" in rec else "jsonl"
-    return "senticap" if first.replace(b" ", b"") == b"filename,is_positive_sentiment,caption" else "csv"
+            return "document"
+        return "document" if isinstance(rec, dict) and "images" in rec else "object"
+    return "senticap_header" if first.replace(b" ", b"") == b"filename,is_positive_sentiment,caption" else "text"
 
 
-def read_stylized(path, fmt: str = "auto", image_dir: Path | None = None) -> CaptionSource:
-    """Read a stylized caption source; ``fmt`` is 'auto' (detected from the content) or one of STYLIZED_FORMATS."""
-    path = Path(path)
-    if fmt == "auto":
-        fmt = detect_stylized_format(path)
-    if fmt == "flickrstyle":
-        return read_flickrstyle(path)
-    if fmt == "senticap":
-        return read_senticap(path, image_dir)
-    return read_jsonl(path) if fmt == "jsonl" else read_csv(path)
+def jsonl_name(path: Path) -> bool:
+    """*.jsonl / *.ndjson: JSON lines by name (its first line may be the malformed one)."""
+    return path.suffix.lower() in (".jsonl", ".ndjson")
