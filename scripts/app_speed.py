@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from stylecap import DEFAULT_CLIP  # noqa: E402  (dependency-free package root)
 
 
 def free_port() -> int:
@@ -34,7 +36,7 @@ def plain(html: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", required=True, help="checkpoint the app serves")
-    p.add_argument("--clip_model_path", default="pre_model/ViT-B-32.pt", help="CLIP model of the app")
+    p.add_argument("--clip_model_path", default=DEFAULT_CLIP, help="CLIP model of the app")
     p.add_argument("--images", required=True, help="folder of .jpg images to send")
     p.add_argument("--n_images", type=int, default=4, help="images per throughput request")
     p.add_argument("--repeats", type=int, default=3, help="throughput requests per decoding (best kept)")

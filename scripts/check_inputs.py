@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATA_DOC = "docs/data.md"
-CLIP_DEFAULT = "pre_model/ViT-B-32.pt"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stylecap import DEFAULT_CLIP as CLIP_DEFAULT  # noqa: E402  (stylecap/__init__.py imports nothing)
 # The URL openai-clip itself downloads ViT-B/32 from (clip.clip._MODELS["ViT-B/32"]; pre_model/README.md).
 CLIP_URL = ("https://openaipublic.azureedge.net/clip/models/"
             "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt")

@@ -10,10 +10,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
+from stylecap import DEFAULT_CLIP
 from stylecap.utils import UserError, sha256_file
 
-# The CLIP used when none is named: by a flag, or by the checkpoint's record (predict.py, app.py, process_*.py)
-DEFAULT_CLIP = "pre_model/ViT-B-32.pt"
 VIT_B32_HINT = ("download ViT-B-32.pt from OpenAI's CLIP release (https://openaipublic.azureedge.net/clip/"
                 "models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt) "
                 f"and put it at {DEFAULT_CLIP}")

@@ -10,6 +10,7 @@ import argparse
 import re
 from dataclasses import dataclass
 
+from stylecap import DEFAULT_CLIP
 from stylecap.extract.image_encoder import default_workers
 from stylecap.utils import UserError
 
@@ -19,7 +20,7 @@ CHUNK_IMAGES = 2048  # default chunk size in images: a kill loses at most this m
 def add_args(p: argparse.ArgumentParser, help_for: dict[str, str] | None = None) -> None:
     """The flags the process_*.py scripts share. ``help_for``: {dest: help} for a script whose unit of
     work differs (process_conceptual.py shards and resumes by tar shard)."""
-    p.add_argument("--clip_model_path", default="pre_model/ViT-B-32.pt",
+    p.add_argument("--clip_model_path", default=DEFAULT_CLIP,
                    help="CLIP weights: OpenAI's TorchScript archive (ViT-B-32.pt), a plain state dict, or a "
                         "model name such as ViT-B/32 already in openai-clip's cache (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=128,
@@ -61,7 +62,7 @@ def add_args(p: argparse.ArgumentParser, help_for: dict[str, str] | None = None)
 class ExtractSettings:
     """What an extraction run was asked to do (the shared flags, checked). Which of them fix the output
     values -- and so go into run keys and meta["extraction"] -- is decided by pipeline.load_encoder."""
-    clip_model_path: str = "pre_model/ViT-B-32.pt"
+    clip_model_path: str = DEFAULT_CLIP
     batch_size: int = 128
     num_workers: int = 0
     device: str | None = None             # None: cuda when available
