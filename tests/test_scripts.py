@@ -240,7 +240,7 @@ def test_data_page_sections_and_links():
 
 def test_data_page_flickr30k_cn_conversion(tmp_path):
     """The page's Flickr30k-CN snippet, run as printed on release-style files, gives what the cn reader reads."""
-    from stylecap.extract.caption_sources import read_flickr
+    from stylecap.extract.caption_sources import read_cn
     code = _code(DATA_MD.read_text(encoding="utf-8"))
     snippet = code.split("python - <<'EOF'\n", 1)[1].split("\nEOF", 1)[0]
     d = tmp_path / "data" / "flickr30k_cn"
@@ -251,11 +251,11 @@ def test_data_page_flickr30k_cn_conversion(tmp_path):
     (d / "flickr_caption-test.txt").write_text("1002#zhm#0 一个:0.9 孩子:0.8\n\n", encoding="utf-8")
     r = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    train = read_flickr(d / "train.txt", "cn")
+    train = read_cn(d / "train.txt")
     assert [(c["image_id"], c["caption"]) for c in train.captions] == [
         ("1000092795", "两个年轻人在院子里"), ("1000092795", "朋友"), ("10002456", "工人往下看")]
     assert train.image_files["1000092795"] == "1000092795.jpg" and not train.malformed
-    assert [c["caption"] for c in read_flickr(d / "test.txt", "cn").captions] == ["一个孩子"]
+    assert [c["caption"] for c in read_cn(d / "test.txt").captions] == ["一个孩子"]
 
 
 def test_a_run_folder_with_checkpoints_needs_resume(tmp_path, small_models):
