@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from loguru import logger
 
+from stylecap.eval.metric_specs import MetricSpec, compared
 from stylecap.eval.significance import (bleu_statistic, group_statistic, mean_statistic, paired_bootstrap,
                                    stats_array)
 from stylecap.utils import UserError, atomic_write_json, atomic_write_text, run_main, setup_logging
 
-METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
 # settings that say where or how a run was executed, not what was trained: never part of a label
 IGNORED = {"output_path", "resume", "config", "model_path", "mode", "device", "num_workers", "ddp_timeout",
            "max_checkpoint_num", "save_by", "save_step", "eval_step", "num_samples", "bs_eval", "train_captions",
@@ -132,16 +132,14 @@ def check_comparable(entries: list[dict]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ the table
-def _style_top1(m: dict):
-    fid = m.get("style_fidelity") or {}
-    return (fid.get("generated") or {}).get("top1")
+def columns() -> dict[str, MetricSpec]:
+    """The table's metric columns, in order: each metric of metric_specs.METRICS with a ``compare`` part."""
+    return {s.compare.column: s for s in compared()}
 
 
 def row_values(m: dict) -> dict:
-    div = m.get("diversity") or {}
-    return {**{k: m.get(k) for k in METRICS}, "style top-1": _style_top1(m),
-            "style ppl": (m.get("style_ppl") or {}).get("generated"),
-            "distinct-1": div.get("distinct-1"), "distinct-2": div.get("distinct-2"), "vocabulary": div.get("vocab_size")}
+    """{column: value} of one metrics.json, None where absent, for every column."""
+    return {column: s.value(m) for column, s in columns().items()}
 
 
 def group_rows(entries: list[dict]) -> list[dict]:
@@ -161,16 +159,16 @@ def group_rows(entries: list[dict]) -> list[dict]:
     return rows
 
 
-SCALED = set(METRICS) | {"style top-1", "distinct-1", "distinct-2"}  # shown x100, as papers do
+SCALED = {k for k, s in columns().items() if s.compare.shown.scale == 100}  # shown x100, as papers do
 
 
 def fmt(row: dict, k: str) -> str:
+    """'mean ± std' of column k, as its metric spec shows it; '—' without a value."""
     v, s = row["mean"].get(k), row["std"].get(k)
     if v is None:
         return "—"
-    x = 100 if k in SCALED else 1
-    digits = 0 if k == "vocabulary" else 1
-    return f"{v * x:.{digits}f}" + (f" ± {s * x:.{digits}f}" if s is not None else "")
+    shown = columns()[k].compare.shown
+    return shown(v) + (f" ± {shown(s)}" if s is not None else "")
 
 
 # -------------------------------------------------------------------------------------- significance

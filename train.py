@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from models.style_modes import STYLE_MODES
 from stylecap.distributed import setup_distributed
 from stylecap.eval.evaluation import add_eval_mode_args
 from stylecap.train.data import drop_unknown_styles
@@ -37,7 +38,7 @@ def get_parser() -> argparse.ArgumentParser:
     a("--constant_len", type=int, default=10, help="Transformer mapper's clip length (projected feature tokens)")
     a("--clip_size", type=int, default=512, help="CLIP feature width (512 for ViT-B/32, 640 for RN50x4)")
     a("--num_layers", type=int, default=8, help="Transformer mapper depth")
-    a("--style_mode", choices=["auto", "embedding", "token", "prompt", "none"], default="auto",
+    a("--style_mode", choices=["auto", *STYLE_MODES], default="auto",
       help="how style enters the model; auto = embedding when the data has styles, else none")
     a("--style_dim", type=int, default=64, help="width of the learned style embedding (style_mode embedding)")
     a("--normalize_prefix", action="store_true", help="L2-normalise CLIP features (saved, used everywhere)")

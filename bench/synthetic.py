@@ -54,7 +54,7 @@ def train_to_stop(model, feats: torch.Tensor, captions: list[str], steps: int, l
     ids = tok.encode_captions(captions)
     rows = []
     for i, (cap_ids, style) in enumerate(zip(ids, styles)):
-        ctx = tok.context_ids(style) if tok.style_mode in ("token", "prompt") else []
+        ctx = tok.context_ids(style) if tok.adds_context else []
         rows.append((feats[i], torch.tensor(model.style_id(style)), ctx + cap_ids, len(ctx)))
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate(rows, pad_id=tok.pad_id).items()}

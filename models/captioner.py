@@ -22,9 +22,9 @@ from torch import nn
 
 from models.errors import UserError
 from models.mapper import build_mapper
+from models.style_modes import STYLE_MODES, style_mode
 from models.tokenizer import CaptionTokenizer, load_hf_tokenizer
 
-STYLE_MODES = ("embedding", "token", "prompt", "none")
 CHECKPOINT_FORMAT = "stylecap-checkpoint-v1"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
 
@@ -44,7 +44,7 @@ class ModelConfig:
     clip_size: int = 512               # CLIP feature width (640 for RN50x4)
     num_layers: int = 8                # Transformer mapper depth
     num_heads: int = 8
-    style_mode: str = "none"           # embedding | token | prompt | none
+    style_mode: str = "none"           # a name in models.style_modes.STYLE_MODES
     styles: list = field(default_factory=list)
     style_dim: int = 64                # width of the learned style embedding (style_mode embedding)
     prompt_template: str = "write a {style} caption:"
@@ -97,20 +97,19 @@ def _check_gpt2_dir(path: str | Path) -> Path:
 class StyleCapModel(nn.Module):
     def __init__(self, cfg: ModelConfig, gpt: nn.Module, tokenizer: CaptionTokenizer):
         super().__init__()
-        if cfg.style_mode not in STYLE_MODES:
-            raise UserError(f"--style_mode {cfg.style_mode!r} is not one of {', '.join(STYLE_MODES)}")
-        if cfg.style_mode != "none" and not cfg.styles:
+        mode = style_mode(cfg.style_mode)  # UserError for an unknown name
+        if mode.styled and not cfg.styles:
             raise UserError(f"--style_mode {cfg.style_mode} needs styled data (records with 'style'); "
                             "use --style_mode none for plain captions")
         self.cfg, self.gpt, self.tokenizer = cfg, gpt, tokenizer
         embed_dim = gpt.get_input_embeddings().embedding_dim
-        in_dim = cfg.clip_size + (cfg.style_dim if cfg.style_mode == "embedding" else 0)
+        in_dim = cfg.clip_size + (cfg.style_dim if mode.style_embedding else 0)
         self.clip_project = build_mapper(cfg.mapping_type, in_dim, cfg.prefix_len, embed_dim,
                                          cfg.constant_len, cfg.num_layers, cfg.num_heads)
         n_styles = len(cfg.styles)
         # (S, style_dim) concatenated with the CLIP feature; or (S, E) embeddings of the <style_k> tokens
-        self.style_embedding = nn.Embedding(n_styles, cfg.style_dim) if cfg.style_mode == "embedding" else None
-        self.style_token_embedding = nn.Embedding(n_styles, embed_dim) if cfg.style_mode == "token" else None
+        self.style_embedding = nn.Embedding(n_styles, cfg.style_dim) if mode.style_embedding else None
+        self.style_token_embedding = nn.Embedding(n_styles, embed_dim) if mode.style_tokens else None
         if self.style_token_embedding is not None:
             nn.init.normal_(self.style_token_embedding.weight, std=0.02)  # GPT-2's embedding init
         if not cfg.finetune_gpt2:
@@ -176,7 +175,7 @@ class StyleCapModel(nn.Module):
         return sd
 
     def style_id(self, style: str | None) -> int:
-        if self.cfg.style_mode == "none":
+        if not self.tokenizer.mode.styled:
             return 0
         if style not in self.tokenizer.style_index:
             near = difflib.get_close_matches(str(style), self.cfg.styles, n=3, cutoff=0.0)

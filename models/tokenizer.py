@@ -1,11 +1,9 @@
 """CaptionTokenizer: one place that turns (style, caption) into token ids, and ids back into text.
 
 Training and decoding both build the style context here, so they cannot drift apart.
-Sequence layout fed to GPT-2 (after the K prefix embeddings):
-
-    style_mode none/embedding : caption tokens + END
-    style_mode token          : <style_k> + caption tokens + END
-    style_mode prompt         : tokens("write a {style} caption:") + caption tokens + END
+Sequence layout fed to GPT-2 (after the K prefix embeddings): the style context, which the mode's
+entry in models.style_modes.MODES defines (none for embedding/none, <style_k> for token, the prompt's
+tokens for prompt), then caption tokens + END.
 
 END is the tokenizer's end token: <|endoftext|> for GPT-2, [SEP] for BERT-style (Chinese) tokenizers.
 Style tokens <style_k> get ids >= GPT-2's vocabulary size; their embeddings live in the model's own
@@ -15,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STYLE_TOKEN = "<style_{}>"
+from models.style_modes import STYLE_TOKEN, style_mode as lookup_style_mode
 
 
 def load_hf_tokenizer(path: str | Path):
@@ -36,7 +34,8 @@ class CaptionTokenizer:
         self.pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else self.eos_id
         self.vocab_size = len(hf_tokenizer)  # GPT-2's vocabulary; ids >= this are style tokens
         self.style_index = {s: i for i, s in enumerate(self.styles)}
-        if style_mode == "token":
+        self.mode = lookup_style_mode(style_mode)
+        if self.mode.style_tokens:
             names = [STYLE_TOKEN.format(i) for i in range(len(self.styles))]
             hf_tokenizer.add_special_tokens({"additional_special_tokens": names})
             ids = hf_tokenizer.convert_tokens_to_ids(names)
@@ -57,14 +56,13 @@ class CaptionTokenizer:
     def context_ids(self, style: str | None) -> list[int]:
         """Tokens placed between the prefix and the caption (no loss on them)."""
         if style not in self._ctx_cache:
-            if self.style_mode == "token":
-                ids = [self.vocab_size + self.style_index[style]]
-            elif self.style_mode == "prompt":
-                ids = self.tok(self.prompt_template.format(style=style), add_special_tokens=False)["input_ids"]
-            else:
-                ids = []
-            self._ctx_cache[style] = ids
+            self._ctx_cache[style] = self.mode.context(self, style)
         return self._ctx_cache[style]
+
+    @property
+    def adds_context(self) -> bool:
+        """Whether this mode puts context tokens between the prefix and the caption."""
+        return self.mode.adds_context
 
     # ---- decoding -------------------------------------------------------------------------------
     @property

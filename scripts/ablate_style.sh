@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Style-injection ablation: train --style_mode embedding, token, prompt and none on the same features with
-# the same settings (SEEDS seeds each), evaluate each on the test split, then compare.py against the
-# embedding baseline (paired bootstrap over images). Rerunning it reuses finished runs and evaluations:
+# Style-injection ablation: train every --style_mode (MODES: the table in models/style_modes.py)
+# on the same features with the same settings (SEEDS seeds each), evaluate each on the test split, then
+# compare.py against the embedding baseline (paired bootstrap over images). Rerunning it reuses finished runs and evaluations:
 # a run with last.pt is not trained again, an eval folder with metrics.json is not scored again; an
 # interrupted run resumes (--resume auto).
 #   bash scripts/ablate_style.sh                      # PersonalityCaptions, GPT-2 small, ClipCap's settings
@@ -12,7 +12,7 @@ PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 FEATURES=${FEATURES:-data/features/personality}   # train.pkl, val.pkl, test.pkl from process_personality.py
 GPT2=${GPT2:-pre_model/gpt2}
 OUT=${OUT:-output/ablation}
-MODES=${MODES:-embedding token prompt none}
+MODES=${MODES:-$($PYTHON -c 'from models.style_modes import STYLE_MODES; print(*STYLE_MODES)')}  # every mode
 SEEDS=${SEEDS:-1}
 EPOCHS=${EPOCHS:-10}
 BS=${BS:-40}

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from models import DecodeConfig, ModelConfig, build_model, generate_captions, load_model
 from models.captioner import checkpoint_payload
+from models.style_modes import STYLE_MODES
 from stylecap.train.data import CaptionDataset, collate, encode_data
 from stylecap.utils import UserError
 from tests.helpers import STYLES
@@ -62,7 +63,7 @@ def test_chinese_bert_tokenizer_ends_with_sep_and_decodes_without_spaces(small_m
 
 
 @pytest.mark.parametrize("mapping_type", ["mlp", "transformer"])
-@pytest.mark.parametrize("style_mode", ["embedding", "token", "prompt", "none"])
+@pytest.mark.parametrize("style_mode", STYLE_MODES)
 def test_forward_backward_every_mapper_and_style_mode(small_models, mapping_type, style_mode):
     styles = STYLES if style_mode != "none" else []
     model = make(small_models, mapping_type=mapping_type, style_mode=style_mode, styles=styles)

@@ -16,6 +16,7 @@ from bench.synthetic import stop_training_data, train_to_stop
 from bench.reference import (reference_beam, reference_collate, reference_greedy, reference_max_seq_len)
 from models import ModelConfig, build_model, load_model
 from models.decoding import DecodeConfig, context_embeds, generate_captions, sequence_logprob
+from models.style_modes import STYLE_MODES
 
 # Prompt-mode contexts of different lengths, so a batch splits into groups; exact trait strings.
 STYLES = ["Happy", "Sad (Gloomy)", "Cynical (Doubtful, Skeptical)"]
@@ -36,7 +37,7 @@ def ours_tokens(model, feats, styles, **dc):
 
 
 # ------------------------------------------------------------------------------------------ greedy
-@pytest.mark.parametrize("mode", ["none", "embedding", "token", "prompt"])
+@pytest.mark.parametrize("mode", STYLE_MODES)
 def test_batched_greedy_equals_uncached_single_image_greedy(small_models, mode):
     """Random weights never emit END, so both run to the 12-token limit: full sequences compared."""
     styles = STYLES if mode != "none" else []

@@ -46,10 +46,10 @@ from typing import Any, Hashable
 import numpy as np
 from loguru import logger
 
+from stylecap.eval.metric_specs import STANDARD  # the keys this toolkit writes (BLEU-1..SPICE), from METRICS
 from stylecap.eval.ptb_tokenize import python_tokenize
 from stylecap.eval.segmentation import Segmenter, resolve_segmentation
 
-STANDARD = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 SPICE_JARS_ENV = "STYLECAP_SPICE_JARS"
 JRE_HINT = "install a JRE (e.g. apt-get install default-jre) to enable"

@@ -242,16 +242,15 @@ def _tensorboard_eval(out: Path, preds: list[dict], meta: dict, n_images: int = 
     """Metrics as scalars and a few images with their captions, for `tensorboard --logdir`."""
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
-    from stylecap.eval.coco_metrics import STANDARD
     from stylecap.eval.inputs import image_paths_for
+    from stylecap.eval.metric_specs import tensorboard_scalars
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     by_image = captions_by_image(preds)
     image_dir = meta.get("image_dir")
     files = image_paths_for(image_dir, list(by_image), None) if image_dir and Path(image_dir).is_dir() else {}
     with SummaryWriter(str(out)) as w:
-        for k in STANDARD:
-            if metrics.get(k) is not None:
-                w.add_scalar(f"eval/{k}", metrics[k], 0)
+        for tag, v in tensorboard_scalars(metrics, "eval").items():
+            w.add_scalar(tag, v, 0)
         shown = [image_id for image_id in by_image if image_id in files][:n_images]
         for i, image_id in enumerate(shown):
             img = captioned_image(files[image_id], by_image[image_id], 320)

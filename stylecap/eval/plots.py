@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-METRIC_BARS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "style top-1")
+from stylecap.eval.metric_specs import compared
+
+METRIC_BARS = tuple(s.compare.column for s in compared() if s.compare.plotted)  # BLEU-4 .. SPICE, style top-1
 
 
 def _plt():

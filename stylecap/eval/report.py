@@ -12,8 +12,8 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from stylecap.eval.coco_metrics import STANDARD
 from stylecap.eval.matching import image_stem, match_predictions
+from stylecap.eval.metric_specs import STANDARD  # the metrics scored per style and group too
 from stylecap.eval.tables import fmt100, segmentation_line, table_rows
 from stylecap.utils import atomic_write_text
 

@@ -11,10 +11,11 @@ import torch
 from loguru import logger
 
 from stylecap.eval.clipscore import clip_score
-from stylecap.eval.coco_metrics import STANDARD, score_captions
+from stylecap.eval.coco_metrics import score_captions
 from stylecap.eval.diversity import diversity, normalise_caption
 from stylecap.eval.inputs import image_paths_for, load_predictions, load_references
 from stylecap.eval.matching import Matching, group_of, match_predictions
+from stylecap.eval.metric_specs import STANDARD
 from stylecap.eval.segmentation import Segmenter, resolve_segmentation
 from stylecap.eval.style_metrics import style_measures
 from stylecap.utils import UserError, atomic_write_json, code_version

@@ -1,49 +1,35 @@
 """The printed metrics table (and the rows the HTML report shares)."""
 from __future__ import annotations
 
-from stylecap.eval.coco_metrics import STANDARD
+from stylecap.eval.metric_specs import METRICS, MetricSpec, Shown, lookup
+
+_X100 = Shown(100, 2)
 
 
 def fmt100(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
+    return "-" if v is None else _X100(v)
+
+
+def _row(spec: MetricSpec, metrics: dict, skipped: dict) -> tuple[str, str, str] | None:
+    """The table's row of one metric, or None when it has none (see MetricSpec.missing)."""
+    shown, value = spec.table, spec.value(metrics)
+    if value is None:
+        reason = skipped.get(spec.skip_key or spec.name)
+        if spec.missing == "skipped" or (spec.missing == "skipped_if_reason" and reason is not None):
+            return spec.name, "skipped", reason if reason is not None else "not computed"
+        if spec.missing != "dash" or not metrics.get(spec.key[0]):
+            return None
+    ref = lookup(metrics, spec.ref_key) if spec.ref_key else None
+    ref_text = "-" if ref is None else ref if isinstance(ref, str) else shown(ref)
+    return spec.name, "-" if value is None else shown(value), spec.note.format(ref=ref_text)
 
 
 def table_rows(metrics: dict) -> list[tuple[str, str, str]]:
-    """(name, value, note) rows of the summary table; shared by format_table and the HTML report."""
+    """(name, value, note) rows of the summary table, one per metric of METRICS that has one; shared
+    by format_table and the HTML report."""
     skipped = metrics.get("skipped", {})
-    rows = []
-    for m in STANDARD:
-        v = metrics.get(m)
-        rows.append((m, fmt100(v), "") if v is not None else (m, "skipped", skipped.get(m, "not computed")))
-    cs = metrics.get("clip_score")
-    if cs:
-        rows.append(("CLIP-S", f"{cs['CLIP-S']:.4f}", "0-2.5 scale"))
-        if cs.get("RefCLIP-S") is not None:
-            rows.append(("RefCLIP-S", f"{cs['RefCLIP-S']:.4f}", "0-2.5 scale"))
-    elif "CLIPScore" in skipped:
-        rows.append(("CLIP-S", "skipped", skipped["CLIPScore"]))
-    div = metrics.get("diversity")
-    if div:
-        rows += [("distinct-1", f"{div['distinct-1']:.4f}", "unique / all unigrams"),
-                 ("distinct-2", f"{div['distinct-2']:.4f}", "unique / all bigrams"),
-                 ("vocab size", str(div["vocab_size"]), "")]
-        if div.get("copied") is not None:
-            rows.append(("copied", f"{div['copied']:.4f}", "share of captions copied from training"))
-    fid = metrics.get("style_fidelity")
-    if fid:
-        g, r = fid["generated"], fid["references"]
-        for k in ("top1", "top5"):
-            gv = "-" if g[k] is None else f"{g[k]:.4f}"
-            rv = "-" if r[k] is None else f"{r[k]:.4f}"
-            rows.append((f"style {k}", gv, f"human references: {rv}"))
-    ppl = metrics.get("style_ppl")
-    if ppl and ppl.get("generated") is not None:
-        rv = "-" if ppl.get("references") is None else f"{ppl['references']:.1f}"
-        rows.append(("style ppl", f"{ppl['generated']:.1f}", f"trigram LM of the style (lower is better); human references: {rv}"))
-    base = metrics.get("baseline")
-    if base and base.get("CIDEr") is not None:
-        rows.append(("baseline CIDEr", fmt100(base["CIDEr"]), f"always '{base['caption']}'"))
-    return rows
+    rows = [_row(spec, metrics, skipped) for spec in METRICS if spec.table is not None]
+    return [r for r in rows if r is not None]
 
 
 def segmentation_line(metrics: dict) -> str:

@@ -127,7 +127,7 @@ def encode_data(data: "FeatureStore | dict", tok: CaptionTokenizer, max_len: int
         unknown = styled - set(tok.style_index)
         if unknown:
             raise UserError(f"styles unknown to the model in {source or 'the data'}: {sorted(map(str, unknown))[:5]}")
-    with_ctx = tok.style_mode in ("token", "prompt")
+    with_ctx = tok.adds_context
     ctx_of = [tok.context_ids(s) if with_ctx and s in present else [] for s in store.styles] + [[]]  # [-1]: none
     limit = max_len if tok.legacy_clipcap else max_len + 1  # caption tokens + END
     n = len(store)
