@@ -185,10 +185,13 @@ def per_image_arrays(e: dict, keys: list, by_image: bool) -> dict[str, np.ndarra
 
 
 def significance(entries: list[dict], baseline: str, by_image: bool, resamples: int, seed: int) -> dict:
-    """Each label vs the baseline label, paired over images. A group's value on a resample is the mean
-    of its runs' (seeds') corpus metrics, as in the table."""
+    """Each label vs the baseline label, paired over images (a cluster bootstrap: each drawn image
+    brings all its scored (image, style) rows). A group's value on a resample is the mean of its runs'
+    (seeds') corpus metrics, as in the table."""
     scored = [e for e in entries if "metrics" in e]
     keys = sorted({_image_key(r, by_image) for r in scored[0]["metrics"]["per_image"]}, key=str)
+    # the unit of resampling is the image: an image's rows (one per style) are drawn together
+    images = [str(k if by_image else k[0]) for k in keys]
     stats = {"CIDEr": mean_statistic, "BLEU-4": bleu_statistic, "style top-1": mean_statistic}
     arrays = [(e["label"], per_image_arrays(e, keys, by_image)) for e in scored]  # once per entry
 
@@ -203,19 +206,21 @@ def significance(entries: list[dict], baseline: str, by_image: bool, resamples: 
             for metric in stats:
                 sys_, base = group(label, metric), group(baseline, metric)
                 out[label][metric] = (None if sys_ is None or base is None
-                                      else paired_bootstrap(sys_, base, len(keys), resamples, seed))
+                                      else paired_bootstrap(sys_, base, len(keys), resamples, seed, clusters=images))
     return out
 
 
 # ----------------------------------------------------------------------------------------- writing
 def write_outputs(out: Path, rows: list[dict], sig: dict, baseline: str | None, plots: list[str]) -> Path:
     cols = list(row_values({}))
-    csv_lines = [",".join(["label", "n", "seeds", "trainable_parameters"] + [c for k in cols for c in (k, f"{k} std")])]
+    sig_header = significance_cells(sig, "")[0]
+    csv_lines = [",".join(["label", "n", "seeds", "trainable_parameters"] + [c for k in cols for c in (k, f"{k} std")]
+                          + sig_header)]
     for r in rows:
         cells = [json.dumps(r["label"]), str(r["n"]), json.dumps(" ".join(map(str, r["seeds"]))), str(r["params"] or "")]
         for k in cols:
             cells += ["" if r["mean"][k] is None else f"{r['mean'][k]:.6g}", "" if r["std"][k] is None else f"{r['std'][k]:.6g}"]
-        csv_lines.append(",".join(cells))
+        csv_lines.append(",".join(cells + significance_cells(sig, r["label"])[1]))
     atomic_write_text(out / "comparison.csv", "\n".join(csv_lines) + "\n")
 
     head = ["run", "n"] + cols + ["trainable params"]
@@ -223,25 +228,50 @@ def write_outputs(out: Path, rows: list[dict], sig: dict, baseline: str | None, 
     for r in rows:
         params = f"{r['params'] / 1e6:.1f}M" if r["params"] else "—"
         md.append("| " + " | ".join([r["label"], str(r["n"])] + [fmt(r, k) for k in cols] + [params]) + " |")
-    sig_md = []
-    if sig:
-        sig_md = [f"\nPaired bootstrap over images against **{baseline}** (difference x100, 95% interval, "
-                  "share of resamples where the baseline is better):\n", "| run | metric | difference | 95% interval | baseline wins |",
-                  "|---|---|---|---|---|"]
-        for label, per in sig.items():
-            for metric, res in per.items():
-                if res is None:
-                    sig_md.append(f"| {label} | {metric} | — | (no per-image data) | |")
-                else:
-                    lo, hi = res["ci95"]
-                    sig_md.append(f"| {label} | {metric} | {res['diff'] * 100:+.2f} | [{lo * 100:+.2f}, {hi * 100:+.2f}] "
-                                  f"| {res['baseline_wins']:.3f} |")
+    sig_md = significance_markdown(sig, baseline)
     text = "\n".join(md + sig_md) + "\n"
     atomic_write_text(out / "comparison.md", text)
     atomic_write_json(out / "comparison.json", {"rows": rows, "significance": sig, "baseline": baseline})
     html = _html(text, plots)
     atomic_write_text(out / "comparison.html", html)
     return out / "comparison.html"
+
+
+SIG_COLUMNS = ("diff", "ci95 low", "ci95 high", "p_value")  # per metric, in comparison.csv
+
+
+def significance_cells(sig: dict, label: str) -> tuple[list[str], list[str]]:
+    """comparison.csv's significance columns ("CIDEr diff", ..., "CIDEr p_value" per metric) and one
+    row's cells (empty for the baseline and where there is no per-image data)."""
+    metrics = list(dict.fromkeys(m for per in sig.values() for m in per))
+    header, cells = [f"{m} {c}" for m in metrics for c in SIG_COLUMNS], []
+    for m in metrics:
+        res = (sig.get(label) or {}).get(m)
+        cells += ["" if res is None else f"{v:.6g}" for v in
+                  ((res["diff"], *res["ci95"], res["p_value"]) if res else (None,) * len(SIG_COLUMNS))]
+    return header, cells
+
+
+def significance_markdown(sig: dict, baseline: str | None) -> list[str]:
+    """The significance table of comparison.md (and .html): difference x100, its two-sided 95% interval
+    and the one-sided p-value (share of resamples where the run is not better than the baseline)."""
+    if not sig:
+        return []
+    counts = next((res for per in sig.values() for res in per.values() if res), None)
+    unit = (f"{counts['images']} images, {counts['rows']} rows, {counts['resamples']} resamples" if counts else "")
+    out = [f"\nPaired bootstrap over images against **{baseline}** ({unit}; each resample draws images with all "
+           "their rows). Difference x100, its 95% interval, and the p-value: the share of resamples in which "
+           "the run is not better than the baseline (one-sided; a tie counts as not better):\n",
+           "| run | metric | difference | 95% interval | p-value |", "|---|---|---|---|---|"]
+    for label, per in sig.items():
+        for metric, res in per.items():
+            if res is None:
+                out.append(f"| {label} | {metric} | — | (no per-image data) | |")
+            else:
+                lo, hi = res["ci95"]
+                out.append(f"| {label} | {metric} | {res['diff'] * 100:+.2f} | [{lo * 100:+.2f}, {hi * 100:+.2f}] "
+                           f"| {res['p_value']:.3f} |")
+    return out
 
 
 def _html(markdown_tables: str, plots: list[str]) -> str:
