@@ -8,7 +8,9 @@ PATHs are eval folders (metrics.json + predictions, from `train.py --mode eval` 
 folders (config.json + TensorBoard events, from train.py). An eval folder made by `train.py --mode eval`
 knows its run (eval_config.json), so the two are shown as one entry. Each entry is labelled by the
 settings in which the entries differ (e.g. `style_mode=token`), unless --labels is given; entries that
-differ only in --seed form one group. Writes comparison.csv / .md / .html and PNG plots to --output_path.
+differ only in --seed form one group (two evaluations of one run, e.g. best.pt and last.pt, are told
+apart by the checkpoint's name, never averaged as seeds). Writes comparison.csv / .md / .html / .json
+and PNG plots to --output_path; the significance table gives p-values over a bootstrap of images.
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ def load_entry(path: Path) -> dict:
         info = _read_json(path / "eval_config.json") if (path / "eval_config.json").is_file() else {}
         entry["settings"] = {**_flat("", info.get("train_args", {})), **_flat("decode.", info.get("decode", {}))}
         entry["params"] = info.get("trainable_parameters")
+        entry["checkpoint"] = Path(info["model_path"]).name if info.get("model_path") else None  # best.pt, last.pt
         run = Path(info["model_path"]).parent.parent if info.get("model_path") else None
         entry["run_dir"] = str(run) if run and (run / "config.json").is_file() else None
     elif (path / "config.json").is_file():
@@ -93,13 +96,45 @@ def merge_runs_into_evals(entries: list[dict]) -> list[dict]:
 
 
 def make_labels(entries: list[dict]) -> None:
-    """label = the settings that differ between entries (seed excluded: it groups); group = label."""
+    """label = the settings that differ between entries (seed excluded: it groups); group = label; entries
+    that would share a label without differing in seed are told apart (separate_non_seed_groups)."""
     keys = sorted({k for e in entries for k in e["settings"]} - IGNORED)
     differ = [k for k in keys if len({json.dumps(e["settings"].get(k)) for e in entries}) > 1]
     shown = [k for k in differ if k != "seed"]
     for e in entries:
         e["label"] = ", ".join(f"{k}={e['settings'].get(k)}" for k in shown) or Path(e["path"]).name
         e["seed"] = e["settings"].get("seed")
+    separate_non_seed_groups(entries)
+
+
+def not_seed_replicas(members: list[dict]) -> bool:
+    """Whether entries sharing a label are NOT one setting over different seeds: two of them have the
+    same seed (best.pt and last.pt of one run, one checkpoint evaluated twice) or one has none recorded."""
+    seeds = [json.dumps(e["seed"]) for e in members]
+    return len(members) > 1 and ("null" in seeds or len(set(seeds)) < len(seeds))
+
+
+def separate_non_seed_groups(entries: list[dict]) -> None:
+    """Only entries that differ in --seed alone form a group (mean ± std over seeds). Entries that share
+    a label otherwise get what tells them apart: the checkpoint's name, else the folder's name, else
+    its path (e.g. `style_mode=token, checkpoint=best.pt`)."""
+    tags = (lambda e: f"checkpoint={e.get('checkpoint')}", lambda e: Path(e["path"]).name, lambda e: e["path"])
+    for tag in tags:
+        for label in dict.fromkeys(e["label"] for e in entries):
+            members = [e for e in entries if e["label"] == label]
+            if not_seed_replicas(members) and len({tag(e) for e in members}) > 1:
+                for e in members:
+                    e["label"] = f"{label}, {tag(e)}"
+
+
+def check_label_groups(entries: list[dict]) -> None:
+    """--labels may put several entries under one label only when they are seeds of one setting."""
+    for label in dict.fromkeys(e["label"] for e in entries):
+        members = [e for e in entries if e["label"] == label]
+        if not_seed_replicas(members):
+            raise UserError(f"--labels gives {label!r} to {[e['path'] for e in members]}, with the same seed or none "
+                            f"recorded (seeds {[e['seed'] for e in members]}): only runs that differ in --seed form a "
+                            "group; give them different labels")
 
 
 # ------------------------------------------------------------------------------------------- checking
@@ -303,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         for e, label in zip(entries, args.labels):
             e["label"], e["seed"] = label, e["settings"].get("seed")
         entries = merge_runs_into_evals(entries)
+        check_label_groups(entries)
     else:
         entries = merge_runs_into_evals(entries)
         make_labels(entries)
