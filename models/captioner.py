@@ -185,6 +185,13 @@ class StyleCapModel(nn.Module):
         return self.tokenizer.style_index[style]
 
 
+def trainable_parameters(model: nn.Module) -> int:
+    """How many parameters training updates, each counted once: ``model.parameters()`` yields a shared tensor
+    (GPT-2's tied input/output embedding, V x E) once, where a state dict lists it under both names.
+    config.json (training) and eval_config.json (evaluation) both report this figure."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 # ---- building and loading ---------------------------------------------------------------------------
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging

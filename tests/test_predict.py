@@ -114,3 +114,32 @@ def test_decode_batch_size_is_bs_eval_and_batch_size_stays(styled_ckpt, tmp_path
                              "--output_path", str(out), flag, "3"]) == 0
         outs.append((out / "predictions.jsonl").read_text())
     assert outs[0] == outs[1] and len(outs[0].splitlines()) == 5 * len(STYLES)
+
+
+def test_eval_config_counts_a_tied_embedding_once(small_models, styled_ckpt, tmp_path):
+    """Issue 17 §1: eval_config.json's trainable_parameters summed every tensor of the state dict, so GPT-2's
+    tied input/output embedding counted twice (14.5M where training said 8.1M). It now counts each parameter
+    once, from the model, with the function training uses."""
+    from models import load_model
+    from models.decoding import DecodeConfig
+    from stylecap.eval.evaluation import write_eval_config
+    model = load_model(styled_ckpt)
+    wte = model.gpt.get_input_embeddings().weight
+    assert model.gpt.get_output_embeddings().weight is wte  # the tie this is about
+    once = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+    write_eval_config(tmp_path, model, {"train_args": {}, "model_config": {}}, styled_ckpt, tmp_path / "f.pkl",
+                      DecodeConfig())
+    counted = json.loads((tmp_path / "eval_config.json").read_text())["trainable_parameters"]
+    assert counted == once
+    assert sum(v.numel() for v in model.trainable_state_dict().values()) == once + wte.numel()  # the old figure
+    frozen = build_frozen(small_models)
+    write_eval_config(tmp_path, frozen, {"train_args": {}, "model_config": {}}, styled_ckpt, tmp_path / "f.pkl",
+                      DecodeConfig())
+    counted = json.loads((tmp_path / "eval_config.json").read_text())["trainable_parameters"]
+    assert counted == sum(p.numel() for p in frozen.clip_project.parameters()) + frozen.style_embedding.weight.numel()
+
+
+def build_frozen(small_models):
+    from models import ModelConfig, build_model
+    return build_model(ModelConfig(gpt2_path=str(small_models / "small_gpt2"), style_mode="embedding",
+                                   styles=STYLES, finetune_gpt2=False, max_len=8))

@@ -222,7 +222,8 @@ def write_eval_config(out: Path, model: StyleCapModel, settings: dict, model_pat
     so that compare.py can label eval folders by the settings in which they differ. ``settings``: from
     checkpoint_settings. Returns the checkpoint's training settings ({} for ClipCap weights)."""
     from dataclasses import asdict
-    params = sum(v.numel() for v in model.trainable_state_dict().values() if v.is_floating_point())
+    from models.captioner import trainable_parameters
+    params = trainable_parameters(model)  # each once: the tied GPT-2 embedding is one parameter, as in training
     atomic_write_json(out / "eval_config.json", {
         "model_path": str(model_path.resolve()), "data_path": str(data_path), "decode": asdict(dc),
         "train_args": settings["train_args"], "model_config": settings["model_config"],
