@@ -97,8 +97,9 @@ def list_styles(args: argparse.Namespace) -> int:
 @contextmanager
 def output_folder(out: Path):
     """Log to out/predict.log for the run; if the run fails, remove the log (when this run began it) and
-    the folder (when this run made it and it is empty), so that a failed run leaves nothing behind."""
-    made, log = not out.exists(), out / "predict.log"
+    the folders this run made (when they are empty), so that a failed run leaves nothing behind."""
+    made = [q for q in (out, *out.parents) if not q.exists()]  # e.g. output/predict and output/
+    log = out / "predict.log"
     had_log = log.exists()
     setup_logging(log)
     try:
@@ -107,8 +108,9 @@ def output_folder(out: Path):
         setup_logging(None)  # closes the file
         if not had_log:
             log.unlink(missing_ok=True)
-        if made and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        for q in made:  # innermost first
+            if q.is_dir() and not any(q.iterdir()):
+                q.rmdir()
         raise
 
 

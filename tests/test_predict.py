@@ -293,3 +293,19 @@ def test_docs_demo_predict_example_runs_as_printed(styled_ckpt, small_models, de
     monkeypatch.chdir(tmp_path)
     assert predict.main(argv[2:]) == 0
     assert "CLIP: pre_model/small_clip.pt (recorded in the checkpoint)" in (tmp_path / "output/predict/predict.log").read_text()
+
+
+def test_one_error_prefix_for_flag_errors_and_user_errors(styled_ckpt, tmp_path, capsys, monkeypatch):
+    """argparse says 'predict.py: error: ...'; a UserError through run_main now says the same, not 'error: ...'."""
+    from stylecap.utils import run_main
+    monkeypatch.setattr("sys.argv", ["predict.py"])
+    lines = []
+    for argv in ([], ["--model_path", str(styled_ckpt), "--features", "f.pkl", "--style", "Nope",
+                      "--output_path", str(tmp_path / "a" / "b")]):
+        with pytest.raises(SystemExit) as e:
+            run_main(lambda: predict.main(argv))
+        assert e.value.code == 2
+        lines.append(capsys.readouterr().err.strip().splitlines()[-1])
+    assert lines[0] == "predict.py: error: the following arguments are required: --model_path"
+    assert lines[1].startswith("predict.py: error: unknown style 'Nope'; closest valid: [")
+    assert not (tmp_path / "a").exists()  # neither the output folder nor the parent this run made
