@@ -74,6 +74,8 @@ def requested_styles(args: argparse.Namespace, cfg: ModelConfig | None) -> list[
         return [None]
     wanted = list(args.style or [])
     if args.style_file:
+        if not Path(args.style_file).is_file():
+            raise UserError(f"--style_file {args.style_file} not found; give a text file with one style per line")
         wanted += [ln.strip() for ln in Path(args.style_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
     if "all" in wanted:
         return resolve_styles(cfg, [], all_styles=True)

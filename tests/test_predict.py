@@ -267,6 +267,10 @@ def test_predict_subfolders_reported_or_recursive(styled_ckpt, small_models, ima
     clip = ["--clip_model_path", str(small_models / "small_clip.pt"), "--style", "Happy"]
     assert _run(styled_ckpt, tmp_path / "a", "--image_path", str(d), *clip) == 0
     assert "1 subfolder not searched" in (tmp_path / "a" / "predict.log").read_text()
+    (tmp_path / "only_sub").mkdir()
+    shutil.copytree(d / "sub", tmp_path / "only_sub" / "sub")
+    with pytest.raises(UserError, match=r"no images found \(1 subfolder not searched .*--recursive"):
+        _run(styled_ckpt, tmp_path / "c", "--image_path", str(tmp_path / "only_sub"), *clip)
     assert {p["image"] for p in read_jsonl(tmp_path / "a" / "predictions.jsonl")} == set(good)
     assert _run(styled_ckpt, tmp_path / "b", "--image_path", str(d), "--recursive", "--save_images", *clip) == 0
     assert {p["image"] for p in read_jsonl(tmp_path / "b" / "predictions.jsonl")} == {*good, "sub/inner.jpg"}

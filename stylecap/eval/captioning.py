@@ -43,19 +43,21 @@ def list_images(spec: str, recursive: bool = False) -> tuple[list[Path], list[st
     """--image_path: an image file, a folder of images or a glob -> (image paths, their names). A name is the
     file name, or with ``recursive`` the path under the folder ("sub/a.jpg"), so that equal file names in two
     subfolders stay apart. Subfolders not searched are counted in a warning. UserError when no image."""
-    p = Path(spec)
+    p, skipped = Path(spec), ""
     if p.is_dir():
         paths = image_files(p, recursive)
         names = [q.relative_to(p).as_posix() for q in paths]
         subfolders = 0 if recursive else sum(q.is_dir() for q in p.iterdir())
         if subfolders:
-            logger.warning(f"{plural(subfolders, 'subfolder')} not searched in {p} (--recursive captions "
-                           "the images of subfolders too)")
+            skipped = f"{plural(subfolders, 'subfolder')} not searched in {p} (--recursive searches them too)"
     else:
         paths = [p] if p.is_file() else sorted(Path(q) for q in glob.glob(spec) if Path(q).is_file())
         names = [q.name for q in paths]
     if not paths:
-        raise UserError(f"--image_path {spec}: no images found (give a file, a folder or a glob like 'dir/*.jpg')")
+        raise UserError(f"--image_path {spec}: no images found " + (f"({skipped})" if skipped else
+                        "(give a file, a folder or a glob like 'dir/*.jpg')"))
+    if skipped:
+        logger.warning(skipped)
     return paths, names
 
 
