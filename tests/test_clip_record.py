@@ -5,6 +5,7 @@ ViT-B/16: both give 512-d features, so only the record can tell them apart.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -197,4 +198,6 @@ def test_eval_mode_reads_the_checkpoint_once(trained, tmp_path, monkeypatch, scr
             "--output_path", str(tmp_path / "eval"), "--no_java"]
     assert (train.main(["--mode", "eval", *argv]) if script == "train" else evaluate.main(argv)) == 0
     assert len(loads) == 1 and len(opens) <= 1
-    assert (tmp_path / "eval" / "eval_config.json").is_file()
+    # issue 17 §1: the parameter count of the evaluated model is the one training reported (tied embedding once)
+    trained_count = json.loads((trained["ckpt"].parent.parent / "config.json").read_text())["trainable_parameters"]
+    assert json.loads((tmp_path / "eval" / "eval_config.json").read_text())["trainable_parameters"] == trained_count
