@@ -20,11 +20,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_main(main: Callable[[], int]) -> None:
-    """Call an entry point's main(); turn UserError into a one-line message and exit code 2."""
+    """Call an entry point's main(); turn UserError into a one-line message and exit code 2. The message
+    has argparse's prefix ("predict.py: error: ..."), so that a bad flag and a bad input read alike."""
     try:
         sys.exit(main())
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -18,7 +18,7 @@ from loguru import logger
 from torch.utils.data import DistributedSampler, Subset
 
 from models import checkpoint_payload
-from models.captioner import StyleCapModel, gpt2_fingerprint, load_checkpoint_file
+from models.captioner import StyleCapModel, gpt2_fingerprint, load_checkpoint_file, trainable_parameters
 from models.decoding import DecodeConfig, generate_captions
 from stylecap.distributed import batch_share, from_rank0
 from stylecap.features import FeatureStore
@@ -122,7 +122,7 @@ class Trainer:
         """The run folder's config.json (settings, model config, GPT-2, tokenizer, styles, sizes) and the
         run's one-line summary in the log."""
         args, model, tok, world = self.args, self.model, self.model.tokenizer, self.world
-        n_train = sum(p.numel() for p in self.params)
+        n_train = trainable_parameters(model)  # = sum over self.params: parameters() yields a tied tensor once
         atomic_write_json(Path(args.output_path) / "config.json", {
             "args": vars(args), "model": asdict(model.cfg), "code_version": code_version(),
             "gpt2": {"path": args.gpt2_path, "n_embd": model.gpt.config.n_embd, "n_layer": model.gpt.config.n_layer},
