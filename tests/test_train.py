@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -382,3 +383,22 @@ def test_training_code_has_no_function_over_80_lines():
     assert not long, long
     main = next(n for n in ast.parse((ROOT / "train.py").read_text()).body if getattr(n, "name", "") == "main")
     assert main.end_lineno - main.lineno < 30
+
+
+def test_issue17_log_lines_every_log_every_steps_when_output_is_not_a_terminal(small_models, features, tmp_path,
+                                                                                capsys):
+    """Issue 17 §2: with stderr not a terminal (CI, nohup, Slurm; capsys makes it a pipe-like buffer), training
+    writes a progress line every --log_every steps: step, loss, samples/s and ETA, on stderr and in train.log."""
+    out = tmp_path / "run"
+    assert train.main(base_args(small_models, features, out, "--epochs", "1", "--log_every", "2")) == 0
+    err = capsys.readouterr().err
+    for text in (err, (out / "train.log").read_text()):
+        lines = [ln for ln in text.splitlines() if re.search(r"epoch \d+ step \d+ ", ln)]
+        steps = [int(re.search(r"step (\d+) ", ln).group(1)) for ln in lines]
+        # 5 steps: every 2nd step, and the first one (a sign of life before the first 2)
+        assert steps == [1, 2, 4], text
+        for ln in lines:
+            assert re.search(r"\(\d+/5\): loss \d+\.\d{4}, lr [\d.e+-]+, [\d.]+ samples/s, ETA \d\d:\d\d$", ln), ln
+    assert "\r" not in err  # no redrawn bar in a log file
+    assert json.loads((out / "config.json").read_text())["args"]["log_every"] == 2  # recorded like every flag
+

@@ -205,7 +205,7 @@ class Trainer:
                                       device=self.device, precision=args.precision, scaler=self.scaler,
                                       grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm,
                                       on_step=lambda st, m: self.on_step(st, m, stop), show_progress=self.rank == 0,
-                                      total_batches=self.batches_per_epoch)
+                                      total_batches=self.batches_per_epoch, log_every=args.log_every)
 
     def end_epoch(self, stats: dict) -> dict:
         """After a whole epoch: log it, validate (with caption metrics), record the history, checkpoint
