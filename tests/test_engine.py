@@ -176,9 +176,14 @@ def test_issue17_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere(small_m
     (a real pty here), log lines every ``log_every`` steps on anything else, nothing when show_progress is off."""
     from loguru import logger
     from stylecap.train.engine import progress_kind
+    import fcntl
+    import struct
+    import termios
     master, slave = os.openpty()
     tty = os.fdopen(slave, "w")
     pipe = open(tmp_path / "err.txt", "w")
+    assert progress_kind(True, tty) == "lines"  # a pty of 0 x 0 (as some containers give): tqdm would draw nothing
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal window's size
     assert progress_kind(True, tty) == "bar" and progress_kind(True, pipe) == "lines"
     assert progress_kind(False, tty) == progress_kind(False, pipe) == "off"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import random
 import re
 import signal
@@ -149,11 +150,16 @@ def progress_kind(enabled: bool, stream: TextIO | None = None) -> str:
     """How train_one_epoch reports progress on ``stream`` (default sys.stderr, where tqdm and the log write):
     'bar', a tqdm bar redrawn in place, on a terminal; 'lines', a log line every --log_every steps, on
     anything else (CI, nohup, Slurm: a redrawn bar would fill the log with carriage returns); 'off' when
-    not ``enabled`` (ranks > 0, benchmarks)."""
+    not ``enabled`` (ranks > 0, benchmarks). A terminal that reports no size (0 x 0: some container
+    ttys) counts as not one: tqdm would draw an empty bar there."""
     if not enabled:
         return "off"
-    isatty = getattr(sys.stderr if stream is None else stream, "isatty", None)
-    return "bar" if isatty is not None and isatty() else "lines"
+    stream = sys.stderr if stream is None else stream
+    try:
+        size = os.get_terminal_size(stream.fileno()) if stream.isatty() else None
+    except (AttributeError, OSError, ValueError):  # no fileno (StringIO), closed
+        size = None
+    return "bar" if size is not None and size.columns > 0 and size.lines > 0 else "lines"
 
 
 class EpochProgress:
