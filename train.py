@@ -71,6 +71,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--max_checkpoint_num", type=int, default=3, help="periodic checkpoints kept (newest); best/last extra")
     a("--eval_step", type=int, default=0, help="optimizer steps between extra val-loss checks (validation "
       "always runs at each epoch end)")
+    a("--log_every", type=int, default=50, help="steps between progress lines (step, loss, samples/s, ETA) when "
+      "stderr is not a terminal (CI, nohup, Slurm; on one: a progress bar, the lines go to train.log); 0 = none")
     a("--num_samples", type=int, default=4, help="sample captions generated and logged at each validation")
     a("--eval_subset", type=int, default=200, help="val images captioned and scored at each epoch end (0 = off)")
     a("--resume", help="checkpoint path, or 'auto' for the newest checkpoint in the run folder")
