@@ -213,3 +213,133 @@ def test_app_imports_no_script():
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not modules & {"predict", "train", "evaluate"}
+
+
+# ---- issue 22 section 6: the demo under load and bad input; issue 17 section 5: the page -----------------------
+def blank_png(path, width: int, height: int):
+    """A valid, fully decodable black PNG of width x height (written row by row: no big buffer)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    z, row = zlib.compressobj(9), b"\0" * (1 + 3 * width)  # filter byte + RGB
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return str(path)
+
+
+@pytest.fixture()
+def count_decodes(monkeypatch):
+    """Counts PIL decoders started (one per decoded image; reading a header starts none)."""
+    import PIL.Image
+    calls, real = [], PIL.Image._getdecoder
+    monkeypatch.setattr(PIL.Image, "_getdecoder", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    return calls
+
+
+def test_pixel_limit_refuses_large_uploads_before_decoding(small_models, checkpoints, images, tmp_path,
+                                                           count_decodes):
+    """22 §6: an image over --max_pixels is refused from its header, never decoded, with the limit named."""
+    assert app.get_parser().parse_args(["--model_path", "m.pt"]).max_pixels == 40_000_000
+    demo = make_demo(small_models, checkpoints["styled"])
+    demo.max_pixels = 300 * 300
+    big = blank_png(tmp_path / "big.png", 400, 300)  # 0.12 MP > 0.09 MP
+    status, _, jsonl = demo.caption([big, images[0]], ["Happy"])
+    assert "ignored: big.png (400 × 300 = 0.12 MP; this demo's limit is 0.09 MP)" in status, status
+    assert [p["image"] for p in read_jsonl(jsonl)] == [images[0].split("/")[-1]]
+    assert len(count_decodes) == 1  # only the accepted image was decoded
+    status, _, jsonl = demo.caption([big], ["Happy"])
+    assert "Error" in status and "0.09 MP" in status and jsonl is None
+
+
+def test_one_decode_per_image(styled_demo, images, count_decodes):
+    """22 §6: the thumbnails are made from the decode CLIP's preprocessing uses, not a second one."""
+    _, page, _ = styled_demo.caption(images, ["Happy"])
+    assert len(count_decodes) == len(images) and page.count("data:image/jpeg;base64,") == len(images)
+
+
+def test_request_cap_on_images_styles_beams_captions(small_models, checkpoints, images):
+    """22 §6: a request's decoded sequences (images x styles x beam size or captions) are capped."""
+    assert app.get_parser().parse_args(["--model_path", "m.pt"]).max_sequences == 4096
+    demo = make_demo(small_models, checkpoints["styled"])
+    demo.max_sequences = 10
+    status, _, jsonl = demo.caption(images, ["Happy", "Gloomy", "Cynical (Doubtful, Skeptical)"], decode="beam",
+                                    beam_size=2)
+    assert ("2 images × 3 styles × beam 2 = 12 sequences to decode; this demo decodes at most 10 per request"
+            in status and jsonl is None), status
+    status, _, jsonl = demo.caption(images, [], all_styles=True, decode="sample", num_captions=2)
+    assert "2 images × 3 styles × 2 captions = 12 sequences" in status and jsonl is None
+    _, _, jsonl = demo.caption(images, ["Happy", "Gloomy"], decode="beam", beam_size=2)  # 8: served
+    assert len(read_jsonl(jsonl)) == 4
+
+
+def test_decode_batch_counts_sequences(small_models, checkpoints, images, monkeypatch):
+    """22 §6: --bs_eval bounds the sequences of one batched call (beams included), so a beam-10 request
+    never holds bs_eval x 10 sequences of logits and KV cache at once."""
+    assert app.get_parser().parse_args(["--model_path", "m.pt"]).bs_eval == 256
+    import stylecap.eval.captioning
+    n_gen, real_gen = [], stylecap.eval.captioning.generate_captions
+    monkeypatch.setattr(stylecap.eval.captioning, "generate_captions",  # counts the rows, runs the real one
+                        lambda model, feats, *rest: n_gen.append(feats.shape[0]) or real_gen(model, feats, *rest))
+    demo = make_demo(small_models, checkpoints["styled"])
+    demo.batch_size = 8
+    demo.caption(images, [], all_styles=True, decode="beam", beam_size=4)  # 6 items x 4 beams = 24 sequences
+    assert n_gen == [2, 2, 2]
+
+
+def test_non_image_uploads_are_named(styled_demo, images, tmp_path):
+    """17 §5: a non-image upload is named as ignored, alone or among images."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list")
+    status, _, jsonl = styled_demo.caption([str(notes)] + images, ["Happy"])
+    assert "ignored: notes.txt (not an image)" in status and len(read_jsonl(jsonl)) == len(images)
+    status, _, jsonl = styled_demo.caption([str(notes)], ["Happy"])
+    assert "ignored: notes.txt (not an image)" in status and "upload one or more" not in status
+    assert jsonl is None
+
+
+def test_upload_preview_shows_images_and_names_the_rest(styled_demo, images, tmp_path):
+    """17 §5: uploads get previews; what will not be captioned is named as soon as it is uploaded."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list")
+    gallery, notice = styled_demo.preview([str(notes)] + images)
+    assert [name for _, name in gallery] == [p.split("/")[-1] for p in images]
+    assert "ignored: notes.txt (not an image)" in notice
+    assert styled_demo.preview(None) == ([], "")
+
+
+def test_examples_are_thumbnails_with_readable_names(styled_demo, images):
+    """17 §5: the examples are a gallery of thumbnails with short names, not buttons named by hashes."""
+    gr = pytest.importorskip("gradio")
+    page = app.build_ui(styled_demo, images)
+    gallery = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "sc-examples")
+    assert isinstance(gallery, gr.Gallery)
+    labels = [item.caption for item in gallery.value.root]
+    assert labels == [app.example_label(k, p) for k, p in enumerate(images)]
+    assert app.example_label(0, "x/02b897ec8bb8b9734bc0e1f4c0b087a7.jpg") == "example 1 · 02b897ec…jpg"
+    assert app.example_label(1, "x/red_square.png") == "example 2 · red_square.png"
+
+
+def test_all_styles_disables_the_chosen_chips(styled_demo):
+    """17 §5: ticking 'all N styles' disables the style box, so which wins is visible."""
+    assert app.style_box_update(True)["interactive"] is False
+    assert app.style_box_update(False)["interactive"] is True
+
+
+def test_score_is_explained_on_the_page(styled_demo, images):
+    """17 §5: the page says what a caption's score is (models/decoding.py: summed log-probability)."""
+    gr = pytest.importorskip("gradio")
+    page = app.build_ui(styled_demo, images)
+    text = " ".join(b.value for b in page.blocks.values() if isinstance(b, gr.Markdown) and b.value)
+    assert "score" in text and "log-probability" in text and "summed over its tokens" in text
+
+
+def test_queue_is_bounded(styled_demo):
+    """22 §6: the request queue has a size; requests past it are turned away at once."""
+    pytest.importorskip("gradio")
+    args = app.get_parser().parse_args(["--model_path", "m.pt", "--queue_size", "5", "--port", "0"])
+    assert app.get_parser().parse_args(["--model_path", "m.pt"]).queue_size == 16
+    page, url = app.serve(styled_demo, args, [])
+    try:
+        assert page._queue.max_size == 5 and url.startswith("http://127.0.0.1:")
+    finally:
+        page.close()
