@@ -303,10 +303,10 @@ def example_images(folder: str | None, n: int) -> list[str]:
 
 
 def example_label(k: int, path: str | Path) -> str:
-    """'example 1 · red_square.png'; a long (hash) file name is cut to its first 8 characters."""
+    """'1 · red_square.png'; a long (hash) file name is cut to its first 8 characters: '2 · 02b897ec….jpg'."""
     p = Path(path)
-    name = p.name if len(p.stem) <= 16 else f"{p.stem[:8]}…{p.suffix.lstrip('.')}"
-    return f"example {k + 1} · {name}"
+    name = p.name if len(p.stem) <= 16 else f"{p.stem[:8]}…{p.suffix}"
+    return f"{k + 1} · {name}"
 
 
 def style_box_update(all_on: bool) -> dict:
@@ -325,6 +325,10 @@ CSS = """
 .sc-style ol { margin: 2px 0 0 0; }
 .sc-score { color: #777; font-size: 0.85em; margin-left: 6px; }
 .sc-error { color: #b00020; font-weight: 600; }
+#sc-examples .caption-label, #sc-previews .caption-label {
+  white-space: normal; overflow: visible; max-width: 100%; font-size: 11px; }
+#sc-examples .grid-container, #sc-previews .grid-container {  /* 4 across in the left column, no side scroll */
+  grid-template-columns: repeat(4, minmax(0, 1fr)); grid-auto-rows: minmax(80px, 1fr); }
 """
 
 
@@ -340,12 +344,13 @@ def build_ui(demo: Demo, examples: list[str] | None = None):
             with gr.Column(scale=1):
                 # any file type: what is not an image is named as ignored, not silently dropped by the browser
                 files = gr.File(label="Images", file_count="multiple", elem_id="sc-files", height=120)
-                previews = gr.Gallery(label="Uploaded images", columns=4, height="auto", allow_preview=False,
-                                      interactive=False, elem_id="sc-previews")
+                previews = gr.Gallery(label="Uploaded images", columns=4, fit_columns=False, height=140,
+                                      allow_preview=False, interactive=False, buttons=[], elem_id="sc-previews")
                 notice = gr.HTML(elem_id="sc-notice")
                 if examples:
                     shown = gr.Gallery([(p, example_label(k, p)) for k, p in enumerate(examples)], columns=4,
-                                       height="auto", allow_preview=False, interactive=False,
+                                       fit_columns=False, height=140, allow_preview=False, interactive=False,
+                                       buttons=[],
                                        label="Examples (click one to caption it)", elem_id="sc-examples")
 
                     def pick(evt):  # a click on an example thumbnail uploads that image

@@ -317,8 +317,8 @@ def test_examples_are_thumbnails_with_readable_names(styled_demo, images):
     assert isinstance(gallery, gr.Gallery)
     labels = [item["caption"] for item in gallery.value]
     assert labels == [app.example_label(k, p) for k, p in enumerate(images)]
-    assert app.example_label(0, "x/02b897ec8bb8b9734bc0e1f4c0b087a7.jpg") == "example 1 · 02b897ec…jpg"
-    assert app.example_label(1, "x/red_square.png") == "example 2 · red_square.png"
+    assert app.example_label(0, "x/02b897ec8bb8b9734bc0e1f4c0b087a7.jpg") == "1 · 02b897ec….jpg"
+    assert app.example_label(1, "x/red_square.png") == "2 · red_square.png"
 
 
 def test_all_styles_disables_the_chosen_chips(styled_demo):
