@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import shutil
+import socket
 import struct
 import zlib
 
@@ -14,6 +15,7 @@ import torch
 
 import app
 import predict
+from scripts import app_load
 from models import ModelConfig, build_model, load_model
 from models.captioner import checkpoint_payload
 from models.decoding import DecodeConfig
@@ -61,6 +63,12 @@ def images(demo_data, tmp_path):
         shutil.copy(p, tmp_path / p.name)
         out.append(str(tmp_path / p.name))
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def read_jsonl(path):
@@ -218,17 +226,6 @@ def test_app_imports_no_script():
 
 
 # ---- issue 22 section 6: the demo under load and bad input; issue 17 section 5: the page -----------------------
-def blank_png(path, width: int, height: int):
-    """A valid, fully decodable black PNG of width x height (written row by row: no big buffer)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    z, row = zlib.compressobj(9), b"\0" * (1 + 3 * width)  # filter byte + RGB
-    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-    return str(path)
-
-
 @pytest.fixture()
 def count_decodes(monkeypatch):
     """Counts PIL decoders started (one per decoded image; reading a header starts none)."""
@@ -244,7 +241,7 @@ def test_pixel_limit_refuses_large_uploads_before_decoding(small_models, checkpo
     assert app.get_parser().parse_args(["--model_path", "m.pt"]).max_pixels == 40_000_000
     demo = make_demo(small_models, checkpoints["styled"])
     demo.max_pixels = 300 * 300
-    big = blank_png(tmp_path / "big.png", 400, 300)  # 0.12 MP > 0.09 MP
+    big = str(app_load.blank_png(tmp_path / "big.png", 400, 300))  # 0.12 MP > 0.09 MP
     status, _, jsonl = demo.caption([big, images[0]], ["Happy"])
     assert "ignored: big.png (400 × 300 = 0.12 MP; this demo's limit is 0.09 MP)" in status, status
     assert [p["image"] for p in read_jsonl(jsonl)] == [images[0].split("/")[-1]]
@@ -338,10 +335,7 @@ def test_score_is_explained_on_the_page(styled_demo, images):
 def test_queue_is_bounded(styled_demo):
     """22 §6: the request queue has a size; requests past it are turned away at once."""
     pytest.importorskip("gradio")
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = app.get_parser().parse_args(["--model_path", "m.pt", "--queue_size", "5", "--port", str(port)])
     assert app.get_parser().parse_args(["--model_path", "m.pt"]).queue_size == 16
     page, url = app.serve(styled_demo, args, [])
@@ -349,3 +343,22 @@ def test_queue_is_bounded(styled_demo):
         assert page._queue.max_size == 5 and url.startswith("http://127.0.0.1:")
     finally:
         page.close()
+
+
+def test_load_test_answers_every_request_and_server_stays_up(styled_demo, demo_data, tmp_path):
+    """22 §6: scripts/app_load.py with tiny bounds (2 clients, 2 s) on the app served in this process:
+    every request answered as expected, including oversized (7000 x 7000 = 49 MP, over the 40 MP limit)
+    and non-image uploads, none turned away, and the server still captioning afterwards."""
+    pytest.importorskip("gradio_client", reason="the load test needs gradio_client (requirements-app.txt)")
+    port = free_port()
+    page, url = app.serve(styled_demo, app.get_parser().parse_args(["--model_path", "m.pt", "--port", str(port)]), [])
+    try:
+        out = tmp_path / "load.json"
+        rc = app_load.main(["--url", url, "--images", str(demo_data / "personality" / "yfcc_images"),
+                            "--clients", "2", "--seconds", "2", "--oversized_side", "7000", "--out", str(out)])
+    finally:
+        page.close()
+    figures = json.loads(out.read_text())
+    assert rc == 0 and figures["passed"] and figures["server_up_after"], figures["problems"]
+    assert figures["outcomes"]["ok"] == figures["requests"] >= len(app_load.KINDS)  # each kind sent at least once
+    assert figures["by_kind"]["oversized"]["n"] >= 1 and figures["well_formed"]["p95_s"] is not None
