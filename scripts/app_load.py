@@ -145,8 +145,9 @@ def summarize(log: list, clients: int, seconds: float) -> dict:
     outcomes = {o: sum(1 for *_, x, _ in log if x == o) for o in ("ok", "wrong", "queue_full", "failed")}
     well = [s for k, s, o, _ in log if KINDS[k][0] and o in ("ok", "wrong")]
     problems = [f"{k}: {o}: {st}" for k, _, o, st in log if o != "ok"][:10]
+    turned_away = [s for _, s, o, _ in log if o == "queue_full"]  # how fast a full queue says no
     return {"clients": clients, "seconds": seconds, "requests": len(log), "outcomes": outcomes,
-            "well_formed": stats(well), "by_kind": by_kind, "problems": problems}
+            "well_formed": stats(well), "by_kind": by_kind, "queue_full": stats(turned_away), "problems": problems}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +197,8 @@ def print_table(f: dict) -> None:
     print(f"{f['clients']} clients for {f['seconds']:g} s: {f['requests']} requests, outcomes {f['outcomes']}, "
           f"server up after: {f['server_up_after']}, server peak memory: {f['server_peak_rss_mb']} MB")
     print("| request | n | p50 | p95 | max |\n|---|---|---|---|---|")
-    for kind, s in [("all well-formed", f["well_formed"])] + list(f["by_kind"].items()):
+    for kind, s in [("all well-formed", f["well_formed"])] + list(f["by_kind"].items()) + [
+            ("turned away (queue full)", f["queue_full"])]:
         if s["n"]:
             print(f"| {kind} | {s['n']} | {s['p50_s']:.2f} s | {s['p95_s']:.2f} s | {s['max_s']:.2f} s |")
     for p in f["problems"]:
