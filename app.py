@@ -6,6 +6,9 @@ r"""StyleCap web demo: upload photos, pick personalities, read the captions in t
 The model and CLIP load once; each request runs the code predict.py runs (stylecap.eval.captioning.caption_images:
 CLIP preprocessing, encoding, batched decoding), so the page gives the captions predict.py gives. The page is
 served whole from this machine: no CDN, no analytics, no update check, system fonts only.
+One upload cannot stall it: images over --max_pixels are refused from their header (never decoded), a request
+decodes at most --max_sequences sequences, at most --queue_size requests wait, and each image is decoded once
+(docs/web_demo.md has the load test's figures: scripts/app_load.py).
 Needs the packages of requirements-app.txt (`make app` installs them).
 """
 from __future__ import annotations

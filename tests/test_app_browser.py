@@ -173,7 +173,8 @@ def test_page_reports_a_bad_upload_then_captions_an_example(server, browser, tmp
     notes = tmp_path / "notes.txt"
     notes.write_text("shopping list")
     upload(browser, notes)
-    WebDriverWait(browser, 30).until(lambda d: "ignored: notes.txt (not an image)" in d.find_element(By.ID, "sc-notice").text)
+    WebDriverWait(browser, 30).until(
+        lambda d: "ignored: notes.txt (not an image)" in d.find_element(By.ID, "sc-notice").text)
     browser.find_element(By.CSS_SELECTOR, "#sc-files button[aria-label='Clear']").click()
     # the examples are thumbnails with short names; clicking one uploads it
     example = sorted(examples.glob("*.jpg"))[1]
