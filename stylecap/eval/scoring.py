@@ -84,8 +84,9 @@ def evaluate_predictions(predictions: list[dict], references: list[dict], *,
     by_style = _scored_keys_by(mt, lambda s: s)
     by_group = _scored_keys_by(mt, group_of)
     subsets = {**{f"style:{s}": k for s, k in by_style.items()}, **{f"group:{g}": k for g, k in by_group.items()}}
-    scores = score_captions(mt.predictions, {k: mt.references[k] for k in mt.predictions},
-                            java=java, spice=spice, spice_jars=spice_jars, subsets=subsets, segment=seg_arg)
+    # quiet: the reasons of skipped metrics go to the log file only; the printed table states them (once)
+    scores = score_captions(mt.predictions, {k: mt.references[k] for k in mt.predictions}, java=java, spice=spice,
+                            spice_jars=spice_jars, subsets=subsets, segment=seg_arg, quiet=True)
     result: dict[str, Any] = {m: scores[m] for m in STANDARD}
     skipped = dict(scores["skipped"])
     result["tokenizer"] = scores["tokenizer"]
