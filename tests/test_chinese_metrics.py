@@ -184,9 +184,10 @@ def _en_reference_set(n: int, seed: int = 1) -> dict[str, list[str]]:
 
 
 def _mixed_set(n_zh: int, n_en: int):
-    """n_zh Chinese + n_en English images, every prediction one of its own references, verbatim."""
-    refs = {**{f"zh{k}": v for k, v in zh_reference_set(n_zh).items()}, **_en_reference_set(n_en)}
-    return {k: v[1] for k, v in refs.items()}, refs
+    """n_zh Chinese + n_en English images, every prediction one of its own references, verbatim (the set
+    that scripts/mixed_language_check.py prints the figures of)."""
+    from scripts.mixed_language_check import mixed_set
+    return mixed_set(n_zh, n_en)
 
 
 @pytest.mark.parametrize("n_zh,n_en", [(3, 7), (4, 6)])
