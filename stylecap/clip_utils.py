@@ -18,11 +18,16 @@ VIT_B32_HINT = ("download ViT-B-32.pt from OpenAI's CLIP release (https://openai
                 f"and put it at {DEFAULT_CLIP}")
 
 
+# openai-clip 1.0.1's clip/clip.py runs `from pkg_resources import packaging`, and setuptools >= 67 then warns
+# "pkg_resources is deprecated as an API" on every run of every entry point. Silence exactly that warning,
+# raised from that module, for the whole process (a later bare `import clip`, e.g. in the demo or bench, too);
+# every other warning, from clip or elsewhere, still shows.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning, module=r"clip\.clip$")
+
+
 def _import_clip():
-    """openai-clip, without its import-time 'pkg_resources is deprecated' UserWarning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-        import clip
+    """openai-clip (its 'pkg_resources is deprecated' warning silenced by the filter above)."""
+    import clip
     return clip
 
 

@@ -11,7 +11,7 @@ import pytest
 import evaluate
 from stylecap.demo.content import NEAR_PREDS, NEAR_REFS, sample_content, zh_captions, zh_reference_set
 from stylecap.eval.metrics import diversity, evaluate_predictions, score_captions
-from stylecap.eval.segmentation import detect_language, segmenter_for
+from stylecap.eval.segmentation import CJK, detect_language, segmenter_for
 from stylecap.eval.style_classifier import StyleClassifier
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="Java not installed")
@@ -174,3 +174,129 @@ def test_train_eval_mode_segments_a_chinese_model(small_models, tmp_path):
     assert m["tokenizer"] == "jieba" and m["diversity"]["segmentation"] == "jieba"
     assert m["SPICE"] is None and "English" in m["skipped"]["SPICE"]
     assert "segmentation: zh, jieba" in (out / "report.html").read_text(encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- issue 22 section 4
+# Chinese detection per caption: each caption is segmented by its own script, not by the whole set's.
+def _en_reference_set(n: int, seed: int = 1) -> dict[str, list[str]]:
+    from stylecap.demo.content import en_captions
+    rng, refs = random.Random(seed), {}
+    while len(refs) < n:
+        c = sample_content(rng)
+        if en_captions(c) not in refs.values():
+            refs[f"en{len(refs)}"] = en_captions(c)
+    return refs
+
+
+def _mixed_set(n_zh: int, n_en: int):
+    """n_zh Chinese + n_en English images, every prediction one of its own references, verbatim (the set
+    that scripts/mixed_language_check.py prints the figures of)."""
+    from scripts.mixed_language_check import mixed_set
+    return mixed_set(n_zh, n_en)
+
+
+@pytest.mark.parametrize("n_zh,n_en", [(3, 7), (4, 6)])
+def test_chinese_detection_per_caption_scores_verbatim_matches_exactly(n_zh, n_en):
+    """Before: 3 + 7 was scored as English, unsegmented (a verbatim Chinese match: per-image BLEU-2 0.001);
+    4 + 6 switched the whole set to characters (the English captions too)."""
+    preds, refs = _mixed_set(n_zh, n_en)
+    out = score_captions(preds, refs, java=False, metrics=("BLEU", "ROUGE-L", "CIDEr"))
+    for k in preds:  # every verbatim match, Chinese or English: BLEU 1 up to pycocoevalcap's 1e-9 smoothing
+        assert out["per_image"][k]["BLEU-2"] == pytest.approx(1.0, abs=1e-8), k
+        assert out["per_image"][k]["BLEU-4"] == pytest.approx(1.0, abs=1e-8), k
+        assert out["per_image"][k]["ROUGE-L"] == 1.0, k
+    seg = out["segmentation"]
+    assert seg["language"] == "mixed" and seg["method"] == "char"
+    assert seg["images"] == {"zh": n_zh, "en": n_en} and seg["captions"] == {"zh": 5 * n_zh, "en": 5 * n_en}
+    assert out["tokenizer"] == "char+python"
+    # each image scores exactly as in a set of its own language (BLEU and ROUGE-L are per image)
+    zh_alone = score_captions({k: v for k, v in preds.items() if k.startswith("zh")},
+                              {k: v for k, v in refs.items() if k.startswith("zh")}, java=False, metrics=("BLEU",))
+    en_alone = score_captions({k: v for k, v in preds.items() if k.startswith("en")},
+                              {k: v for k, v in refs.items() if k.startswith("en")}, java=False, metrics=("BLEU",))
+    for k, rec in {**zh_alone["per_image"], **en_alone["per_image"]}.items():
+        assert out["per_image"][k]["BLEU-1"] == rec["BLEU-1"] and out["per_image"][k]["bleu_stats"] == rec["bleu_stats"]
+
+
+@needs_java
+@pytest.mark.parametrize("n_zh,n_en", [(3, 7), (4, 6)])
+def test_chinese_detection_per_caption_spice_on_the_non_chinese_images_only(n_zh, n_en, monkeypatch, tmp_path):
+    """Before: 4 + 6 dropped SPICE for the English images too (and 3 + 7 gave SPICE Chinese text). SPICE's
+    Java scorer needs the CoreNLP jars, absent here: run_spice is replaced by a recorder of what it is given."""
+    from stylecap.eval import coco_metrics as C
+    from stylecap.eval.tables import segmentation_line
+    given = {}
+
+    def recorded(gts, res, folder):
+        given.update(gts=gts, res=res)
+        per = [0.5] * len(gts)
+        return 0.5, per
+    monkeypatch.setattr(C, "run_spice", recorded)
+    for j in C.CORENLP_JARS:
+        (tmp_path / j).write_bytes(b"")
+    preds, refs = _mixed_set(n_zh, n_en)
+    keys = list(preds)
+    out = score_captions(preds, refs, metrics=("BLEU", "SPICE"), spice_jars=str(tmp_path),
+                         subsets={"all": keys, "zh": keys[:n_zh], "mixed": keys[n_zh - 1:n_zh + 1]})
+    spiced = [keys[i] for i in given["gts"]]
+    assert spiced == keys[n_zh:]  # the English images, in order, and no Chinese caption
+    assert not any(CJK.search(c) for v in list(given["gts"].values()) + list(given["res"].values()) for c in v)
+    assert out["SPICE"] == 0.5 and "SPICE" not in out["skipped"]
+    assert all(("SPICE" in out["per_image"][k]) == k.startswith("en") for k in keys)
+    assert out["subsets"]["all"]["SPICE"] == 0.5 and out["subsets"]["mixed"]["SPICE"] == 0.5
+    assert out["subsets"]["zh"]["SPICE"] is None
+    assert out["tokenizer"] == "char+ptb"
+    line = segmentation_line(out)
+    assert f"mixed ({n_zh} zh, {n_en} en images)" in line and f"SPICE on the {n_en} non-Chinese images only" in line
+
+
+# Today's numbers for sets of one language (computed on main before this change): they must not move.
+def _fingerprint(m: dict, keys=("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE",
+                                "tokenizer", "segmentation", "per_image", "diversity")) -> str:
+    import hashlib
+    picked = {k: m.get(k) for k in keys}
+    if isinstance(picked.get("per_image"), list):  # without the style LM's perplexity (issue 22 section 5 changes it)
+        picked["per_image"] = [{k: v for k, v in r.items() if k != "style_ppl"} for r in picked["per_image"]]
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
+
+
+def _one_language_cases():
+    zh, en = zh_reference_set(6, seed=3), _en_reference_set(6, seed=3)
+    for name, refs in (("zh", zh), ("en", en)):
+        keys = list(refs)
+        # half verbatim, half another image's reference: scores well inside (0, 1)
+        preds = {k: refs[k][n % 5] if n % 2 else refs[keys[(n + 1) % len(keys)]][2] for n, k in enumerate(keys)}
+        yield name, preds, refs
+
+
+ONE_LANGUAGE_GOLDEN = {"zh-auto": "b591f85f2e764f9d", "zh-jieba": "1fa607aff87eb44d",
+                       "zh-evaluate": "360ad6c449411006107f6b0c52dd1a41", "en-auto": "4d93bdb762c5818b",
+                       "en-evaluate": "0979851eaa54043756c1d362f227b691"}
+
+
+def test_one_language_sets_score_bit_identically_to_before():
+    got = {}
+    for name, preds, refs in _one_language_cases():
+        for seg in ("auto", "jieba") if name == "zh" else ("auto",):
+            got[f"{name}-{seg}"] = _fingerprint(score_captions(preds, refs, java=False, segment=seg))
+        references = [{"image_id": k, "style": s, "caption": c} for k, v in refs.items()
+                      for s, c in zip(["Happy", "Gloomy"] * 3, v)]
+        predictions = [{"image": k, "style": None, "caption": c, "score": None} for k, c in preds.items()]
+        m = evaluate_predictions(predictions, references, java=False, train_captions=references)
+        got[f"{name}-evaluate"] = _fingerprint(m) + _fingerprint(m, ("style_fidelity",))
+    assert got == ONE_LANGUAGE_GOLDEN
+
+
+def test_chinese_detection_per_caption_reaches_metrics_json_and_the_table():
+    """evaluate_predictions on 3 Chinese + 7 English images: the record, the diversity measures (characters for
+    the Chinese captions, PTB words for the English ones) and the printed table's segmentation line."""
+    from stylecap.eval.tables import format_table
+    preds, refs = _mixed_set(3, 7)
+    references = [{"image_id": k, "style": None, "caption": c} for k, v in refs.items() for c in v]
+    predictions = [{"image": k, "style": None, "caption": c, "score": None} for k, c in preds.items()]
+    m = evaluate_predictions(predictions, references, java=False)
+    assert m["segmentation"]["language"] == "mixed" and m["segmentation"]["images"] == {"zh": 3, "en": 7}
+    assert m["per_image"][0]["BLEU-2"] == pytest.approx(1.0, abs=1e-8)  # zhimg0, verbatim
+    words = {w for k, c in preds.items() for w in (list(c) if k.startswith("zh") else c.split())}
+    assert m["diversity"]["vocab_size"] == len(words) and m["diversity"]["segmentation"] == "char"
+    assert "segmentation: mixed (3 zh, 7 en images), char" in format_table(m)

@@ -176,3 +176,19 @@ def test_a_leading_selection_is_saved_without_the_rest_of_the_text(tmp_path):
     raw = torch.load(tmp_path / "two.pt", weights_only=True)
     assert raw["caption_bytes"].untyped_storage().nbytes() == sum(len(c["caption"].encode()) for c in caps[:2])
     assert load_features(tmp_path / "two.pt")["captions"] == caps[:2]
+
+
+def test_token_cache_key_changes_with_every_tokenizer_setting_that_changes_the_ids(small_models):
+    """Issue 22 section 5: the key hashed only the class and the vocabulary, so the same GPT-2 folder with
+    add_prefix_space on (other ids for the same caption) got the same key, and a resume reused stale tokens."""
+    from stylecap.train.data import _tokenizer_key
+    from transformers import AutoTokenizer
+    gpt2 = str(small_models / "small_gpt2")
+    plain, again = CaptionTokenizer(load_hf_tokenizer(gpt2)), CaptionTokenizer(load_hf_tokenizer(gpt2))
+    prefixed = CaptionTokenizer(AutoTokenizer.from_pretrained(gpt2, add_prefix_space=True))
+    assert plain.encode_caption("a dog") != prefixed.encode_caption("a dog")  # the premise: other ids
+    assert _tokenizer_key(plain) == _tokenizer_key(again)  # a fresh load of the same folder: the same key
+    assert _tokenizer_key(plain) != _tokenizer_key(prefixed)
+    extra = load_hf_tokenizer(gpt2)
+    extra.add_special_tokens({"additional_special_tokens": ["<x>"]})  # one more special token: other ids
+    assert _tokenizer_key(CaptionTokenizer(extra)) != _tokenizer_key(plain)

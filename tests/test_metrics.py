@@ -321,3 +321,21 @@ def test_format_table_scales_and_shows_skips():
     text = M.format_table(metrics)
     assert "CIDEr" in text and "50.00" in text
     assert "SPICE" in text and "skipped (jars missing; pass --spice_jars)" in text
+
+
+def test_spice_skipped_is_printed_once_per_evaluation(tmp_path, capsys):
+    """Issue 17 section 7: the reason SPICE was skipped was printed twice (a log line, then the table row)."""
+    import re
+
+    import evaluate
+    refs = {"images": [{"id": k, "file_name": f"{k}.jpg"} for k in REFS],
+            "annotations": [{"image_id": k, "caption": c} for k, v in REFS.items() for c in v]}
+    (tmp_path / "refs.json").write_text(json.dumps(refs))
+    (tmp_path / "preds.txt").write_text("".join(f"{k}.jpg\t{c}\n" for k, c in PREDS.items()))
+    argv = ["--predictions", str(tmp_path / "preds.txt"), "--references", str(tmp_path / "refs.json"),
+            "--output_path", str(tmp_path / "metrics.json"), "--no_java"]
+    assert evaluate.main(argv) == 0
+    out = capsys.readouterr()
+    said = re.findall(r"SPICE\W+skipped", out.out + out.err)
+    assert len(said) == 1, out.out + out.err
+    assert json.loads((tmp_path / "metrics.json").read_text())["skipped"]["SPICE"]  # the reason is still kept

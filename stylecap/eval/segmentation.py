@@ -2,8 +2,10 @@
 
 Decoded Chinese has no spaces, and neither PTBTokenizer nor :func:`python_tokenize` segments CJK
 text, so without this a Chinese caption is ONE token: BLEU-2..4, ROUGE-L and CIDEr then only
-reward exact-sentence matches. The language is detected from the text (:func:`detect_language`),
-then the captions are segmented:
+reward exact-sentence matches. Each caption is segmented by its own script (:func:`caption_kind`: Chinese
+when at least half of its words/characters are CJK characters), so a set that mixes Chinese and English
+images scores both right: the Chinese captions are split by ``method``, the others go through
+PTBTokenizer (or its Python stand-in) as English does. The methods for Chinese captions:
 
 * ``char`` (the default for Chinese): every CJK character is a token, as published Flickr30k-CN
   and COCO-CN tables score it; runs of Latin letters/digits stay whole words ("frisbee", "2").
@@ -12,8 +14,11 @@ then the captions are segmented:
 * ``none``: no segmentation: PTBTokenizer (or its Python stand-in) as for English.
 
 Both methods lower-case and drop punctuation (CJK and ASCII), like pycocoevalcap's PTBTokenizer
-step drops punctuation for English. The segmented text REPLACES PTBTokenizer for Chinese
-(PTBTokenizer leaves a Chinese sentence whole), so metrics.json's ``tokenizer`` names the method.
+step drops punctuation for English. The segmented text REPLACES PTBTokenizer for Chinese captions
+(PTBTokenizer leaves a Chinese sentence whole), so metrics.json's ``tokenizer`` names the method
+("char+ptb" when both ran). metrics.json's ``segmentation`` describes the references (the test set), so
+that every system scored on them gets the same record: ``language`` 'zh', 'en' (no Chinese reference) or
+'mixed', plus, for a mixed set, the count of each kind of reference caption and image.
 """
 from __future__ import annotations
 
@@ -52,9 +57,19 @@ def cjk_share(texts: Iterable[str]) -> float:
     return cjk / total if total else 0.0
 
 
+def caption_kind(text: str) -> str | None:
+    """'zh' when at least ZH_SHARE of one caption's units are CJK characters (see cjk_share), 'en' (any
+    other script: PTBTokenizer's) when it has words but fewer, None when it has no letter/digit at all."""
+    units = _WORD.findall(_spaced(str(text)))
+    if not units:
+        return None
+    return "zh" if sum(1 for u in units if CJK.fullmatch(u)) / len(units) >= ZH_SHARE else "en"
+
+
 def detect_language(texts: Iterable[str]) -> str:
-    """'zh' when at least ZH_SHARE of the units are CJK characters (see cjk_share), else 'en'."""
-    return "zh" if cjk_share(texts) >= ZH_SHARE else "en"
+    """'zh' when every caption (with words) is Chinese (caption_kind), 'en' when none is, else 'mixed'."""
+    kinds = {caption_kind(t) for t in texts} - {None}
+    return "mixed" if len(kinds) > 1 else "zh" if kinds == {"zh"} else "en"
 
 
 @dataclass(frozen=True)
@@ -76,13 +91,23 @@ class Segmenter:
         # jieba keeps Latin words and numbers whole and returns punctuation/spaces as tokens of their own
         return [w for piece in _jieba().lcut(text) for w in _WORD.findall(piece)]
 
+    def is_segmented(self, text: str) -> bool:
+        """Whether ``text`` goes through this segmenter: a Chinese caption (or one without words, as
+        before); any other caption goes through PTBTokenizer / python_tokenize like English."""
+        return caption_kind(text) != "en"
+
     def split_word(self, word: str) -> list[str]:
         """One word-like token (as another tokenizer found it) split the same way, for the style
         classifier, which keeps punctuation and only needs its words segmented."""
         return self.tokens(word) if CJK.search(word) else [word]
 
     def __call__(self, text: str) -> str:
-        return " ".join(self.tokens(text))
+        """The caption's metric tokens, space-joined: segmented when Chinese, python_tokenize (PTBTokenizer's
+        stand-in) otherwise, so that a set mixing both is tokenized caption by caption."""
+        if self.is_segmented(text):
+            return " ".join(self.tokens(text))
+        from stylecap.eval.ptb_tokenize import python_tokenize
+        return python_tokenize(text)
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,24 +131,30 @@ def segmenter_for(method: str) -> Segmenter | None:
     return Segmenter(method)
 
 
-def resolve_segmentation(spec: "str | Segmenter | None", texts: Iterable[str]) -> tuple[Segmenter | None, dict]:
-    """(segmenter or None, the record for metrics.json) from ``spec``: 'auto' (char for Chinese,
-    none otherwise), 'char', 'jieba', 'none'/None, or a Segmenter already chosen by the caller.
-    The language is always detected from ``texts`` and recorded."""
-    language = detect_language(texts)
-    if isinstance(spec, Segmenter):
-        seg = spec
-    elif spec is None or spec == "none":
-        seg = None
-    elif spec == "auto":
-        seg = Segmenter("char") if language == "zh" else None
-    elif spec in SEGMENT_CHOICES:
-        seg = Segmenter(spec)
-    else:
+def resolve_segmentation(spec: "str | Segmenter | None", texts: Iterable[str],
+                         references: Iterable[str] | None = None) -> tuple[Segmenter | None, dict]:
+    """(segmenter or None, the record for metrics.json) from ``spec``: 'auto' or 'char' (characters),
+    'jieba', 'none'/None (PTBTokenizer for everything), or a Segmenter already chosen by the caller.
+    The segmenter splits the Chinese captions among ``texts`` (every caption to be tokenized); it is None
+    when none of them is Chinese. The record describes ``references`` (default: ``texts``): its language
+    ('zh', 'en' or 'mixed'), the method applied to its Chinese captions ('none' when it has none), and for
+    a mixed set the count of each kind of caption."""
+    texts = list(texts)
+    refs = texts if references is None else list(references)
+    if spec is not None and not isinstance(spec, Segmenter) and spec not in SEGMENT_CHOICES:
         raise ValueError(f"segmentation must be one of {SEGMENT_CHOICES}, not {spec!r}")
-    info = {"language": language, "method": seg.method if seg else "none"}
-    if seg is not None:
+    seg = None
+    if spec not in (None, "none") and any(caption_kind(t) == "zh" for t in texts):
+        seg = spec if isinstance(spec, Segmenter) else Segmenter("char" if spec == "auto" else spec)
+    kinds = [caption_kind(t) for t in refs]
+    language = "mixed" if {"zh", "en"} <= set(kinds) else "zh" if "zh" in kinds else "en"  # detect_language
+    info = {"language": language, "method": seg.method if seg is not None and language != "en" else "none"}
+    if language == "mixed":
+        info["captions"] = {"zh": kinds.count("zh"), "en": kinds.count("en")}
+    if info["method"] != "none":
         info["note"] = (("CJK characters are tokens" if seg.method == "char" else "jieba words are tokens")
                         + ", runs of Latin letters/digits stay words, punctuation dropped; used instead of "
-                          "PTBTokenizer, which does not segment CJK. " + METEOR_NOTE)
+                          "PTBTokenizer, which does not segment CJK"
+                        + (", for the Chinese captions (the others go through PTBTokenizer). "
+                           if language == "mixed" else ". ") + METEOR_NOTE)
     return seg, info

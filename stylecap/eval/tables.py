@@ -33,9 +33,15 @@ def table_rows(metrics: dict) -> list[tuple[str, str, str]]:
 
 
 def segmentation_line(metrics: dict) -> str:
-    """'segmentation: zh, char' (language detected from the text, method used), or '' when absent."""
+    """'segmentation: zh, char' (the references' language, method used), or '' when absent; a mixed set
+    adds its images of each kind and where SPICE ran: 'segmentation: mixed (3 zh, 7 en images), char;
+    SPICE on the 7 non-Chinese images only (...)'."""
     seg = metrics.get("segmentation")
-    return f"segmentation: {seg['language']}, {seg['method']}" if seg else ""
+    if not seg:
+        return ""
+    kinds = f" ({seg['images']['zh']} zh, {seg['images']['en']} en images)" if seg.get("images") else ""
+    spice = f"; SPICE {seg['spice']}" if seg.get("spice") else ""
+    return f"segmentation: {seg['language']}{kinds}, {seg['method']}{spice}"
 
 
 def format_table(metrics: dict) -> str:

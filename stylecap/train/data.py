@@ -101,9 +101,25 @@ class Encoded:
         return [self.ids(i).tolist() for i in range(len(self))]
 
 
+# init_kwargs that only say where the files were read from: a moved GPT-2 folder gives the same ids
+_WHERE_FROM = {"vocab_file", "merges_file", "tokenizer_file", "name_or_path", "is_local", "local_files_only",
+               "cache_dir", "_commit_hash"}
+
+
 def _tokenizer_key(tok: CaptionTokenizer) -> str:
-    vocab = json.dumps(sorted(tok.tok.get_vocab().items()), ensure_ascii=False)
-    return hashlib.sha256((type(tok.tok).__name__ + vocab).encode()).hexdigest()
+    """sha256 of everything that decides the ids of a caption: the class, the backend tokenizer (a fast
+    tokenizer's serialized model, merges, normalizer, pre-tokenizer (add_prefix_space ...), post-processor
+    and added tokens), the vocabulary with the added tokens, the special tokens and the tokenizer's
+    settings (init kwargs other than file locations). The vocabulary alone missed add_prefix_space."""
+    hf = tok.tok
+    if getattr(hf, "is_fast", False):
+        backend = hf.backend_tokenizer.to_str()
+    else:  # a slow (Python) tokenizer: its BPE merges in rank order, if it has any
+        backend = json.dumps([" ".join(m) for m, _ in sorted(getattr(hf, "bpe_ranks", {}).items(), key=lambda kv: kv[1])])
+    settings = {k: v for k, v in hf.init_kwargs.items() if k not in _WHERE_FROM}
+    parts = [type(hf).__name__, backend, sorted(hf.get_vocab().items()), hf.special_tokens_map, settings]
+    # repr: AddedToken values (special tokens) with their flags (lstrip, normalized ...), which change ids too
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, sort_keys=True, default=repr).encode()).hexdigest()
 
 
 def encode_data(data: "FeatureStore | dict", tok: CaptionTokenizer, max_len: int, cache_dir: Path | None = None,
