@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stylecap.extract import pipeline as extract
-from stylecap.extract import readers
+from stylecap.extract import ranks, readers
 from stylecap.extract.caption_sources import CaptionSource
 from stylecap.extract.settings import ExtractSettings
 from stylecap.utils import UserError, setup_logging
@@ -91,7 +91,7 @@ def extract_captions(script: str, args: argparse.Namespace, image_folder: str, s
     (readers), then extract one file per split. ``image_folder`` names the folder the error message asks
     for; ``source_method`` is meta["split_method"] when the source has its own split."""
     settings, split = ExtractSettings.from_args(args), SplitSettings.from_args(args)
-    setup_logging(Path(args.output_path).with_suffix(".log"))
+    setup_logging(ranks.log_file(Path(args.output_path).with_suffix(".log")))
     image_dir = Path(args.image_path)
     if not image_dir.is_dir():
         raise UserError(f"image folder {image_dir} not found; pass --image_path ({image_folder})")

@@ -1,0 +1,66 @@
+"""Extraction under torchrun: which rank does what, and how the ranks learn that all are done.
+
+``torchrun --nproc_per_node N process_*.py ...`` (WORLD_SIZE > 1) starts N copies of the script. Each
+joins a process group (gloo on the CPU, nccl with each rank on ``cuda:LOCAL_RANK``) and runs as
+``--shard RANK/N`` would: the same whole-batch blocks (folders) or whole tars (img2dataset shards), the
+same resumable per-chunk progress and shard/part files. Then every rank reports its outcome to the others
+(:func:`finish`, one all-gather: the barrier); when all succeeded rank 0 combines the shards as ``--merge``
+does, and when one failed every rank stops with one message naming the failed rank(s) and their input.
+
+A rank that dies without reporting (kill -9, out of memory) is seen by torchrun, which stops the others;
+a rank that hangs is bounded by ``--ddp_timeout`` minutes, the process group's timeout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch.distributed as dist
+from loguru import logger
+
+from stylecap.distributed import gather_lists, launched_world, setup_distributed
+from stylecap.extract.settings import ExtractSettings
+from stylecap.utils import UserError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int
+    world: int
+
+
+def log_file(path: Path) -> Path:
+    """The log of this process: ``path`` for rank 0 (and one process), ``<stem>.rank<r><suffix>`` for the
+    others, so that the ranks' lines do not interleave in one file."""
+    rank, world = launched_world()
+    return path if world <= 1 or rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def start(settings: ExtractSettings) -> tuple[ExtractSettings, Ranks | None]:
+    """Under torchrun with WORLD_SIZE > 1: join the process group -> (this rank's settings: its device and
+    its shard RANK/WORLD, Ranks). Otherwise (settings, None), nothing started."""
+    if launched_world()[1] <= 1:
+        return settings, None
+    if settings.sharded or settings.merge:
+        raise UserError("--shard and --merge are for separate jobs without torchrun; under torchrun the ranks "
+                        "split the work and combine it themselves: drop --shard/--merge")
+    rank, world, device = setup_distributed(settings.device or "auto", settings.ddp_timeout)
+    logger.info(f"torchrun: rank {rank} of {world} on {device} ({dist.get_backend()}), "
+                f"timeout {settings.ddp_timeout:g} min")
+    return replace(settings, device=str(device), shard=f"{rank}/{world}", shard_index=rank,
+                   shard_count=world), Ranks(rank, world)
+
+
+def finish(ranks: Ranks, error: str | None) -> None:
+    """The barrier: every rank's outcome (None = done, else '<input>: <error>') reaches every rank; when any
+    failed, each rank raises one UserError naming the failed ranks and their input (rank 0 combines nothing)."""
+    outcomes = gather_lists([error])  # bounded by --ddp_timeout
+    failed = [f"rank {r} failed on {e}" for r, e in enumerate(outcomes) if e is not None]
+    if failed:
+        raise UserError("; ".join(failed) + " (the finished ranks' work is kept: fix the cause and rerun "
+                                            "the same command to resume)")
+
+
+def close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
