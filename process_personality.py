@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from stylecap.extract import pipeline as extract
-from stylecap.extract import ranks
+from stylecap.extract import ranks, runner
 from stylecap.extract.caption_sources import personality_styles, read_traits
 from stylecap.extract.readers import READERS
 from stylecap.extract.settings import ExtractSettings, add_args
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                               "sources": src.files + files, "image_dir": str(image_dir), "styles": styles,
                               "split_method": "personality", "split": s})
             for s, src in sources.items()]
-    return extract.run(jobs, settings)
+    return runner.run(jobs, settings)
 
 
 if __name__ == "__main__":

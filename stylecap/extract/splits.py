@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stylecap.extract import pipeline as extract
-from stylecap.extract import ranks, readers
+from stylecap.extract import ranks, readers, runner
 from stylecap.extract.caption_sources import CaptionSource
 from stylecap.extract.settings import ExtractSettings
 from stylecap.utils import UserError, setup_logging
@@ -99,4 +99,4 @@ def extract_captions(script: str, args: argparse.Namespace, image_folder: str, s
     extract.log_malformed(source.malformed)
     jobs = jobs_by_split(Path(args.output_path), source, image_dir, readers.source_meta(fmt, source, image_dir),
                          split, source_method)
-    return extract.run(jobs, settings)
+    return runner.run(jobs, settings)
