@@ -159,3 +159,32 @@ def test_torchrun_conceptual_ranks_take_whole_tars_and_equal_one_process(small_m
     assert ext["world_size"] == 2
     assert ext["rank_images"] == [sum(parts[t] for t in tars[:half]), sum(parts[t] for t in tars[half:])]
     assert min(ext["rank_images"]) > 0
+
+
+def test_torchrun_hung_rank_is_named_after_ddp_timeout(small_models, demo_data, tmp_path):
+    """A rank that hangs (SIGSTOP) does not keep the others waiting for ever: after --ddp_timeout (here 6 s)
+    rank 0 stops with a message naming the rank that did not arrive."""
+    out = tmp_path / "h.pkl"
+    argv = demo_argv(small_models, demo_data, out, "--val_ratio", "0", "--test_ratio", "0", "--ddp_timeout", "0.1")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    err = tmp_path / "hung.err"
+    proc = subprocess.Popen(torchrun_cmd(argv), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+    deadline = time.monotonic() + 60
+    joined = lambda: "torchrun: rank 1 of 2" in (tmp_path / "h.rank1.log").read_text() \
+        if (tmp_path / "h.rank1.log").exists() else False
+    while not joined() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pid = _rank_pid(proc.pid, 1)
+    assert pid is not None, err.read_text()[-3000:]
+    os.kill(pid, signal.SIGSTOP)  # rank 1 hangs once in the process group
+    try:
+        while "not every rank reported" not in err.read_text() and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.kill(pid, signal.SIGKILL)  # a stopped process waits for torchrun's SIGTERM for ever
+        proc.wait(timeout=60)
+    text = err.read_text()
+    assert proc.returncode != 0 and "rank 0: not every rank reported within --ddp_timeout 0.1 min" in text, text[-3000:]
+    assert "Rank 1" in text or "rank 1" in text.split("not every rank reported", 1)[1][:400], text[-3000:]
+    assert not out.exists()

@@ -12,6 +12,7 @@ a rank that hangs is bounded by ``--ddp_timeout`` minutes, the process group's t
 """
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from stylecap.utils import UserError
 class Ranks:
     rank: int
     world: int
+    timeout_min: float
 
 
 def log_file(path: Path) -> Path:
@@ -44,17 +46,29 @@ def start(settings: ExtractSettings) -> tuple[ExtractSettings, Ranks | None]:
     if settings.sharded or settings.merge:
         raise UserError("--shard and --merge are for separate jobs without torchrun; under torchrun the ranks "
                         "split the work and combine it themselves: drop --shard/--merge")
-    rank, world, device = setup_distributed(settings.device or "auto", settings.ddp_timeout)
+    try:
+        rank, world, device = setup_distributed(settings.device or "auto", settings.ddp_timeout)
+    except RuntimeError as e:  # torch's DistStoreError: a rank never joined
+        raise UserError(f"rank {launched_world()[0]}: the {launched_world()[1]} ranks did not all join within "
+                        f"--ddp_timeout {settings.ddp_timeout:g} min ({str(e).strip().splitlines()[0][:300]})") from None
     logger.info(f"torchrun: rank {rank} of {world} on {device} ({dist.get_backend()}), "
                 f"timeout {settings.ddp_timeout:g} min")
     return replace(settings, device=str(device), shard=f"{rank}/{world}", shard_index=rank,
-                   shard_count=world), Ranks(rank, world)
+                   shard_count=world), Ranks(rank, world, settings.ddp_timeout)
 
 
 def finish(ranks: Ranks, error: str | None) -> None:
     """The barrier: every rank's outcome (None = done, else '<input>: <error>') reaches every rank; when any
     failed, each rank raises one UserError naming the failed ranks and their input (rank 0 combines nothing)."""
-    outcomes = gather_lists([error])  # bounded by --ddp_timeout
+    try:
+        if dist.get_backend() == "gloo":  # names the ranks that did not arrive (nccl has no monitored barrier)
+            dist.monitored_barrier(timeout=datetime.timedelta(minutes=ranks.timeout_min), wait_all_ranks=True)
+        outcomes = gather_lists([error])  # bounded by --ddp_timeout
+    except RuntimeError as e:  # torch's DistBackendError: a timeout, or a peer that went away
+        why = str(e).strip().splitlines()[0][:300]
+        raise UserError(f"rank {ranks.rank}: not every rank reported within --ddp_timeout {ranks.timeout_min:g} "
+                        f"min ({why}); a rank hung or died: see its log, raise --ddp_timeout if it was only "
+                        "slow, and rerun the same command to resume") from None
     failed = [f"rank {r} failed on {e}" for r, e in enumerate(outcomes) if e is not None]
     if failed:
         raise UserError("; ".join(failed) + " (the finished ranks' work is kept: fix the cause and rerun "
