@@ -294,20 +294,21 @@ def _run_ranks(tars: list[Path], data_path: str, output: Path, settings: Extract
                group: ranks.Ranks) -> int:
     """torchrun: this rank encodes its contiguous block of whole tars (as --shard RANK/WORLD); after the
     barrier rank 0 combines every part into the file one run writes."""
-    error, where = None, ["loading CLIP"]
-    try:
-        enc = extract.load_encoder(settings)
-        key = file_key(tars, enc.encoding, settings.limit)
-        fresh = extract.up_to_date(output, key) is not None  # the same on every rank: rank 0 writes after the barrier
-        if not fresh:
+    state: dict = {}
+
+    def work(where: list[str]) -> None:
+        state["enc"] = enc = extract.load_encoder(settings)
+        state["key"] = key = file_key(tars, enc.encoding, settings.limit)
+        # the same answer on every rank: rank 0 writes the file only after the barrier
+        state["fresh"] = extract.up_to_date(output, key) is not None
+        if not state["fresh"]:
             _encode_tars(shard_tars(tars, group.rank, group.world), output, enc, settings, where)
-    except Exception as e:  # reported to every rank, so the others stop too, naming this rank's input
-        logger.exception(f"rank {group.rank} failed on {where[0]}")
-        error = f"{where[0]}: {type(e).__name__}: {e}"
-    ranks.finish(group, error)
+
+    ranks.share(group, work)  # the barrier; raises on every rank when one failed
     if group.rank != 0:
         return 0
-    if fresh:
+    enc, key = state["enc"], state["key"]
+    if state["fresh"]:
         logger.info(f"{output} is up to date (same shards and settings); delete it to recompute")
         return 0
     rows = lambda t: (_load_part(part_file(output, t)) or {"emb": torch.zeros(0)})["emb"].shape[0]

@@ -13,6 +13,7 @@ a rank that hangs is bounded by ``--ddp_timeout`` minutes, the process group's t
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -55,6 +56,18 @@ def start(settings: ExtractSettings) -> tuple[ExtractSettings, Ranks | None]:
                 f"timeout {settings.ddp_timeout:g} min")
     return replace(settings, device=str(device), shard=f"{rank}/{world}", shard_index=rank,
                    shard_count=world), Ranks(rank, world, settings.ddp_timeout)
+
+
+def share(ranks: Ranks, work: Callable[[list[str]], None]) -> None:
+    """Run this rank's share, ``work(where)`` (it keeps ``where[0]`` naming the input it works on), then
+    :func:`finish`: an exception is reported to every rank instead of leaving the others at the barrier."""
+    where, error = ["loading CLIP"], None
+    try:
+        work(where)
+    except Exception as e:
+        logger.exception(f"rank {ranks.rank} failed on {where[0]}")
+        error = f"{where[0]}: {type(e).__name__}: {e}"
+    finish(ranks, error)
 
 
 def finish(ranks: Ranks, error: str | None) -> None:

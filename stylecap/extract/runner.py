@@ -94,18 +94,17 @@ def _share(job: Job, n_images: int) -> str:
 def _run_ranks(jobs: list[Job], settings: ExtractSettings, group: ranks.Ranks) -> int:
     """torchrun: this rank encodes its block of whole batches of every file into its shard file (as
     --shard RANK/WORLD); after the barrier, rank 0 combines each file's shards (as --merge) and removes them."""
-    error, where = None, "loading CLIP"
-    try:
-        enc = load_encoder(settings)
-        todo = [j for j in jobs if j.image_ids and up_to_date(j.path, run_key(j, enc.encoding)) is None]
+    enc: list[Encoder] = []
+
+    def work(where: list[str]) -> None:
+        enc.append(load_encoder(settings))
+        todo = [j for j in jobs if j.image_ids and up_to_date(j.path, run_key(j, enc[0].encoding)) is None]
         for job in todo:
             mine = shard_job(job, group.rank, group.world, settings.batch_size)
-            where = _share(mine, len(job.image_ids))
-            _encode_one(mine, enc, settings)
-    except Exception as e:  # reported to every rank, so the others stop too, naming this rank's input
-        logger.exception(f"rank {group.rank} failed on {where}")
-        error = f"{where}: {type(e).__name__}: {e}"
-    ranks.finish(group, error)
+            where[0] = _share(mine, len(job.image_ids))
+            _encode_one(mine, enc[0], settings)
+
+    ranks.share(group, work)  # the barrier; raises on every rank when one failed
     if group.rank != 0:
         return 0
     encoded, skipped, first_bad = 0, 0, None
@@ -113,7 +112,7 @@ def _run_ranks(jobs: list[Job], settings: ExtractSettings, group: ranks.Ranks) -
         if not job.image_ids:
             logger.warning(f"{job.path}: no images for this file; not written")
             continue
-        done = _reuse(job, run_key(job, enc.encoding))
+        done = _reuse(job, run_key(job, enc[0].encoding))
         if done is not None:
             encoded += done
             continue
