@@ -112,18 +112,19 @@ def _run_ranks(jobs: list[Job], settings: ExtractSettings, group: ranks.Ranks) -
         if not job.image_ids:
             logger.warning(f"{job.path}: no images for this file; not written")
             continue
+        files = [shard_path(job.path, r, group.world) for r in range(group.world)]
         done = _reuse(job, run_key(job, enc[0].encoding))
+        if done is None:
+            data, rank_images = combine_shards(job, files)
+            meta = data["meta"]
+            meta["extraction"].update(world_size=group.world, rank_images=rank_images)  # not in the run key
+            _write(job, data) if meta["counts"]["images"] else _nothing_encoded(job, meta)
+        for f in files:  # also after a kill between the file and this clean-up
+            f.unlink(missing_ok=True)
+            skipped_txt(f).unlink(missing_ok=True)
         if done is not None:
             encoded += done
             continue
-        files = [shard_path(job.path, r, group.world) for r in range(group.world)]
-        data, rank_images = combine_shards(job, files)
-        meta = data["meta"]
-        meta["extraction"].update(world_size=group.world, rank_images=rank_images)  # not in the run key
-        _write(job, data) if meta["counts"]["images"] else _nothing_encoded(job, meta)
-        for f in files:
-            f.unlink(missing_ok=True)
-            skipped_txt(f).unlink(missing_ok=True)
         encoded, skipped = encoded + meta["counts"]["images"], skipped + meta["counts"]["skipped_images"]
         if meta["skipped"] and first_bad is None:
             first_bad = f"{meta['skipped'][0]['path']}: {meta['skipped'][0]['reason']}"
