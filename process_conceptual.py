@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stylecap.extract import conceptual
+from stylecap.extract import conceptual, ranks
 from stylecap.extract.settings import ExtractSettings, add_args
 from stylecap.utils import run_main, setup_logging
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = ExtractSettings.from_args(args)
-    setup_logging(Path(args.output_path).with_suffix(".log"))
+    setup_logging(ranks.log_file(Path(args.output_path).with_suffix(".log")))
     return conceptual.run(args.data_path, Path(args.output_path), settings)
 
 

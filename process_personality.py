@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from stylecap.extract import pipeline as extract
+from stylecap.extract import ranks, runner
 from stylecap.extract.caption_sources import personality_styles, read_traits
 from stylecap.extract.readers import READERS
 from stylecap.extract.settings import ExtractSettings, add_args
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir, image_dir, out_dir = Path(args.data_path), Path(args.image_path), Path(args.output_path)
     if out_dir.is_file() or out_dir.suffix in (".pkl", ".pt"):
         raise UserError(f"--output_path {out_dir} must be a folder: it gets train.pkl, val.pkl and test.pkl")
-    setup_logging(out_dir / "extract.log")
+    setup_logging(ranks.log_file(out_dir / "extract.log"))
     if not data_dir.is_dir():
         raise UserError(f"--data_path {data_dir} is not a folder; pass the personality_captions folder "
                         "(train.json, val.json, test.json)")
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                               "sources": src.files + files, "image_dir": str(image_dir), "styles": styles,
                               "split_method": "personality", "split": s})
             for s, src in sources.items()]
-    return extract.run(jobs, settings)
+    return runner.run(jobs, settings)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ def setup_distributed(device_flag: str, timeout_min: float) -> tuple[int, int, t
     return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if use_cuda else "cpu")
 
 
+def launched_world() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) as torchrun set them for this process, before any process group; (0, 1) without."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size) of the current process group; (0, 1) without one."""
     if dist.is_available() and dist.is_initialized():

@@ -38,6 +38,7 @@ import torch
 from loguru import logger
 
 from stylecap.extract import pipeline as extract
+from stylecap.extract import ranks
 from stylecap.extract.image_encoder import extract_features
 from stylecap.extract.pipeline import Encoder
 from stylecap.extract.settings import ExtractSettings
@@ -204,9 +205,10 @@ def prune_parts(tars: list[Path], output: Path) -> None:
 
 
 def write_file(tars: list[Path], data_path: str, output: Path, settings: dict, key: str,
-               limit: int | None) -> None:
+               limit: int | None, rank_meta: dict | None = None) -> None:
     """Combine the parts of ``tars`` into --output_path with its meta, skipped list and summary log.
-    ``data_path``: --data_path as given (recorded in the meta as it is)."""
+    ``data_path``: --data_path as given (recorded in the meta as it is); ``rank_meta``: how torchrun's
+    ranks split the work, added to meta["extraction"] (not to the run key)."""
     store, parts = combine([part_file(output, t) for t in tars], settings["dim"],
                            torch.float16 if settings["fp16"] else torch.float32)
     meta = {"dataset": READERS["webdataset"].dataset, "source": "img2dataset", "source_format": "webdataset",
@@ -214,7 +216,7 @@ def write_file(tars: list[Path], data_path: str, output: Path, settings: dict, k
             **extract.file_meta(settings, store.clip_embedding), "counts": _counts(parts, store.n_images, limit),
             "skipped": [{"image_id": s["image_id"], "path": str(Path(data_path) / p["tar"]),
                          "reason": f"{s['category']}: {s['reason']}"} for p in parts for s in p["skipped"]],
-            "malformed": [], "extraction": dict(settings), "run_key": key}
+            "malformed": [], "extraction": {**settings, **(rank_meta or {})}, "run_key": key}
     if limit:
         meta["limit"] = limit
     c = meta["counts"]
@@ -244,6 +246,12 @@ def run(data_path: str, output: Path, settings: ExtractSettings) -> int:
     """Encode the missing parts (all, or this --shard's), then combine; or --merge. ``data_path``: the
     img2dataset folder as given on the command line."""
     tars = READERS["webdataset"].read(data_path)  # the tar shards, in shard order
+    settings, group = ranks.start(settings)
+    if group is not None:
+        try:
+            return _run_ranks(tars, data_path, output, settings, group)
+        finally:
+            ranks.close()
     if settings.merge:
         return merge(tars, data_path, output, settings)
     enc = extract.load_encoder(settings)
@@ -256,7 +264,21 @@ def run(data_path: str, output: Path, settings: ExtractSettings) -> int:
     mine = shard_tars(tars, settings.shard_index, settings.shard_count) if settings.sharded else tars
     logger.info(f"{len(mine)} of {len(tars)} tar shards in {data_path}"
                 + (f" (shard {settings.shard})" if settings.shard else "") + f"; parts in {parts_dir(output)}")
+    _encode_tars(mine, output, enc, settings)
+    if settings.sharded:
+        logger.info(f"shard {settings.shard}: {len(mine)} tar shards done; after every shard, rerun the same command "
+                    "with --merge instead of --shard")
+        return 0
+    write_file(tars, data_path, output, enc.encoding, key, settings.limit)
+    return 0
+
+
+def _encode_tars(mine: list[Path], output: Path, enc: Encoder, settings: ExtractSettings,
+                 where: list[str] | None = None) -> None:
+    """Encode the tars of ``mine`` whose part is missing or stale. ``where``: set to the tar being worked on."""
     for k, tar in enumerate(mine):
+        if where is not None:
+            where[0] = f"{tar} (its tar {k + 1} of {len(mine)})"
         pkey = part_key(tar, enc.encoding, settings.limit)
         done = _load_part(part_file(output, tar))
         if done is not None and done.get("run_key") == pkey:
@@ -266,11 +288,33 @@ def run(data_path: str, output: Path, settings: ExtractSettings) -> int:
             logger.warning(f"{tar.name}: its part was made with other arguments or inputs; redoing it")
         logger.info(f"[{k + 1}/{len(mine)}] {tar.name}: encoding")
         encode_tar(tar, output, enc, pkey, settings)
-    if settings.sharded:
-        logger.info(f"shard {settings.shard}: {len(mine)} tar shards done; after every shard, rerun the same command "
-                    "with --merge instead of --shard")
+
+
+def _run_ranks(tars: list[Path], data_path: str, output: Path, settings: ExtractSettings,
+               group: ranks.Ranks) -> int:
+    """torchrun: this rank encodes its contiguous block of whole tars (as --shard RANK/WORLD); after the
+    barrier rank 0 combines every part into the file one run writes."""
+    state: dict = {}
+
+    def work(where: list[str]) -> None:
+        state["enc"] = enc = extract.load_encoder(settings)
+        state["key"] = key = file_key(tars, enc.encoding, settings.limit)
+        # the same answer on every rank: rank 0 writes the file only after the barrier
+        state["fresh"] = extract.up_to_date(output, key) is not None
+        if not state["fresh"]:
+            _encode_tars(shard_tars(tars, group.rank, group.world), output, enc, settings, where)
+
+    ranks.share(group, work)  # the barrier; raises on every rank when one failed
+    if group.rank != 0:
         return 0
-    write_file(tars, data_path, output, enc.encoding, key, settings.limit)
+    enc, key = state["enc"], state["key"]
+    if state["fresh"]:
+        logger.info(f"{output} is up to date (same shards and settings); delete it to recompute")
+        return 0
+    rows = lambda t: (_load_part(part_file(output, t)) or {"emb": torch.zeros(0)})["emb"].shape[0]
+    rank_images = [sum(rows(t) for t in shard_tars(tars, r, group.world)) for r in range(group.world)]
+    write_file(tars, data_path, output, enc.encoding, key, settings.limit,
+               {"world_size": group.world, "rank_images": rank_images})
     return 0
 
 
@@ -286,6 +330,7 @@ def merge(tars: list[Path], data_path: str, output: Path, settings: ExtractSetti
     first = _load_part(have[0]) if have else None
     if first is None:  # no parts: up to date when an earlier --merge (or run) of these shards wrote the file
         encoding = ((_load_part(output) or {}).get("meta") or {}).get("extraction")
+        encoding = {k: v for k, v in (encoding or {}).items() if k not in extract.RANK_META}
         if encoding and extract.up_to_date(output, file_key(tars, {**encoding, **from_args}, limit)) is not None:
             logger.info(f"{output} is up to date (same shards and settings); delete it to recompute")
             return 0

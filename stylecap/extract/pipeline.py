@@ -3,7 +3,7 @@ process_personality.py.
 
 A script reads its caption source (:mod:`stylecap.extract.readers`) into :class:`Job`s (one per output
 file: the images in order of first appearance, their caption records, source-level meta) and calls
-:func:`run` with its :class:`~stylecap.extract.settings.ExtractSettings`, which
+:func:`stylecap.extract.runner.run` with its :class:`~stylecap.extract.settings.ExtractSettings`, which
 
 * encodes every image ONCE (however many captions it has) with :mod:`stylecap.extract.image_encoder`
   (``num_workers`` decoders in parallel; bad images are skipped and recorded without killing the
@@ -16,9 +16,9 @@ file: the images in order of first appearance, their caption records, source-lev
   uninterrupted run: same rows, same order, same values. A partial folder with another key is stale
   and discarded. The final file appears only when complete (temp file + rename); the partial
   folder is then removed. A final file whose ``run_key`` matches is up to date and not redone;
-* ``--shard i/n`` encodes the i-th (0-based) contiguous block of whole batches into
-  ``<stem>.shard<i>of<n><suffix>``; ``--merge`` (same command, without --shard) checks the n shard
-  files against this command's inputs and combines them into the file a single run writes.
+* splits a job into shards (:func:`shard_job`: contiguous blocks of whole batches, so every batch is the
+  one a single run makes) for ``--shard i/n`` and torchrun's ranks; :mod:`stylecap.extract.runner` runs
+  the jobs in one process, as shards, merged, or under torchrun.
 
 The file format is documented in :mod:`stylecap.features`.
 """
@@ -28,7 +28,6 @@ import datetime
 import hashlib
 import json
 import math
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -44,11 +43,13 @@ from stylecap.extract.caption_sources import CaptionSource
 from stylecap.extract.image_encoder import autocast_dtype, autocast_warning, encode_batches
 from stylecap.extract.settings import ExtractSettings
 from stylecap.features import save_features
-from stylecap.utils import (UserError, atomic_torch_save, atomic_write_json, atomic_write_text,
+from stylecap.utils import (atomic_torch_save, atomic_write_json, atomic_write_text,
                             code_version, resolve_device)
 
 FORMAT_VERSION = 1
 VOLATILE_META = ("created", "code_version")  # the only meta keys that differ between identical runs
+# meta["extraction"] keys of a torchrun run: how the work was split, not what the file holds (not in run keys)
+RANK_META = ("world_size", "rank_images")
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -292,83 +293,3 @@ def _reuse(job: Job, key: str) -> int | None:
     write_skipped(job.path, meta)  # in case a kill came between the file and its list
     shutil.rmtree(Path(f"{job.path}.partial"), ignore_errors=True)
     return meta["counts"]["images"]
-
-
-def run(jobs: list[Job], settings: ExtractSettings) -> int:
-    """Extract (or --merge) every job. Exit 0 when at least one image was encoded."""
-    if settings.limit:
-        jobs = [limit_job(j, settings.limit) for j in jobs]
-    if settings.merge:
-        return merge(jobs)
-    enc = load_encoder(settings)
-    encoded, skipped, first_bad = 0, 0, None
-    for job in jobs:
-        if settings.sharded:
-            job = shard_job(job, settings.shard_index, settings.shard_count, settings.batch_size)
-        elif not job.image_ids:
-            logger.warning(f"{job.path}: no images for this file; not written")
-            continue
-        key = run_key(job, enc.encoding)
-        done = _reuse(job, key)
-        if done is not None:
-            encoded += done
-            continue
-        emb, ok, bad = extract_job(job, enc, key, settings)
-        encoded, skipped = encoded + len(ok), skipped + len(bad)
-        if bad and first_bad is None:
-            first_bad = f"{job.image_paths[bad[0][0]]}: {bad[0][1]}"
-        data = finalize(job, enc.encoding, emb, ok, bad)
-        if ok or settings.sharded:  # a shard file is written even when empty: --merge needs every shard
-            _write(job, data)
-        else:
-            write_skipped(job.path, data["meta"])
-            shutil.rmtree(Path(f"{job.path}.partial"), ignore_errors=True)
-            logger.error(f"{job.path}: none of its {len(bad)} images could be encoded; file not written "
-                         f"(see {skipped_txt(job.path)})")
-    if encoded == 0 and (skipped or not settings.sharded):
-        raise UserError(f"no image could be encoded: all {skipped} listed images were skipped "
-                        f"(first: {first_bad}); check --image_path" if skipped else
-                        "no image to encode: the caption source lists none for the output file(s)")
-    return 0
-
-
-def _find_shards(path: Path) -> dict[int, dict[int, Path]]:
-    pat = re.compile(rf"{re.escape(path.stem)}\.shard(\d+)of(\d+){re.escape(path.suffix)}")
-    found: dict[int, dict[int, Path]] = {}
-    for f in path.parent.glob(f"{path.stem}.shard*of*{path.suffix}"):
-        m = pat.fullmatch(f.name)
-        if m:
-            found.setdefault(int(m[2]), {})[int(m[1])] = f
-    return found
-
-
-def merge(jobs: list[Job]) -> int:
-    """Combine the shard files of each job into the file a single run writes (shard files are kept)."""
-    for job in jobs:
-        if not job.image_ids:
-            continue
-        found = _find_shards(job.path)
-        if len(found) != 1:
-            raise UserError(f"--merge: {'no' if not found else 'shard files of several counts:'} "
-                            f"{job.path.stem}.shard<i>of<n>{job.path.suffix} files next to {job.path}"
-                            f"{sorted(found) if found else ''}; run every --shard i/n first (and delete stale ones)")
-        n, files = found.popitem()
-        missing = [i for i in range(n) if i not in files]
-        if missing:
-            raise UserError(f"--merge: {job.path}: shard(s) {missing} of {n} missing; run --shard {missing[0]}/{n}")
-        parts = [torch.load(files[i], map_location="cpu", weights_only=True) for i in range(n)]
-        encoding = parts[0]["meta"]["extraction"]
-        embs, ok, bad = [], [], []
-        for i, part in enumerate(parts):
-            sj = shard_job(job, i, n, encoding["batch_size"])
-            if part["meta"].get("run_key") != run_key(sj, encoding):
-                raise UserError(f"--merge: {files[i]} was made with other arguments, inputs or settings than "
-                                f"this command / shard 0; rerun --shard {i}/{n} with the same arguments")
-            lo, why = sj.meta["shard"]["first_image"], {s["image_id"]: s["reason"] for s in part["meta"]["skipped"]}
-            for k, image_id in enumerate(sj.image_ids):
-                (bad.append((lo + k, why[image_id])) if image_id in why else ok.append(lo + k))
-            embs.append(part["clip_embedding"])
-        if not ok:
-            raise UserError(f"--merge: no image of {job.path} was encoded in any shard")
-        _write(job, finalize(job, encoding, torch.cat(embs), ok, bad))
-    return 0

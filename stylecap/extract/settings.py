@@ -55,6 +55,9 @@ def add_args(p: argparse.ArgumentParser, help_for: dict[str, str] | None = None)
     p.add_argument("--chunk_batches", type=int, default=None, metavar="K",
                    help=f"save progress every K batches in <output>.partial/ so a killed run resumes "
                         f"(default: about {CHUNK_IMAGES} images per chunk)")
+    p.add_argument("--ddp_timeout", type=float, default=120, metavar="MIN",
+                   help="under torchrun: minutes a rank that finished its share waits for the others before the "
+                        "job fails (raise it when the ranks' shares take very different times; default: %(default)s)")
     for action in p._actions:  # argparse has no public setter for an added argument's help
         if help_for and action.dest in help_for:
             action.help = help_for[action.dest]
@@ -79,6 +82,7 @@ class ExtractSettings:
     shard_index: int | None = None        # i of --shard i/n; None: not sharded
     shard_count: int | None = None        # n of --shard i/n
     merge: bool = False
+    ddp_timeout: float = 120.0            # minutes a torchrun rank waits for the others
 
     @property
     def sharded(self) -> bool:
@@ -89,6 +93,8 @@ class ExtractSettings:
         """Check the shared flags (add_args) and build the settings; --shard i/n is parsed here."""
         if args.batch_size < 1 or args.num_workers < 0 or (args.limit is not None and args.limit < 1):
             raise UserError("--batch_size and --limit must be >= 1 and --num_workers >= 0")
+        if args.ddp_timeout <= 0:
+            raise UserError("--ddp_timeout must be > 0 (minutes)")
         chunk_batches = args.chunk_batches
         if chunk_batches is None:
             chunk_batches = max(1, CHUNK_IMAGES // args.batch_size)
@@ -106,4 +112,5 @@ class ExtractSettings:
                    device=args.device, autocast=args.autocast, limit=args.limit, fp16=bool(args.fp16),
                    allow_truncated=bool(args.allow_truncated), fast_jpeg_decode=bool(args.fast_jpeg_decode),
                    exif_transpose=bool(args.exif_transpose), chunk_batches=chunk_batches, shard=args.shard,
-                   shard_index=shard_index, shard_count=shard_count, merge=bool(args.merge))
+                   shard_index=shard_index, shard_count=shard_count, merge=bool(args.merge),
+                   ddp_timeout=float(args.ddp_timeout))

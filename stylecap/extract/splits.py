@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stylecap.extract import pipeline as extract
-from stylecap.extract import readers
+from stylecap.extract import ranks, readers, runner
 from stylecap.extract.caption_sources import CaptionSource
 from stylecap.extract.settings import ExtractSettings
 from stylecap.utils import UserError, setup_logging
@@ -91,7 +91,7 @@ def extract_captions(script: str, args: argparse.Namespace, image_folder: str, s
     (readers), then extract one file per split. ``image_folder`` names the folder the error message asks
     for; ``source_method`` is meta["split_method"] when the source has its own split."""
     settings, split = ExtractSettings.from_args(args), SplitSettings.from_args(args)
-    setup_logging(Path(args.output_path).with_suffix(".log"))
+    setup_logging(ranks.log_file(Path(args.output_path).with_suffix(".log")))
     image_dir = Path(args.image_path)
     if not image_dir.is_dir():
         raise UserError(f"image folder {image_dir} not found; pass --image_path ({image_folder})")
@@ -99,4 +99,4 @@ def extract_captions(script: str, args: argparse.Namespace, image_folder: str, s
     extract.log_malformed(source.malformed)
     jobs = jobs_by_split(Path(args.output_path), source, image_dir, readers.source_meta(fmt, source, image_dir),
                          split, source_method)
-    return extract.run(jobs, settings)
+    return runner.run(jobs, settings)
