@@ -286,7 +286,7 @@ def _html(markdown_tables: str, plots: list[str], context: dict | None = None) -
     body = [f"<h1>{h.escape(title)}</h1>",
             f"<p>{h.escape(context['date'])}; test set {h.escape(', '.join(test['references']))} "
             f"({test['images']} images, references sha256 {h.escape(str(test.get('references_sha256'))[:12])})</p>",
-            "<table><tr><th>run</th><th>seed</th><th>eval or run folder</th><th>run folder</th></tr>" +
+            "<table class='ctx'><tr><th>run</th><th>seed</th><th>eval or run folder</th><th>run folder</th></tr>" +
             "".join(f"<tr><td>{h.escape(e['label'])}</td><td>{h.escape(str(e['seed']))}</td><td>{h.escape(e['path'])}"
                     f"</td><td>{h.escape(str(e['run_dir'] or ''))}</td></tr>" for e in context["entries"]) + "</table>"]
     for block in markdown_tables.split("\n\n"):
@@ -301,6 +301,7 @@ def _html(markdown_tables: str, plots: list[str], context: dict | None = None) -
     body += [f'<p><img src="{h.escape(p)}" alt="{h.escape(p)}"></p>' for p in plots]
     css = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+           ".ctx td,.ctx th{text-align:left}"
            "img{max-width:100%}")
     return (f"<!doctype html><meta charset='utf-8'><title>{h.escape(title)}</title><style>{css}</style>"
             + "".join(body))

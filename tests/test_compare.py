@@ -213,3 +213,12 @@ def test_report_says_which_images_it_shows_and_how_to_see_all(tmp_path):
     assert "first 3 of 5" in html and "--max_report_images" in html and "predictions.jsonl" in html
     write_report(tmp_path / "all.html", preds, refs, {}, max_images=0)  # 0 = all
     assert "all 5" in (tmp_path / "all.html").read_text()
+
+
+def test_report_run_from_the_command_line_shows_that_command(tmp_path, monkeypatch):
+    from stylecap.eval.report import write_report
+    argv = ["evaluate.py", "--predictions", "p.jsonl", "--references", "my refs.json", "--no_java"]
+    monkeypatch.setattr("sys.argv", argv)
+    write_report(tmp_path / "r.html", [{"image": "a", "caption": "x"}], [{"image_id": "a", "caption": "x"}], {})
+    assert "python evaluate.py --predictions p.jsonl --references &#x27;my refs.json&#x27; --no_java" in \
+        (tmp_path / "r.html").read_text()

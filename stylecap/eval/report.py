@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import shlex
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -126,7 +128,6 @@ def _diversity(div: dict) -> str:
 def reproduce_command(eval_config: dict, report_path: Path) -> str:
     """The command that makes this folder again: eval mode with the checkpoint, the data, the folder and
     the decoding flags that differ from their defaults (evaluate.py --model_path takes the same flags)."""
-    import shlex
     from models.decoding import DecodeConfig
     from dataclasses import asdict
     cmd = ["python", "train.py", "--mode", "eval", "--model_path", eval_config.get("model_path", "?"),
@@ -151,20 +152,28 @@ def _about(path: Path, metrics: dict) -> str:
     if cfg:
         rows += [["checkpoint", cfg.get("model_path", "") + ("" if step is None else f" (step {step})")],
                  ["data", cfg.get("data_path", "")],
-                 ["decoding", ", ".join(f"{k}={v}" for k, v in (cfg.get("decode") or {}).items())],
-                 ["command", reproduce_command(cfg, path)]]
+                 ["decoding", ", ".join(f"{k}={v}" for k, v in (cfg.get("decode") or {}).items())]]
+    if Path(sys.argv[0]).name in ("train.py", "evaluate.py"):  # run from the command line: its very command
+        rows.append(["command", shlex.join(["python", *sys.argv])])
+    elif cfg:  # called from Python (tests, notebooks): the eval-mode command that remakes the folder
+        rows.append(["command (rebuilt; scoring flags such as --no_java not recorded)", reproduce_command(cfg, path)])
     rows += [[k, inputs[k]] for k in ("predictions", "references", "train_captions", "code_version") if inputs.get(k)]
     rows.append(["scoring", f"tokenizer {metrics.get('tokenizer')}; {segmentation_line(metrics)}"])
     return "<table class='about'>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
-def _images_heading(shown: int, total: int) -> str:
+def _images_heading(shown: int, total: int, path: Path, metrics: dict) -> str:
+    """Which images the report shows, and the command that shows them all."""
     if shown == total:
-        return f"<h2>Images (all {total})</h2>"
-    return (f"<h2>Images (the first {shown} of {total})</h2><p>The first {shown} images of predictions.jsonl, in its "
-            f"order; every caption is in predictions.jsonl. To show all: rerun with <code>--max_report_images 0</code> "
-            f"(evaluate.py, or eval mode's scoring), e.g. <code>python evaluate.py --predictions predictions.jsonl "
-            f"--references DATA --report report.html --max_report_images 0</code>.</p>")
+        return f"<h2 id='images'>Images (all {total})</h2>"
+    inputs = metrics.get("inputs") or {}
+    cmd = shlex.join(["python", "evaluate.py", "--predictions", inputs.get("predictions", "predictions.jsonl"),
+                      "--references", inputs.get("references", "REFERENCES"), "--output_path",
+                      str(path.with_name("metrics_all.json")), "--report", str(path.with_name("report_all.html")),
+                      "--max_report_images", "0"])
+    return (f"<h2 id='images'>Images (the first {shown} of {total})</h2><p>The first {shown} images of the predictions, "
+            f"in their order; every caption is in predictions.jsonl. To show all, score again with "
+            f"<code>--max_report_images 0</code> (add --image_dir for thumbnails):</p><p><code>{_e(cmd)}</code></p>")
 
 
 def _image_index(image_paths: dict) -> dict:
@@ -205,7 +214,7 @@ def write_report(path, predictions: list[dict], references: list[dict], metrics:
         _fidelity(metrics.get("style_fidelity")),
         _style_ppl(metrics.get("style_ppl")),
         "<h2>Counts</h2>" + _table(["count", "value"], [[k, v] for k, v in counts.items()]) if counts else "",
-        _images_heading(len(cards), len(preds_by_image)), "<div class='grid'>", "\n".join(cards),
+        _images_heading(len(cards), len(preds_by_image), Path(path), metrics), "<div class='grid'>", "\n".join(cards),
         "</div></body></html>",
     ]
     atomic_write_text(Path(path), "\n".join(parts) + "\n")
