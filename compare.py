@@ -8,7 +8,9 @@ PATHs are eval folders (metrics.json + predictions, from `train.py --mode eval` 
 folders (config.json + TensorBoard events, from train.py). An eval folder made by `train.py --mode eval`
 knows its run (eval_config.json), so the two are shown as one entry. Each entry is labelled by the
 settings in which the entries differ (e.g. `style_mode=token`), unless --labels is given; entries that
-differ only in --seed form one group. Writes comparison.csv / .md / .html and PNG plots to --output_path.
+differ only in --seed form one group (two evaluations of one run, e.g. best.pt and last.pt, are told
+apart by the checkpoint's name, never averaged as seeds). Writes comparison.csv / .md / .html / .json
+and PNG plots to --output_path; the significance table gives p-values over a bootstrap of images.
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ def load_entry(path: Path) -> dict:
         info = _read_json(path / "eval_config.json") if (path / "eval_config.json").is_file() else {}
         entry["settings"] = {**_flat("", info.get("train_args", {})), **_flat("decode.", info.get("decode", {}))}
         entry["params"] = info.get("trainable_parameters")
+        entry["checkpoint"] = Path(info["model_path"]).name if info.get("model_path") else None  # best.pt, last.pt
         run = Path(info["model_path"]).parent.parent if info.get("model_path") else None
         entry["run_dir"] = str(run) if run and (run / "config.json").is_file() else None
     elif (path / "config.json").is_file():
@@ -104,13 +107,45 @@ def merge_runs_into_evals(entries: list[dict]) -> list[dict]:
 
 
 def make_labels(entries: list[dict]) -> None:
-    """label = the settings that differ between entries (seed excluded: it groups); group = label."""
+    """label = the settings that differ between entries (seed excluded: it groups); group = label; entries
+    that would share a label without differing in seed are told apart (separate_non_seed_groups)."""
     keys = sorted({k for e in entries for k in e["settings"]} - IGNORED)
     differ = [k for k in keys if len({json.dumps(e["settings"].get(k)) for e in entries}) > 1]
     shown = [k for k in differ if k != "seed"]
     for e in entries:
         e["label"] = ", ".join(f"{k}={e['settings'].get(k)}" for k in shown) or Path(e["path"]).name
         e["seed"] = e["settings"].get("seed")
+    separate_non_seed_groups(entries)
+
+
+def not_seed_replicas(members: list[dict]) -> bool:
+    """Whether entries sharing a label are NOT one setting over different seeds: two of them have the
+    same seed (best.pt and last.pt of one run, one checkpoint evaluated twice) or one has none recorded."""
+    seeds = [json.dumps(e["seed"]) for e in members]
+    return len(members) > 1 and ("null" in seeds or len(set(seeds)) < len(seeds))
+
+
+def separate_non_seed_groups(entries: list[dict]) -> None:
+    """Only entries that differ in --seed alone form a group (mean ± std over seeds). Entries that share
+    a label otherwise get what tells them apart: the checkpoint's name, else the folder's name, else
+    its path (e.g. `style_mode=token, checkpoint=best.pt`)."""
+    tags = (lambda e: f"checkpoint={e.get('checkpoint')}", lambda e: Path(e["path"]).name, lambda e: e["path"])
+    for tag in tags:
+        for label in dict.fromkeys(e["label"] for e in entries):
+            members = [e for e in entries if e["label"] == label]
+            if not_seed_replicas(members) and len({tag(e) for e in members}) > 1:
+                for e in members:
+                    e["label"] = f"{label}, {tag(e)}"
+
+
+def check_label_groups(entries: list[dict]) -> None:
+    """--labels may put several entries under one label only when they are seeds of one setting."""
+    for label in dict.fromkeys(e["label"] for e in entries):
+        members = [e for e in entries if e["label"] == label]
+        if not_seed_replicas(members):
+            raise UserError(f"--labels gives {label!r} to {[e['path'] for e in members]}, with the same seed or none "
+                            f"recorded (seeds {[e['seed'] for e in members]}): only runs that differ in --seed form a "
+                            "group; give them different labels")
 
 
 # ------------------------------------------------------------------------------------------- checking
@@ -194,10 +229,13 @@ def per_image_arrays(e: dict, keys: list, by_image: bool) -> dict[str, np.ndarra
 
 
 def significance(entries: list[dict], baseline: str, by_image: bool, resamples: int, seed: int) -> dict:
-    """Each label vs the baseline label, paired over images. A group's value on a resample is the mean
-    of its runs' (seeds') corpus metrics, as in the table."""
+    """Each label vs the baseline label, paired over images (a cluster bootstrap: each drawn image
+    brings all its scored (image, style) rows). A group's value on a resample is the mean of its runs'
+    (seeds') corpus metrics, as in the table."""
     scored = [e for e in entries if "metrics" in e]
     keys = sorted({_image_key(r, by_image) for r in scored[0]["metrics"]["per_image"]}, key=str)
+    # the unit of resampling is the image: an image's rows (one per style) are drawn together
+    images = [str(k if by_image else k[0]) for k in keys]
     stats = {"CIDEr": mean_statistic, "BLEU-4": bleu_statistic, "style top-1": mean_statistic}
     arrays = [(e["label"], per_image_arrays(e, keys, by_image)) for e in scored]  # once per entry
 
@@ -212,7 +250,7 @@ def significance(entries: list[dict], baseline: str, by_image: bool, resamples: 
             for metric in stats:
                 sys_, base = group(label, metric), group(baseline, metric)
                 out[label][metric] = (None if sys_ is None or base is None
-                                      else paired_bootstrap(sys_, base, len(keys), resamples, seed))
+                                      else paired_bootstrap(sys_, base, len(keys), resamples, seed, clusters=images))
     return out
 
 
@@ -220,12 +258,14 @@ def significance(entries: list[dict], baseline: str, by_image: bool, resamples: 
 def write_outputs(out: Path, rows: list[dict], sig: dict, baseline: str | None, plots: list[str],
                   context: dict | None = None) -> Path:
     cols = list(row_values({}))
-    csv_lines = [",".join(["label", "n", "seeds", "trainable_parameters"] + [c for k in cols for c in (k, f"{k} std")])]
+    sig_header = significance_cells(sig, "")[0]
+    csv_lines = [",".join(["label", "n", "seeds", "trainable_parameters"] + [c for k in cols for c in (k, f"{k} std")]
+                          + sig_header)]
     for r in rows:
         cells = [json.dumps(r["label"]), str(r["n"]), json.dumps(" ".join(map(str, r["seeds"]))), str(r["params"] or "")]
         for k in cols:
             cells += ["" if r["mean"][k] is None else f"{r['mean'][k]:.6g}", "" if r["std"][k] is None else f"{r['std'][k]:.6g}"]
-        csv_lines.append(",".join(cells))
+        csv_lines.append(",".join(cells + significance_cells(sig, r["label"])[1]))
     atomic_write_text(out / "comparison.csv", "\n".join(csv_lines) + "\n")
 
     head = ["run", "n"] + cols + ["trainable params"]
@@ -233,19 +273,7 @@ def write_outputs(out: Path, rows: list[dict], sig: dict, baseline: str | None, 
     for r in rows:
         params = f"{r['params'] / 1e6:.1f}M" if r["params"] else "—"
         md.append("| " + " | ".join([r["label"], str(r["n"])] + [fmt(r, k) for k in cols] + [params]) + " |")
-    sig_md = []
-    if sig:
-        sig_md = [f"\nPaired bootstrap over images against **{baseline}** (difference x100, 95% interval, "
-                  "share of resamples where the baseline is better):\n", "| run | metric | difference | 95% interval | baseline wins |",
-                  "|---|---|---|---|---|"]
-        for label, per in sig.items():
-            for metric, res in per.items():
-                if res is None:
-                    sig_md.append(f"| {label} | {metric} | — | (no per-image data) | |")
-                else:
-                    lo, hi = res["ci95"]
-                    sig_md.append(f"| {label} | {metric} | {res['diff'] * 100:+.2f} | [{lo * 100:+.2f}, {hi * 100:+.2f}] "
-                                  f"| {res['baseline_wins']:.3f} |")
+    sig_md = significance_markdown(sig, baseline)
     text = "\n".join(md + sig_md) + "\n"
     atomic_write_text(out / "comparison.md", text)
     atomic_write_json(out / "comparison.json", {"rows": rows, "significance": sig, "baseline": baseline,
@@ -253,6 +281,43 @@ def write_outputs(out: Path, rows: list[dict], sig: dict, baseline: str | None, 
     html = _html(text, plots, context)
     atomic_write_text(out / "comparison.html", html)
     return out / "comparison.html"
+
+
+SIG_COLUMNS = ("diff", "ci95 low", "ci95 high", "p_value")  # per metric, in comparison.csv
+
+
+def significance_cells(sig: dict, label: str) -> tuple[list[str], list[str]]:
+    """comparison.csv's significance columns ("CIDEr diff", ..., "CIDEr p_value" per metric) and one
+    row's cells (empty for the baseline and where there is no per-image data)."""
+    metrics = list(dict.fromkeys(m for per in sig.values() for m in per))
+    header, cells = [f"{m} {c}" for m in metrics for c in SIG_COLUMNS], []
+    for m in metrics:
+        res = (sig.get(label) or {}).get(m)
+        cells += ["" if res is None else f"{v:.6g}" for v in
+                  ((res["diff"], *res["ci95"], res["p_value"]) if res else (None,) * len(SIG_COLUMNS))]
+    return header, cells
+
+
+def significance_markdown(sig: dict, baseline: str | None) -> list[str]:
+    """The significance table of comparison.md (and .html): difference x100, its two-sided 95% interval
+    and the one-sided p-value (share of resamples where the run is not better than the baseline)."""
+    if not sig:
+        return []
+    counts = next((res for per in sig.values() for res in per.values() if res), None)
+    unit = (f"{counts['images']} images, {counts['rows']} rows, {counts['resamples']} resamples" if counts else "")
+    out = [f"\nPaired bootstrap over images against **{baseline}** ({unit}; each resample draws images with all "
+           "their rows). Difference x100, its 95% interval, and the p-value: the share of resamples in which "
+           "the run is not better than the baseline (one-sided; a tie counts as not better):\n",
+           "| run | metric | difference | 95% interval | p-value |", "|---|---|---|---|---|"]
+    for label, per in sig.items():
+        for metric, res in per.items():
+            if res is None:
+                out.append(f"| {label} | {metric} | — | (no per-image data) | |")
+            else:
+                lo, hi = res["ci95"]
+                out.append(f"| {label} | {metric} | {res['diff'] * 100:+.2f} | [{lo * 100:+.2f}, {hi * 100:+.2f}] "
+                           f"| {res['p_value']:.3f} |")
+    return out
 
 
 def describe(entries: list[dict]) -> dict:
@@ -318,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         for e, label in zip(entries, args.labels):
             e["label"], e["seed"] = label, e["settings"].get("seed")
         entries = merge_runs_into_evals(entries)
+        check_label_groups(entries)
     else:
         entries = merge_runs_into_evals(entries)
         make_labels(entries)

@@ -6,11 +6,14 @@ beside each. Output: one feature file (image id = the sample key, one caption re
 
 The unit of work is one tar shard: each is encoded into <output>.parts/<shard>.pt, so a killed run
 (even kill -9) redoes only the unfinished shard when rerun; the parts are combined into --output_path at
-the end. --shard i/n encodes the i-th contiguous block of tar shards (one process, GPU or machine each);
-then the same command with --merge instead of --shard combines the parts (gather the .parts folders
-first when the shards ran on several machines). Samples without an image or caption, and images that do
+the end and kept, so that a rerun after img2dataset added shards encodes only the new (or changed) tars.
+Delete <output>.parts/ to free its disk; the next rerun then encodes every tar again.
+--shard i/n encodes the i-th contiguous block of tar shards (one process, GPU or machine each); then the
+same command with --merge instead of --shard combines the parts (gather the .parts folders first when
+the shards ran on several machines). Samples without an image or caption, and images that do
 not decode, are skipped and counted (meta["counts"], <output>.skipped.txt); failed downloads are counted
-from the _stats.json files. Log: <output stem>.log.
+from the _stats.json files, as are samples missing from a tar cut short (fewer than its successes).
+Log: <output stem>.log.
 
 Example (CC3M as img2dataset's dataset_examples/cc3m.md downloads it):
   python process_conceptual.py --data_path cc3m --output_path data/features/cc3m.pkl --fp16
@@ -39,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_path", required=True,
                    help="img2dataset's --output_folder (webdataset format): 00000.tar, 00001.tar, ... and _stats.json")
     p.add_argument("--output_path", required=True,
-                   help="feature file, e.g. data/features/cc3m.pkl; work in progress goes to <output>.parts/")
+                   help="feature file, e.g. data/features/cc3m.pkl; the per-tar parts (kept, for reruns) go to "
+                        "<output>.parts/")
     add_args(p, HELP)
     return p
 

@@ -10,12 +10,15 @@ import argparse
 import json
 from pathlib import Path
 
+from loguru import logger
+
 from models.style_modes import STYLE_MODES
 from stylecap.distributed import setup_distributed
 from stylecap.eval.evaluation import add_eval_mode_args
 from stylecap.train.data import drop_unknown_styles
 from stylecap.train.engine import CheckpointManager
-from stylecap.train.prepare import build_seeded_model, encode_datasets, load_training_data, resume_from, run_folder
+from stylecap.train.prepare import (build_seeded_model, encode_datasets, load_training_data, precision_warning,
+                                    resume_from, run_folder)
 from stylecap.train.prepare import make_loader  # noqa: F401  (train.make_loader: kept for existing callers)
 from stylecap.train.trainer import Trainer
 from stylecap.utils import UserError, run_main, setup_logging
@@ -68,6 +71,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--max_checkpoint_num", type=int, default=3, help="periodic checkpoints kept (newest); best/last extra")
     a("--eval_step", type=int, default=0, help="optimizer steps between extra val-loss checks (validation "
       "always runs at each epoch end)")
+    a("--log_every", type=int, default=50, help="steps between progress lines (step, loss, samples/s, ETA) when "
+      "stderr is not a terminal (CI, nohup, Slurm; on one: a progress bar, the lines go to train.log); 0 = none")
     a("--num_samples", type=int, default=4, help="sample captions generated and logged at each validation")
     a("--eval_subset", type=int, default=200, help="val images captioned and scored at each epoch end (0 = off)")
     a("--resume", help="checkpoint path, or 'auto' for the newest checkpoint in the run folder")
@@ -115,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(run_dir / "train.log")
     else:
         setup_logging(None, quiet=True)
+    if rank == 0 and (why := precision_warning(args.precision, device)):  # bf16 on a CPU without native bf16
+        logger.warning(why)
     data.val = drop_unknown_styles(data.val, data.styles)  # before any work: no epoch is lost to it
     resume = resume_from(args, ckpts)
     model = build_seeded_model(args, data, rank, device)  # seeds --seed, then --seed + rank

@@ -184,6 +184,13 @@ class StyleCapModel(nn.Module):
         return self.tokenizer.style_index[style]
 
 
+def trainable_parameters(model: nn.Module) -> int:
+    """How many parameters training updates, each counted once: ``model.parameters()`` yields a shared tensor
+    (GPT-2's tied input/output embedding, V x E) once, where a state dict lists it under both names.
+    config.json (training) and eval_config.json (evaluation) both report this figure."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 # ---- building and loading ---------------------------------------------------------------------------
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
@@ -319,13 +326,27 @@ def load_checkpoint_file(path: str | Path, mmap: bool = False) -> Any:
     repeat torch's advice to retry with weights_only=False (following it would run the file's code)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
+    except Exception as e:
+        failure = e
+    with open(path, "rb") as f:  # read only on failure: a good checkpoint is opened once
+        head = f.read(8)
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip (before torch 1.6: a pickle)
+        # e.g. a JPEG: torch calls it an unsafe pickle, but it is simply not a checkpoint
+        raise UserError(f"{path} is not a StyleCap or ClipCap checkpoint ({_file_kind(head)}, not a PyTorch file); "
+                        "pass the .pt file train.py wrote (output/<run>/checkpoints/best.pt) or ClipCap's weights")
+    if isinstance(failure, pickle.UnpicklingError):
         raise UserError(f"refused to load {path}: it holds objects other than tensors and plain containers "
                         "(a pickle that could run code); StyleCap loads only checkpoints made of weights, "
                         "such as train.py's and ClipCap's") from None
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a loadable checkpoint ({reason}); was it fully written?") from None
+    reason = str(failure).strip().splitlines()[0][:200] if str(failure).strip() else type(failure).__name__
+    raise UserError(f"{path} is not a loadable checkpoint ({reason}); was it fully written?") from None
+
+
+def _file_kind(head: bytes) -> str:
+    """What a file's first bytes say it is, for the message that refuses it as a checkpoint."""
+    kinds = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image",
+             b"RIFF": "a RIFF (WebP/WAV) file", b"%PDF": "a PDF", b"\x1f\x8b": "a gzip file"}
+    return next((kind for magic, kind in kinds.items() if head.startswith(magic)), "unknown content")
 
 
 def read_checkpoint(path: str | Path) -> Any:
@@ -346,12 +367,22 @@ def load_model(path: str | Path, gpt2_path: str | None = None, device: str | tor
 def model_from_file(ckpt: Any, path: str | Path, gpt2_path: str | None = None,
                     device: str | torch.device = "cpu") -> StyleCapModel:
     """The model of a checkpoint already read (:func:`read_checkpoint`) from ``path`` (named in errors)."""
-    if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+    if checkpoint_config(ckpt, path) is not None:
         model = model_from_checkpoint(ckpt, gpt2_path)
-    elif isinstance(ckpt, dict) and any(k.startswith("clip_project.") for k in ckpt):
+    else:
         if not gpt2_path:
             raise UserError(f"{path} is a ClipCap state dict: pass --gpt2_path pre_model/gpt2 (the English GPT-2)")
         model = import_clipcap(ckpt, gpt2_path)
-    else:
-        raise UserError(f"{path} is neither a StyleCap checkpoint nor a ClipCap state dict")
     return model.to(device).eval()
+
+
+def checkpoint_config(ckpt: Any, path: str | Path) -> ModelConfig | None:
+    """The ModelConfig of a StyleCap checkpoint already read, None for ClipCap weights (a plain model whose
+    config is read from its shapes when it is built); anything else is a UserError naming ``path``.
+    Cheap: the styles can be checked from it before GPT-2 loads."""
+    if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+        return config_of(ckpt)
+    if isinstance(ckpt, dict) and any(isinstance(k, str) and k.startswith("clip_project.") for k in ckpt):
+        return None
+    raise UserError(f"{path} is not a StyleCap or ClipCap checkpoint (neither train.py's format nor a state dict "
+                    "with clip_project.* keys)")

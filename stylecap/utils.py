@@ -1,6 +1,7 @@
 """Small shared helpers: user-facing errors, atomic writes, logging, hashing, code version."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,26 +20,50 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_main(main: Callable[[], int]) -> None:
-    """Call an entry point's main(); turn UserError into a one-line message and exit code 2."""
+    """Call an entry point's main(); turn UserError into a one-line message and exit code 2. The message
+    has argparse's prefix ("predict.py: error: ..."), so that a bad flag and a bad input read alike."""
     try:
         sys.exit(main())
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's data, or a directory's entries, to the disk (open by path, fsync, close)."""
+    flags = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if os.path.isdir(path) else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if os.name == "nt" and os.path.isdir(path):
+            return  # Windows cannot open a directory; NTFS journals the rename itself
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # a file system without fsync for directories
+            raise
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file, and the new file
+    survives a power loss as well as a kill. The temporary file is fsynced before ``os.replace`` (else the
+    rename can reach the disk before the data, leaving an empty or truncated file after a crash), and the
+    directory after it (the rename is a change of the directory, lost with the page cache if not flushed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        write(tmp)  # by path (torch.save, savefig...): the writer's own handle is closed when it returns
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

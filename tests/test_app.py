@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import shutil
+import socket
 import struct
 import zlib
 
@@ -14,6 +15,7 @@ import torch
 
 import app
 import predict
+from scripts import app_load
 from models import ModelConfig, build_model, load_model
 from models.captioner import checkpoint_payload
 from models.decoding import DecodeConfig
@@ -61,6 +63,12 @@ def images(demo_data, tmp_path):
         shutil.copy(p, tmp_path / p.name)
         out.append(str(tmp_path / p.name))
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def read_jsonl(path):
@@ -122,11 +130,12 @@ def test_non_image_upload_is_reported_and_server_goes_on(styled_demo, images, tm
     bad = tmp_path / "notes.jpg"
     bad.write_text("this is not an image")
     status, page, jsonl = styled_demo.caption([str(bad)], ["Happy"])
-    assert "Error" in status and "notes.jpg" in status and "not a readable image" in status
+    # issue 17 §5: named as ignored from its header (before: "not a readable image" after a decode attempt)
+    assert "Error" in status and "ignored: notes.jpg (not an image)" in status
     assert page == "" and jsonl is None
     # mixed with good images: those are captioned, the bad one is named in the status
     status, page, jsonl = styled_demo.caption([str(bad)] + images, ["Happy"])
-    assert len(read_jsonl(jsonl)) == len(images) and "skipped notes.jpg: not a readable image" in status
+    assert len(read_jsonl(jsonl)) == len(images) and "ignored: notes.jpg (not an image)" in status
 
 
 def test_truncated_and_enormous_images_are_reported(styled_demo, images, tmp_path):
@@ -136,7 +145,8 @@ def test_truncated_and_enormous_images_are_reported(styled_demo, images, tmp_pat
     huge = huge_png(tmp_path / "huge.png")
     status, _, jsonl = styled_demo.caption([cut, huge, images[1]], ["Happy"])
     assert "skipped cut.jpg: corrupt or truncated image" in status and "--allow_truncated" not in status
-    assert "skipped huge.png: image too large" in status
+    # issue 22 §6: refused from its header, with the demo's limit (before: "skipped ...: image too large")
+    assert "ignored: huge.png (over 179 MP; this demo's limit is 40 MP)" in status
     assert [p["image"] for p in read_jsonl(jsonl)] == [images[1].split("/")[-1]]
 
 
@@ -202,7 +212,7 @@ def test_decode_batch_size_is_bs_eval_and_batch_size_stays():
     --batch_size stays as its alias."""
     for flag in ("--bs_eval", "--batch_size"):
         assert app.get_parser().parse_args(["--model_path", "m.pt", flag, "9"]).bs_eval == 9
-    assert app.get_parser().parse_args(["--model_path", "m.pt"]).bs_eval == 1024
+    # the default is now 256 sequences (issue 22 §6, test_decode_batch_counts_sequences); was 1024 items
 
 
 def test_app_imports_no_script():
@@ -213,3 +223,142 @@ def test_app_imports_no_script():
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not modules & {"predict", "train", "evaluate"}
+
+
+# ---- issue 22 section 6: the demo under load and bad input; issue 17 section 5: the page -----------------------
+@pytest.fixture()
+def count_decodes(monkeypatch):
+    """Counts PIL decoders started (one per decoded image; reading a header starts none)."""
+    import PIL.Image
+    calls, real = [], PIL.Image._getdecoder
+    monkeypatch.setattr(PIL.Image, "_getdecoder", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    return calls
+
+
+def test_pixel_limit_refuses_large_uploads_before_decoding(small_models, checkpoints, images, tmp_path,
+                                                           count_decodes):
+    """22 §6: an image over --max_pixels is refused from its header, never decoded, with the limit named."""
+    assert app.get_parser().parse_args(["--model_path", "m.pt"]).max_pixels == 40_000_000
+    demo = make_demo(small_models, checkpoints["styled"])
+    demo.max_pixels = 300 * 300
+    big = str(app_load.blank_png(tmp_path / "big.png", 400, 300))  # 0.12 MP > 0.09 MP
+    status, _, jsonl = demo.caption([big, images[0]], ["Happy"])
+    assert "ignored: big.png (400 × 300 = 0.12 MP; this demo's limit is 0.09 MP)" in status, status
+    assert [p["image"] for p in read_jsonl(jsonl)] == [images[0].split("/")[-1]]
+    assert len(count_decodes) == 1  # only the accepted image was decoded
+    status, _, jsonl = demo.caption([big], ["Happy"])
+    assert "Error" in status and "0.09 MP" in status and jsonl is None
+
+
+def test_one_decode_per_image(styled_demo, images, count_decodes):
+    """22 §6: the thumbnails are made from the decode CLIP's preprocessing uses, not a second one."""
+    _, page, _ = styled_demo.caption(images, ["Happy"])
+    assert len(count_decodes) == len(images) and page.count("data:image/jpeg;base64,") == len(images)
+
+
+def test_request_cap_on_images_styles_beams_captions(small_models, checkpoints, images):
+    """22 §6: a request's decoded sequences (images x styles x beam size or captions) are capped."""
+    assert app.get_parser().parse_args(["--model_path", "m.pt"]).max_sequences == 4096
+    demo = make_demo(small_models, checkpoints["styled"])
+    demo.max_sequences = 10
+    status, _, jsonl = demo.caption(images, ["Happy", "Gloomy", "Cynical (Doubtful, Skeptical)"], decode="beam",
+                                    beam_size=2)
+    assert ("2 images × 3 styles × beam 2 = 12 sequences to decode; this demo decodes at most 10 per request"
+            in status and jsonl is None), status
+    status, _, jsonl = demo.caption(images, [], all_styles=True, decode="sample", num_captions=2)
+    assert "2 images × 3 styles × 2 captions = 12 sequences" in status and jsonl is None
+    _, _, jsonl = demo.caption(images, ["Happy", "Gloomy"], decode="beam", beam_size=2)  # 8: served
+    assert len(read_jsonl(jsonl)) == 4
+
+
+def test_decode_batch_counts_sequences(small_models, checkpoints, images, monkeypatch):
+    """22 §6: --bs_eval bounds the sequences of one batched call (beams included), so a beam-10 request
+    never holds bs_eval x 10 sequences of logits and KV cache at once."""
+    assert app.get_parser().parse_args(["--model_path", "m.pt"]).bs_eval == 256
+    import stylecap.eval.captioning
+    n_gen, real_gen = [], stylecap.eval.captioning.generate_captions
+    monkeypatch.setattr(stylecap.eval.captioning, "generate_captions",  # counts the rows, runs the real one
+                        lambda model, feats, *rest: n_gen.append(feats.shape[0]) or real_gen(model, feats, *rest))
+    demo = make_demo(small_models, checkpoints["styled"])
+    demo.batch_size = 8
+    demo.caption(images, [], all_styles=True, decode="beam", beam_size=4)  # 6 items x 4 beams = 24 sequences
+    assert n_gen == [2, 2, 2]
+
+
+def test_non_image_uploads_are_named(styled_demo, images, tmp_path):
+    """17 §5: a non-image upload is named as ignored, alone or among images."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list")
+    status, _, jsonl = styled_demo.caption([str(notes)] + images, ["Happy"])
+    assert "ignored: notes.txt (not an image)" in status and len(read_jsonl(jsonl)) == len(images)
+    status, _, jsonl = styled_demo.caption([str(notes)], ["Happy"])
+    assert "ignored: notes.txt (not an image)" in status and "upload one or more" not in status
+    assert jsonl is None
+
+
+def test_upload_preview_shows_images_and_names_the_rest(styled_demo, images, tmp_path):
+    """17 §5: uploads get previews; what will not be captioned is named as soon as it is uploaded."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list")
+    gallery, notice = styled_demo.preview([str(notes)] + images)
+    assert [name for _, name in gallery] == [p.split("/")[-1] for p in images]
+    assert "ignored: notes.txt (not an image)" in notice
+    assert styled_demo.preview(None) == ([], "")
+
+
+def test_examples_are_thumbnails_with_readable_names(styled_demo, images):
+    """17 §5: the examples are a gallery of thumbnails with short names, not buttons named by hashes."""
+    gr = pytest.importorskip("gradio")
+    page = app.build_ui(styled_demo, images)
+    gallery = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "sc-examples")
+    assert isinstance(gallery, gr.Gallery)
+    labels = [item["caption"] for item in gallery.value]
+    assert labels == [app.example_label(k, p) for k, p in enumerate(images)]
+    assert app.example_label(0, "x/02b897ec8bb8b9734bc0e1f4c0b087a7.jpg") == "1 · 02b897ec….jpg"
+    assert app.example_label(1, "x/red_square.png") == "2 · red_square.png"
+
+
+def test_all_styles_disables_the_chosen_chips(styled_demo):
+    """17 §5: ticking 'all N styles' disables the style box, so which wins is visible."""
+    assert app.style_box_update(True)["interactive"] is False
+    assert app.style_box_update(False)["interactive"] is True
+
+
+def test_score_is_explained_on_the_page(styled_demo, images):
+    """17 §5: the page says what a caption's score is (models/decoding.py: summed log-probability)."""
+    gr = pytest.importorskip("gradio")
+    page = app.build_ui(styled_demo, images)
+    text = " ".join(b.value for b in page.blocks.values() if isinstance(b, gr.Markdown) and b.value)
+    assert "score" in text and "log-probability" in text and "summed over its tokens" in text
+
+
+def test_queue_is_bounded(styled_demo):
+    """22 §6: the request queue has a size; requests past it are turned away at once."""
+    pytest.importorskip("gradio")
+    port = free_port()
+    args = app.get_parser().parse_args(["--model_path", "m.pt", "--queue_size", "5", "--port", str(port)])
+    assert app.get_parser().parse_args(["--model_path", "m.pt"]).queue_size == 16
+    page, url = app.serve(styled_demo, args, [])
+    try:
+        assert page._queue.max_size == 5 and url.startswith("http://127.0.0.1:")
+    finally:
+        page.close()
+
+
+def test_load_test_answers_every_request_and_server_stays_up(styled_demo, demo_data, tmp_path):
+    """22 §6: scripts/app_load.py with tiny bounds (2 clients, 2 s) on the app served in this process:
+    every request answered as expected, including oversized (7000 x 7000 = 49 MP, over the 40 MP limit)
+    and non-image uploads, none turned away, and the server still captioning afterwards."""
+    pytest.importorskip("gradio_client", reason="the load test needs gradio_client (requirements-app.txt)")
+    port = free_port()
+    page, url = app.serve(styled_demo, app.get_parser().parse_args(["--model_path", "m.pt", "--port", str(port)]), [])
+    try:
+        out = tmp_path / "load.json"
+        rc = app_load.main(["--url", url, "--images", str(demo_data / "personality" / "yfcc_images"),
+                            "--clients", "2", "--seconds", "2", "--oversized_side", "7000", "--out", str(out)])
+    finally:
+        page.close()
+    figures = json.loads(out.read_text())
+    assert rc == 0 and figures["passed"] and figures["server_up_after"], figures["problems"]
+    assert figures["outcomes"]["ok"] == figures["requests"] >= len(app_load.KINDS)  # each kind sent at least once
+    assert figures["by_kind"]["oversized"]["n"] >= 1 and figures["well_formed"]["p95_s"] is not None

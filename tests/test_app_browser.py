@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app import save_tiny_model
+from tests.test_app import free_port, save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,12 +35,6 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -142,10 +135,18 @@ def test_page_captions_an_upload_in_three_styles_offline(server, browser, tmp_pa
     assert names == [styles[0], "Gloomy", "Cynical (Doubtful, Skeptical)"]  # grouped per style, in order
     assert len(captions) == 3 and all(c.strip() for c in captions)
     assert image.name in results.text and "score" in results.text
+    # issue 17 §5: the upload has a preview, and the page says what the score is
+    assert browser.find_elements(By.CSS_SELECTOR, "#sc-previews img")
+    assert "log-probability" in browser.find_element(By.ID, "sc-score-note").text
     assert "predictions.jsonl" in browser.find_element(By.ID, "sc-download").text
     shot = Path(os.environ.get("STYLECAP_SCREENSHOT") or tmp_path / "app_screenshot.png")
     shot.parent.mkdir(parents=True, exist_ok=True)
+    browser.execute_script("window.scrollTo(0, 0)")  # the whole page, from the top
+    size = browser.get_window_size()
+    browser.set_window_size(size["width"], max(size["height"], browser.execute_script(
+        "return document.documentElement.scrollHeight") + 140))
     browser.save_screenshot(str(shot))
+    browser.set_window_size(size["width"], size["height"])
     print(f"\npage loaded, image uploaded, 3 styles captioned in {seconds:.1f} s; screenshot {shot}")
     for style, caption in zip(names, captions):
         print(f"  [{style}] {caption}")
@@ -166,11 +167,35 @@ def test_page_reports_a_bad_upload_then_captions_an_example(server, browser, tmp
     bad.write_text("this is not an image")
     upload(browser, bad)
     status = run_and_wait(browser, "")
-    assert "Error" in status and "holiday.jpg" in status and "not a readable image" in status, status
+    assert "Error" in status and "ignored: holiday.jpg (not an image)" in status, status
     browser.find_element(By.CSS_SELECTOR, "#sc-files button[aria-label='Clear']").click()
-    example = sorted(examples.glob("*.jpg"))[1]  # the next request: click an example image
-    next(b for b in browser.find_elements(By.CSS_SELECTOR, "button.gallery-item") if b.text == example.name).click()
+    # issue 17 §5: a non-image is named as soon as it is uploaded (the browser used to drop it silently)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list")
+    upload(browser, notes)
+    WebDriverWait(browser, 30).until(
+        lambda d: "ignored: notes.txt (not an image)" in d.find_element(By.ID, "sc-notice").text)
+    browser.find_element(By.CSS_SELECTOR, "#sc-files button[aria-label='Clear']").click()
+    # the examples are thumbnails with short names; clicking one uploads it
+    example = sorted(examples.glob("*.jpg"))[1]
+    thumbs = browser.find_elements(By.CSS_SELECTOR, "#sc-examples .thumbnail-item")
+    assert len(thumbs) >= 2 and all(t.find_elements(By.TAG_NAME, "img") for t in thumbs)
+    assert "2 · " + example.stem[:8] in browser.find_element(By.ID, "sc-examples").text
+    thumbs[1].click()
     WebDriverWait(browser, 30).until(lambda d: example.stem[:8] in d.find_element(By.ID, "sc-files").text)
     status = run_and_wait(browser, status)
-    assert "1 captions for 1 image × 1 style" in status, status
+    assert "1 caption for 1 image × 1 style" in status, status
     assert len(browser.find_elements(By.CSS_SELECTOR, "#sc-results .sc-caption")) == 1
+
+
+def test_all_styles_disables_the_chosen_chips(server, browser):
+    """Issue 17 §5: ticking 'all N styles' disables the style box, so it is clear which wins."""
+    url, _ = server
+    browser.get(url)
+    WebDriverWait(browser, 60).until(EC.element_to_be_clickable((By.ID, "sc-run")))
+    box = browser.find_element(By.CSS_SELECTOR, "#sc-styles input")
+    assert box.is_enabled()
+    browser.find_element(By.CSS_SELECTOR, "#sc-all input").click()
+    WebDriverWait(browser, 10).until(lambda d: not d.find_element(By.CSS_SELECTOR, "#sc-styles input").is_enabled())
+    browser.find_element(By.CSS_SELECTOR, "#sc-all input").click()
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.CSS_SELECTOR, "#sc-styles input").is_enabled())

@@ -35,7 +35,12 @@ def test_chinese_near_match_gets_a_sensible_bleu1():
     out = score_captions(NEAR_PREDS, NEAR_REFS, java=False)  # 1 and 2 characters wrong
     # 14 + 15 characters, 1 + 2 of them wrong, equal lengths (no brevity penalty): (13 + 13) / 29
     assert out["BLEU-1"] == pytest.approx((13 + 13) / 29, abs=1e-6)
-    assert 0.4 < out["BLEU-4"] < 0.9
+    # BLEU-4 is known too (issue 22: it was only checked to lie in 0.4..0.9, which an off-by-one n-gram
+    # count or BLEU-3 in its place would pass). Clipped n-gram matches, caption a (1 wrong of 14 characters)
+    # + caption b (2 adjacent wrong of 15): n-grams overlapping a wrong character are the misses.
+    # p1 = (13 + 13) / 29, p2 = (11 + 11) / 27, p3 = (9 + 10) / 25, p4 = (7 + 9) / 23; brevity penalty 1.
+    # The coco-caption scorer adds 1e-15 / 1e-9 to each ratio: ~1e-10 off the exact value, so abs=1e-6.
+    assert out["BLEU-4"] == pytest.approx((26 / 29 * 22 / 27 * 19 / 25 * 16 / 23) ** 0.25, abs=1e-6)  # 0.78833
 
 
 def test_chinese_segmentation_by_characters_keeps_latin_words_and_drops_punctuation():

@@ -77,7 +77,9 @@ def test_bad_samples_skipped_and_counted_never_a_zero_row(single, shards):
     assert c["caption_from_json"] == want["caption_from_json"] == 1
     listed = [l.split("\t") for l in Path(f"{single}.skipped.txt").read_text().splitlines() if not l.startswith("#")]
     assert {k: r.split(":")[0] for k, _, r in listed} == want["skipped"]
-    assert not Path(f"{single}.parts").exists()  # the parts are removed once combined
+    # the parts are kept once combined, so that a rerun with one more tar encodes only that one
+    parts = sorted(p.name for p in Path(f"{single}.parts").glob("*.pt"))
+    assert parts == [f"{Path(t).stem}.pt" for t in want["shards"]]
 
 
 def _photo_shards(folder: Path, n_tars: int, per_tar: int) -> Path:
@@ -169,7 +171,7 @@ def test_bad_input_fails_in_one_line(small_models, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run_main(lambda: conceptual(small_models, bad, tmp_path / "o.pkl"))
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert e.value.code == 2 and err.startswith("error: no image could be encoded: all 1 samples of the 1 tar shards")
+    assert e.value.code == 2 and ": error: no image could be encoded: all 1 samples of the 1 tar shards" in err
     assert not (tmp_path / "o.pkl").exists() and (tmp_path / "o.pkl.skipped.txt").exists()
 
 
@@ -189,3 +191,79 @@ def test_truncated_tar_keeps_the_samples_before_the_damage(small_models, shards,
     c = d["meta"]["counts"]
     assert c["skipped_by_reason"] == {"truncated tar": 1} and list(c["tar_errors"]) == ["00002.tar"]
     assert c["samples"] == 3 and c["shards_without_stats"] == ["00002.tar"]
+
+
+# ----------------------------------------------------------------------------- issue 22, section 2
+def _copy(src: Path, dst: Path, stems) -> Path:
+    dst.mkdir(exist_ok=True)
+    for s in stems:
+        for name in (f"{s}.tar", f"{s}_stats.json"):
+            (dst / name).write_bytes((src / name).read_bytes())
+    return dst
+
+
+def test_tar_cut_at_member_boundary_is_counted_as_missing_from_shards(small_models, shards, tmp_path):
+    """tarfile ends quietly when a file stops exactly between members: the samples after the cut were lost
+    with no count. Each shard's samples are compared with its _stats.json successes."""
+    data = _copy(shards[0], tmp_path / "in", ["00000", "00001"])
+    with tarfile.open(data / "00001.tar") as tf:
+        fifth = next(m for m in tf.getmembers() if m.name.startswith("000010004."))
+    (data / "00001.tar").write_bytes((data / "00001.tar").read_bytes()[:fifth.offset])  # 4 of 6 samples left
+    out = tmp_path / "cut.pkl"
+    assert conceptual(small_models, data, out) == 0
+    d = load(out)
+    c = d["meta"]["counts"]
+    assert c["samples"] == 6 + 4 and not c["tar_errors"]  # the cut itself raised nothing
+    assert c["missing_from_shards"] == 2 and c["missing_by_shard"] == {"00001.tar": 2}
+    log = (tmp_path / "cut.log").read_text()
+    assert "WARNING" in log and "00001.tar: 4 samples in the tar, 6 successes in 00001_stats.json" in log
+    assert "2 missing from shards" in log
+
+
+def test_adding_a_shard_encodes_only_the_new_tar(small_models, shards, tmp_path):
+    """img2dataset --incremental_mode incremental adds a shard: the rerun encodes that tar only (the finished
+    tars' parts are kept), and the file equals a from-scratch run's."""
+    data = _copy(shards[0], tmp_path / "in", ["00000", "00001"])
+    out, log = tmp_path / "cc.pkl", tmp_path / "cc.log"
+    assert conceptual(small_models, data, out) == 0
+    assert sorted(p.name for p in Path(f"{out}.parts").glob("*.pt")) == ["00000.pt", "00001.pt"]  # kept
+    _copy(shards[0], data, ["00002"])
+    before = len(log.read_text())
+    assert conceptual(small_models, data, out) == 0
+    rerun = log.read_text()[before:]
+    assert rerun.count(": encoded ") == 1 and "00002.tar: encoded" in rerun and rerun.count("done earlier") == 2
+    assert conceptual(small_models, data, tmp_path / "fresh.pkl") == 0
+    assert_same_file(out, tmp_path / "fresh.pkl")
+    # a changed tar of the same name and size (a shard downloaded again, in another order) is encoded again
+    with tarfile.open(data / "00000.tar") as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    with tarfile.open(data / "00000.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        for m, b in members[3:] + members[:3]:  # the first sample last
+            tf.addfile(m, io.BytesIO(b))
+    assert (data / "00000.tar").stat().st_size == (shards[0] / "00000.tar").stat().st_size
+    before = len(log.read_text())
+    assert conceptual(small_models, data, out) == 0
+    rerun = log.read_text()[before:]
+    assert rerun.count(": encoded ") == 1 and "00000.tar: its part was made with other" in rerun
+    # a tar removed from the folder: its part is removed with it
+    (data / "00002.tar").unlink()
+    assert conceptual(small_models, data, out) == 0
+    assert sorted(p.name for p in Path(f"{out}.parts").glob("*.pt")) == ["00000.pt", "00001.pt"]
+
+
+def test_caption_whitespace_stripped_and_counted(small_models, tmp_path):
+    """Leading/trailing whitespace is stripped (it is no part of the caption); the captions it changed are
+    counted in meta["counts"]["captions_stripped"]; blank captions are skipped and counted, as before."""
+    from stylecap.demo.photos import photo_like
+    img = io.BytesIO()
+    photo_like(0, 64, 48).save(img, "JPEG")
+    caps = ["a dog", " a cat", "a bird\n", "  a fish \t", "   ", "a cow"]
+    (tmp_path / "in").mkdir()
+    write_stats(write_shard(tmp_path / "in" / "00000.tar", [{"key": f"0000000{i:02d}", "image": img.getvalue(),
+                                                             "caption": c} for i, c in enumerate(caps)]), 6)
+    assert conceptual(small_models, tmp_path / "in", tmp_path / "w.pkl") == 0
+    d = load(tmp_path / "w.pkl")
+    assert [c["caption"] for c in d["captions"]] == ["a dog", "a cat", "a bird", "a fish", "a cow"]
+    c = d["meta"]["counts"]
+    assert c["captions_stripped"] == 3 and c["skipped_by_reason"] == {"no caption": 1}
+    assert c["missing_from_shards"] == 0 and c["missing_by_shard"] == {}

@@ -3,6 +3,7 @@ gradient checkpointing with a frozen GPT-2, and keep-N per checkpoint kind (issu
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,53 @@ def test_keep_n_counts_step_and_epoch_checkpoints_separately(tmp_path):
         ck.save({"train_state": {"step": s}}, f"step_{s:08d}.pt")
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["epoch_0002.pt", "epoch_0003.pt", "step_00000050.pt", "step_00000060.pt"]
+
+
+def _read_all(fd: int) -> str:
+    """What was written to a pty so far (the reading end: master ``fd``)."""
+    import select
+    chunks = []
+    while select.select([fd], [], [], 0.2)[0]:
+        chunks.append(os.read(fd, 65536))
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_issue17_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere(small_models, feature_file, tmp_path):
+    """Issue 17 §2: train_one_epoch shows a tqdm bar (step, loss, samples/s, ETA) when its stream is a terminal
+    (a real pty here), log lines every ``log_every`` steps on anything else, nothing when show_progress is off."""
+    from loguru import logger
+    from stylecap.train.engine import progress_kind
+    import fcntl
+    import struct
+    import termios
+    master, slave = os.openpty()
+    tty = os.fdopen(slave, "w")
+    pipe = open(tmp_path / "err.txt", "w")
+    assert progress_kind(True, tty) == "lines"  # a pty of 0 x 0 (as some containers give): tqdm would draw nothing
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal window's size
+    assert progress_kind(True, tty) == "bar" and progress_kind(True, pipe) == "lines"
+    assert progress_kind(False, tty) == progress_kind(False, pipe) == "off"
+
+    def epoch(stream, show: bool = True) -> list[str]:
+        model = _model(small_models / "small_gpt2")
+        batches = _batches(model, feature_file, 8, 2)  # 4 batches -> 2 steps of 2
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        logged: list[str] = []
+        sink = logger.add(lambda m: logged.append(m.record["message"]), level="INFO")
+        try:
+            train_one_epoch(model, batches, opt, sched, TrainState(), device=torch.device("cpu"), grad_accum=2,
+                            show_progress=show, total_batches=len(batches), log_every=1, stream=stream)
+        finally:
+            logger.remove(sink)
+        return logged
+
+    assert epoch(tty) == []  # the bar says it all on a terminal
+    bar = _read_all(master)
+    assert "epoch 0" in bar and "2/2" in bar and "step 2" in bar and "loss" in bar and "samples/s" in bar
+    assert re.search(r"<\d\d:\d\d", bar)  # tqdm's ETA
+    lines = epoch(pipe)
+    assert [ln.split(" (")[0] for ln in lines] == ["epoch 0 step 1", "epoch 0 step 2"] and "ETA" in lines[-1]
+    assert epoch(pipe, show=False) == []  # ranks > 0 and benchmarks
+    tty.close()
+    os.close(master)

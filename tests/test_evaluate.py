@@ -182,7 +182,7 @@ def test_strict_fails_with_one_line_and_exit_2(pc, tmp_path):
                            "--no_java", "--quiet"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --strict") and "unknown.jpg" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("evaluate.py: error: --strict") and "unknown.jpg" in lines[0]
 
 
 @pytest.mark.parametrize("content, match", [

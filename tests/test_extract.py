@@ -264,7 +264,7 @@ def test_all_bad_and_malformed_files_fail_clearly(small_models, tmp_path, capsys
                                 "--test_ratio", "0"))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (loguru also logs to the captured stderr)
-    assert err.startswith("error: no image could be encoded: all 2 listed images were skipped")
+    assert ": error: no image could be encoded: all 2 listed images were skipped" in err
     assert not (tmp_path / "o.pkl").exists() and (tmp_path / "o.pkl.skipped.txt").exists()
 
     bad_json = tmp_path / "dataset_flickr30k.json"

@@ -6,10 +6,14 @@ Every test here is marked ``gpu`` and skipped when ``torch.cuda.is_available()``
 - fp32 extraction on CUDA vs the CPU: per-image relative L2 error ||cuda - cpu|| / ||cpu|| < 1e-4, with TF32
   switched off for the comparison (cuDNN runs fp32 convolutions in TF32 by default on Ampere and newer, which
   alone gives ~1e-3 in CLIP's patch-embedding conv; see `strict_fp32`).
-- fp16 autocast extraction vs fp32 on the CPU: cosine similarity > 0.999 per image and relative L2 < 0.05.
+- fp16 autocast extraction vs fp32 on the CPU: relative L2 < 3e-3 per image and cosine > 1 - 1e-5.
   fp16 keeps 11 significant bits (relative rounding 2^-11 ~ 5e-4 per operation); after a few layers the
-  feature direction moves by ~1e-3 in relative L2, i.e. cosine ~ 1 - 5e-7, so 0.999 leaves a wide margin
-  while a real error (wrong normalisation, a channel swap, a wrong dtype cast) drops it far below.
+  feature moves by ~1e-3 in relative L2. Measured for these features with fp16 autocast on the CPU (same
+  model, same images; issue 22): max 8.2e-4, median 5.7e-4, 1 - cosine at most 3.4e-7. 3e-3 leaves ~4x for
+  the GPU's other kernels (cuDNN conv algorithms, cuBLAS fp16 reductions) and still fails bf16 run by
+  mistake (8 significant bits: median 4.9e-3, max 6.1e-3 measured the same way) and any real error (wrong
+  normalisation, a channel swap, a wrong cast: O(1)). Issue 22: it was 0.05, 60x the expected error. The
+  cosine bound follows from the L2 one (sin of the angle <= relative L2, so 1 - cos <= 3e-3^2 / 2 = 4.5e-6).
 - Greedy decoding on CUDA vs the CPU: the same tokens, except where the CPU's top-2 logits at the first
   differing step are within 1e-3 of each other (a near-tie that fp32 rounding across devices may flip) and
   CUDA picked the CPU's runner-up.
@@ -41,8 +45,9 @@ pytestmark = [pytest.mark.gpu,
                                                       "run `make test-gpu` on a machine with one")]
 
 FP32_REL_TOL = 1e-4        # fp32 features, CUDA vs CPU (TF32 off)
-FP16_MIN_COSINE = 0.999    # fp16-autocast features vs fp32 CPU features
-FP16_REL_TOL = 0.05
+FP16_MIN_COSINE = 1 - 1e-5  # fp16-autocast features vs fp32 CPU features (implied by FP16_REL_TOL)
+FP16_REL_TOL = 3e-3         # ~1e-3 expected, 8.2e-4 measured with fp16 autocast on the CPU; bf16 gives ~5e-3
+RESUME_VAL_LOSS_TOL = 1e-3  # resumed vs uninterrupted fp16 run on the same GPU: see the resume test
 NEAR_TIE = 1e-3            # CPU top-2 logit gap below which a greedy token may differ
 
 
@@ -111,9 +116,19 @@ def test_resume_auto_from_a_gpu_checkpoint_continues(small_models, features, tmp
     assert "resumed from" in (tmp_path / "b" / "train.log").read_text()
     assert train_state(ckdir / "last.pt")["step"] == 10 and train_state(ckdir / "last.pt")["epoch"] == 2
     # CUDA kernels with atomics (embedding backward) are not bitwise reproducible, so the resumed run is
-    # compared with the uninterrupted one by its validation loss, not weight for weight.
+    # compared with the uninterrupted one by its validation loss, not weight for weight. Not bitwise, not
+    # 1e-6 either: the fp32 atomics reorder sums (~1e-7 relative per gradient entry), and Adam turns an entry
+    # whose gradient is near 0 into an update of up to ~lr; the mean validation loss should move by less than
+    # 1e-4, the resolution of the logged value (4 decimals). Measured with this run on the CPU (issue 22):
+    # weights perturbed by 1e-6 relative at step 6 (10x the atomics' noise) -> final val loss unchanged at
+    # 4 decimals; Adam's moments lost at step 6 -> +0.0157, which 1e-3 catches and the former 0.05 let pass.
+    # A GradScaler reset leaves the loss unchanged when no step overflows: the scaler check below catches it.
     la, lb = val_losses(tmp_path / "a")[-1], val_losses(tmp_path / "b")[-1]
-    assert abs(la - lb) < 0.05, (la, lb)
+    assert abs(la - lb) < RESUME_VAL_LOSS_TOL, (la, lb)
+    # the GradScaler's skip/grow decisions depend on inf/nan in the gradients, not on their last bits:
+    # restored, the scaler ends as in the uninterrupted run (as the CPU test checks, exactly)
+    sa = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["scaler"]
+    assert sa == torch.load(ckdir / "last.pt", map_location="cpu", weights_only=True)["scaler"]
     b = torch.load(ckdir / "last.pt", map_location="cpu", weights_only=True)["model"]
     s6 = torch.load(ckdir / "step_00000006.pt", map_location="cpu", weights_only=True)["model"]
     assert not all(torch.equal(b[k], s6[k]) for k in b)  # it really trained after resuming

@@ -219,12 +219,13 @@ def test_flickrstyle_missing_and_malformed_files(tmp_path):
     _write(tmp_path / "humor" / "train.p", pickle.dumps({"a": 1}, protocol=2))
     with pytest.raises(UserError, match="expected a pickled list of image names"):
         read_flickrstyle(tmp_path)
-    # more caption lines than names, and a blank line: malformed lines, the rest read
-    _write(tmp_path / "humor" / "train.p", pickle.dumps(["11_x.jpg", "22_y.jpg"], protocol=2))
+    # a blank line and a name that is no image name: malformed lines, the rest read (more lines than
+    # names stops: test_flickrstyle_line_count_must_equal_name_count)
+    _write(tmp_path / "humor" / "train.p", pickle.dumps(["11_x.jpg", "22_y.jpg", " "], protocol=2))
     _write(tmp_path / "humor" / "funny_train.txt", "first\n\nthird\n")
     src = read_flickrstyle(tmp_path)
     assert [(c["image_id"], c["caption"]) for c in src.captions] == [("11", "first")]
-    assert [m["reason"][:13] for m in src.malformed] == ["empty caption", "no image name"]
+    assert [m["reason"][:13] for m in src.malformed] == ["empty caption", "not an image "]
 
 
 # ----------------------------------------------------------------------------- train.p: Python 2 pickles
@@ -332,3 +333,45 @@ def test_karpathy_and_senticap_share_the_walker(tmp_path):
     assert k.splits == {"a": "train", "d": "test"} and s.splits == {"d": "test"}
     assert [c["caption"] for c in k.captions] == ["one", "four"]
     assert [(c["caption"], c["style"]) for c in s.captions] == [("four", "negative")]
+
+
+# ----------------------------------------------------------------------------- issue 22, section 3
+def test_flickrstyle_stray_cr_does_not_shift_captions(tmp_path):
+    """A lone \\r inside a line (\\r\\r\\n) split the line in two with bytes.splitlines(), so every later
+    caption landed on the wrong image. Lines end at \\n only; one trailing \\r is stripped."""
+    names = ["11_a.jpg", "22_b.jpg", "33_c.jpg", "44_d.jpg"]
+    _write(tmp_path / "humor" / "train.p", pickle.dumps(names, protocol=0))
+    _write(tmp_path / "humor" / "funny_train.txt", b"one\r\r\ntwo\r\nthree and\rmore\r\nfour\r\n")
+    src = read_flickrstyle(tmp_path)
+    assert [(c["image_id"], c["caption"]) for c in src.captions] == [
+        ("11", "one"), ("22", "two"), ("33", "three and more"), ("44", "four")]
+    assert src.malformed == []
+
+
+@pytest.mark.parametrize("text,n_lines", [(b"first\nsecond\n", 2), (b"first\nsecond\nthird\nfourth", 4)])
+def test_flickrstyle_line_count_must_equal_name_count(tmp_path, text, n_lines):
+    """Pairing by position is only right when the counts agree: stop, naming both, instead of guessing."""
+    _write(tmp_path / "humor" / "train.p", pickle.dumps(["11_a.jpg", "22_b.jpg", "33_c.jpg"], protocol=0))
+    _write(tmp_path / "humor" / "funny_train.txt", text)
+    with pytest.raises(UserError, match=rf"funny_train.txt has {n_lines} caption lines but .*train.p lists 3 "
+                                        r"image names") as e:
+        read_flickrstyle(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_senticap_image_in_two_splits_is_malformed(tmp_path):
+    """The first split won silently; the generic reader refuses the same thing, and so does SentiCap's now."""
+    images = [{"filename": "COCO_val2014_000000000001.jpg", "split": "train",
+               "sentences": [{"raw": "A lovely cat.", "sentiment": 1}]},
+              {"filename": "COCO_val2014_000000000002.jpg", "split": "val",
+               "sentences": [{"raw": "A dull dog.", "sentiment": 0}]},
+              {"filename": "COCO_val2014_000000000001.jpg", "split": "test",
+               "sentences": [{"raw": "An ugly cat.", "sentiment": 0}]},
+              {"filename": "COCO_val2014_000000000002.jpg", "split": "val",   # same split again: fine
+               "sentences": [{"raw": "A nice dog.", "sentiment": 1}]}]
+    src = read_senticap(_write(tmp_path / "senticap_dataset.json", json.dumps({"images": images})))
+    assert [c["caption"] for c in src.captions] == ["A lovely cat.", "A dull dog.", "A nice dog."]
+    assert src.splits == {"COCO_val2014_000000000001": "train", "COCO_val2014_000000000002": "val"}
+    assert [m["where"] for m in src.malformed] == ["images[2]"]
+    reason = src.malformed[0]["reason"]
+    assert "COCO_val2014_000000000001.jpg" in reason and "'train'" in reason and "'test'" in reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -382,3 +383,85 @@ def test_training_code_has_no_function_over_80_lines():
     assert not long, long
     main = next(n for n in ast.parse((ROOT / "train.py").read_text()).body if getattr(n, "name", "") == "main")
     assert main.end_lineno - main.lineno < 30
+
+
+def test_issue17_log_lines_every_log_every_steps_when_output_is_not_a_terminal(small_models, features, tmp_path,
+                                                                                capsys):
+    """Issue 17 §2: with stderr not a terminal (CI, nohup, Slurm; capsys makes it a pipe-like buffer), training
+    writes a progress line every --log_every steps: step, loss, samples/s and ETA, on stderr and in train.log."""
+    out = tmp_path / "run"
+    assert train.main(base_args(small_models, features, out, "--epochs", "1", "--log_every", "2")) == 0
+    err = capsys.readouterr().err
+    for text in (err, (out / "train.log").read_text()):
+        lines = [ln for ln in text.splitlines() if re.search(r"epoch \d+ step \d+ ", ln)]
+        steps = [int(re.search(r"step (\d+) ", ln).group(1)) for ln in lines]
+        # 5 steps: every 2nd step, and the first one (a sign of life before the first 2)
+        assert steps == [1, 2, 4], text
+        for ln in lines:
+            assert re.search(r"\(\d+/5\): loss \d+\.\d{4}, lr [\d.e+-]+, [\d.]+ samples/s, ETA \d\d:\d\d$", ln), ln
+    assert "\r" not in err  # no redrawn bar in a log file
+    assert json.loads((out / "config.json").read_text())["args"]["log_every"] == 2  # recorded like every flag
+
+
+def _validations(log: str) -> list[list[tuple[str, str]]]:
+    """The (image, style) pairs of each validation's sample captions, in train.log's order."""
+    runs: list[list[tuple[str, str]]] = []
+    for line in log.splitlines():
+        if "val/loss" in line:
+            runs.append([])
+        elif m := re.search(r"sample (\S+) \[(.+?)\]: ", line):
+            runs[-1].append((m.group(1), m.group(2)))
+    return runs
+
+
+def test_issue17_val_samples_rotate_over_styles_and_images(small_models, features, tmp_path):
+    """Issue 17 §4: val/samples showed the same rows at every validation. Validation k now shows the k-th
+    window of a seeded order that takes the styles round-robin: every style from the first validations
+    on, every (image, style) pair over enough validations; and the training numbers are unchanged
+    (captioning the samples draws nothing from the training RNG)."""
+    val = synthetic_features(tmp_path / "val.pkl", n_images=12, seed=1)  # 12 pairs, 4 of each of 3 styles
+    argv = base_args(small_models, features, tmp_path / "a", "--epochs", "1", "--eval_step", "2",
+                     "--val_path", str(val), "--num_samples", "4")
+    assert train.main(argv) == 0
+    runs = _validations((tmp_path / "a/train.log").read_text())
+    assert len(runs) == 3 and all(len(r) == 4 for r in runs)  # steps 2 and 4, then the epoch end (5)
+    assert {s for _, s in runs[0]} == {"Happy", "Gloomy", "Cynical (Doubtful, Skeptical)"}  # 3 Happy before
+    assert len({p for r in runs for p in r}) == 12  # every pair of the validation data, over 3 x 4 samples
+    # without samples: the same weights (sample captioning consumes no training randomness)
+    assert train.main(with_flag(with_flag(argv, "--output_path", str(tmp_path / "c")), "--num_samples", "0")) == 0
+    a, c = weights(tmp_path / "a/checkpoints/last.pt"), weights(tmp_path / "c/checkpoints/last.pt")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_issue17_sample_rows_are_deterministic_round_robin_windows(tmp_path):
+    """Issue 17 §4: sample_rows(data, n, k, seed) is a pure function: the same rows for the same k on
+    every call (and rerun), the next n of one seeded order for k + 1, styles taken in turn."""
+    from stylecap.train.trainer import sample_order, sample_rows
+    data = load_features(synthetic_features(tmp_path / "v.pkl", n_images=24, seed=2))  # 24 pairs, 8 per style
+    order = sample_order(data, seed=3)
+    assert sorted(order.tolist()) == list(range(24)) and order.tolist() == sample_order(data, seed=3).tolist()
+    assert order.tolist() != sample_order(data, seed=4).tolist()  # seeded, not the file order
+    windows = [sample_rows(data, 5, k, order=order) for k in range(5)]  # 25 slots: wraps once
+    assert windows[0] == sample_rows(data, 5, 0, order=sample_order(data, seed=3))
+    pairs = [(r["image_id"], r["style"]) for w in windows for r in w]
+    assert len(set(pairs)) == 24 and pairs[24] == pairs[0]
+    styles = [s for _, s in pairs[:24]]
+    assert all(len(set(styles[i:i + 3])) == 3 for i in range(0, 24, 3))  # round-robin over the 3 styles
+    assert sample_rows(data, 0, 7, order=order) == [] and len(sample_rows(data, 30, 1, order=order)) == 24
+
+
+def test_issue17_sample_captions_leave_the_global_rng_alone(small_models, styled_ckpt, tmp_path):
+    """Issue 17 §4: choosing and captioning the samples draws no random number (exact resume, same weights)."""
+    import random
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter
+    from models.captioner import load_model
+    from stylecap.train.trainer import log_samples, sample_order, sample_rows
+    model = load_model(styled_ckpt)
+    data = load_features(synthetic_features(tmp_path / "v.pkl", n_images=12, seed=2))
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    with SummaryWriter(tmp_path / "tb") as writer:
+        for k in range(3):
+            log_samples(model, data, sample_rows(data, 4, k, order=sample_order(data, seed=k)), writer, k)
+    after = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1])
+    assert torch.equal(before[0], after[0]) and before[1] == after[1] and (before[2] == after[2]).all()

@@ -8,6 +8,7 @@ the scripts hand it in as ``encode``, since the eval package does not import the
 """
 from __future__ import annotations
 
+import difflib
 import glob
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from loguru import logger
 
-from models.captioner import StyleCapModel
+from models.captioner import ModelConfig, StyleCapModel
 from models.decoding import DecodeConfig, generate_captions
 from stylecap.clip_check import check_clip
 from stylecap.clip_utils import DEFAULT_CLIP
@@ -32,36 +33,90 @@ Encoder = Callable[[list[str]], tuple[torch.Tensor, list[int], list[tuple[int, s
 
 
 # ---- images and styles ----------------------------------------------------------------------------
-def image_files(folder: str | Path) -> list[Path]:
-    """The images of a folder (by suffix), sorted by name."""
-    return sorted(q for q in Path(folder).iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+def image_files(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The images of a folder (by suffix), sorted by path; ``recursive``: of its subfolders too."""
+    found = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+    return sorted(q for q in found if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
 
 
-def list_images(spec: str) -> list[Path]:
-    """--image_path: an image file, a folder of images or a glob; UserError when it names no image."""
-    p = Path(spec)
+def list_images(spec: str, recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """--image_path: an image file, a folder of images or a glob -> (image paths, their names). A name is the
+    file name, or with ``recursive`` the path under the folder ("sub/a.jpg"), so that equal file names in two
+    subfolders stay apart. Subfolders not searched are counted in a warning. UserError when no image."""
+    p, skipped = Path(spec), ""
     if p.is_dir():
-        paths = image_files(p)
-    elif p.is_file():
-        paths = [p]
+        paths = image_files(p, recursive)
+        names = [q.relative_to(p).as_posix() for q in paths]
+        subfolders = 0 if recursive else sum(q.is_dir() for q in p.iterdir())
+        if subfolders:
+            skipped = f"{plural(subfolders, 'subfolder')} not searched in {p} (--recursive searches them too)"
     else:
-        paths = sorted(Path(q) for q in glob.glob(spec))
+        paths = [p] if p.is_file() else sorted(Path(q) for q in glob.glob(spec) if Path(q).is_file())
+        names = [q.name for q in paths]
     if not paths:
-        raise UserError(f"--image_path {spec}: no images found (give a file, a folder or a glob like 'dir/*.jpg')")
-    return paths
+        raise UserError(f"--image_path {spec}: no images found " + (f"({skipped})" if skipped else
+                        "(give a file, a folder or a glob like 'dir/*.jpg')"))
+    if skipped:
+        logger.warning(skipped)
+    return paths, names
 
 
-def resolve_styles(model: StyleCapModel, wanted: list[str], all_styles: bool = False) -> list[str | None]:
+def plural(n: int, noun: str) -> str:
+    """'1 caption', '2 captions' (nouns with a plain -s plural)."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def resolve_styles(model: StyleCapModel | ModelConfig, wanted: list[str], all_styles: bool = False
+                   ) -> list[str | None]:
     """The styles to caption in: [None] for a plain model (``wanted`` is ignored), every style of the model
-    for ``all_styles``, else ``wanted`` (may be empty), each checked against the model's styles (an unknown
-    one is a UserError naming the closest valid names)."""
-    if model.cfg.style_mode == "none":
+    for ``all_styles``, else ``wanted`` (may be empty) as the model spells them, each once. A name matches
+    exactly, else case-insensitively when that names one style ("sarcastic" -> "Sarcastic"); an unknown
+    one is a UserError naming the closest valid names. ``model``: the model, or its config only (predict.py
+    checks the names before GPT-2 and CLIP load)."""
+    cfg = model if isinstance(model, ModelConfig) else model.cfg
+    if cfg.style_mode == "none":
         return [None]
     if all_styles:
-        return list(model.cfg.styles)
-    for s in wanted:
-        model.style_id(s)
-    return list(wanted)
+        return list(cfg.styles)
+    return list(dict.fromkeys(match_style(cfg.styles, s) for s in wanted))
+
+
+def match_style(styles: list[str], name: str) -> str:
+    """``name`` as spelled in ``styles``: an exact match, else the one case-insensitive match."""
+    if name in styles:
+        return name
+    folded = [s for s in styles if s.casefold() == name.casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    raise UserError(f"unknown style {name!r}; closest valid: {closest_styles(styles, name)} (the model knows "
+                    f"{len(styles)} styles: --list_styles prints them, --style all captions in every one)")
+
+
+def closest_styles(styles: list[str], name: str, n: int = 3) -> list[str]:
+    """Up to ``n`` suggestions for a style name: the styles that start with it (case-insensitively), then
+    those that contain it, then the most similar spellings (difflib), so "Cynical" suggests
+    "Cynical (Doubtful, Skeptical)" first."""
+    key = name.casefold()
+    prefix = [s for s in styles if s.casefold().startswith(key)]
+    inside = [s for s in styles if key in s.casefold() and s not in prefix]
+    similar = difflib.get_close_matches(key, [s.casefold() for s in styles], n=n, cutoff=0.0)
+    by_fold = {s.casefold(): s for s in styles}
+    return list(dict.fromkeys(prefix + inside + [by_fold[s] for s in similar]))[:n]
+
+
+def checkpoint_path(spec: str | Path) -> tuple[Path, str]:
+    """--model_path -> (the checkpoint file, why that one): a file as given; a run folder (train.py's
+    --output_path) -> its checkpoints/best.pt."""
+    p = Path(spec)
+    if not p.is_dir():
+        return p, "--model_path"
+    best = p / "checkpoints" / "best.pt"
+    if best.is_file():
+        return best, "the run folder's best checkpoint"
+    there = sorted(q.name for q in (p / "checkpoints").glob("*.pt")) if (p / "checkpoints").is_dir() else []
+    raise UserError(f"--model_path {p} is a folder with no checkpoints/best.pt; pass a checkpoint file"
+                    + (f" (its checkpoints/ holds {', '.join(there)})" if there else
+                       " such as output/<run>/checkpoints/best.pt"))
 
 
 # ---- CLIP ------------------------------------------------------------------------------------------

@@ -91,11 +91,13 @@ def captioned_image(path: str | Path, captions: list[str], width: int = 512):
     return canvas
 
 
-def write_predictions(folder: str | Path, preds: list[dict]) -> tuple[Path, Path]:
-    """caption_generate.txt (image<TAB>caption, as ClipCap-Chinese) and predictions.jsonl."""
+def write_predictions(folder: str | Path, preds: list[dict], style_column: bool = False) -> tuple[Path, Path]:
+    """caption_generate.txt (image<TAB>caption, as ClipCap-Chinese; ``style_column``: image<TAB>style<TAB>caption)
+    and predictions.jsonl."""
     folder = Path(folder)
     txt, jsonl = folder / "caption_generate.txt", folder / "predictions.jsonl"
-    atomic_write_text(txt, "".join(f"{p['image']}\t{p['caption']}\n" for p in preds))
+    style = (lambda p: f"{p['style']}\t") if style_column else (lambda p: "")
+    atomic_write_text(txt, "".join(f"{p['image']}\t{style(p)}{p['caption']}\n" for p in preds))
     atomic_write_text(jsonl, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
     return txt, jsonl
 
@@ -108,6 +110,8 @@ def log_preview(preds: list[dict], n: int = 5) -> None:
     for p in preds[:n]:
         style = f" [{p['style']}]" if p.get("style") else ""
         logger.info(f"{p['image']}{style}: {p['caption']}")
+    if len(preds) > n:
+        logger.info(f"... {len(preds) - n} more")
 
 
 def quick_caption_metrics(model: StyleCapModel, data: dict, n_images: int, batch_size: int = 64) -> dict | None:
@@ -223,7 +227,8 @@ def write_eval_config(out: Path, model: StyleCapModel, settings: dict, model_pat
     so that compare.py can label eval folders by the settings in which they differ. ``settings``: from
     checkpoint_settings. Returns the checkpoint's training settings ({} for ClipCap weights)."""
     from dataclasses import asdict
-    params = sum(v.numel() for v in model.trainable_state_dict().values() if v.is_floating_point())
+    from models.captioner import trainable_parameters
+    params = trainable_parameters(model)  # each once: the tied GPT-2 embedding is one parameter, as in training
     atomic_write_json(out / "eval_config.json", {
         "model_path": str(model_path.resolve()), "data_path": str(data_path), "decode": asdict(dc),
         "train_args": settings["train_args"], "model_config": settings["model_config"],

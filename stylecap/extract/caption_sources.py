@@ -172,6 +172,11 @@ def walk_images(src: CaptionSource, path: Path, images: list, splits: dict[str, 
         if not isinstance(img.get("sentences"), list) or not img["sentences"]:
             src.bad(path, where, "no 'sentences' (or an empty list)")
             continue
+        split, earlier = splits[img["split"]], src.splits.get(Path(name).stem)
+        if earlier not in (None, split):  # as the generic reader: splits are by image, never first-wins
+            src.bad(path, where, f"image {name!r} is in split {earlier!r} on an earlier entry, {split!r} here; "
+                                 "splits are by image")
+            continue
         for j, sent in enumerate(img["sentences"]):
             raw = sent.get("raw") if isinstance(sent, dict) else None
             extra = extra_of(sent) if isinstance(raw, str) and raw.strip() else "no 'raw' caption text"
@@ -179,7 +184,7 @@ def walk_images(src: CaptionSource, path: Path, images: list, splits: dict[str, 
                 src.bad(path, f"{where}.sentences[{j}]", extra)
                 continue
             src.add(name, raw.strip(), **extra)
-            src.splits.setdefault(Path(name).stem, splits[img["split"]])
+            src.splits.setdefault(Path(name).stem, split)
 
 
 def _karpathy_name(img: dict) -> str | None:

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stylecap.clip_utils import ImageLoadError, open_image
+from stylecap.cpu import cpu_bf16_warning
 
 
 def default_workers() -> int:
@@ -76,10 +77,21 @@ def split_preprocess(preprocess):
     return preprocess, None
 
 
-def autocast_dtype(name: str, device: torch.device):
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """--autocast as the encoder's autocast dtype (None: fp32). auto: fp16 on CUDA, fp32 on the CPU -- on
+    every CPU, also one with native bf16 (stylecap.cpu): bf16 changes the features (they are no longer
+    openai-clip's) and the same command would then write other values on another machine. bf16 is opt-in."""
     if name == "auto":
         return torch.float16 if device.type == "cuda" else None
     return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def autocast_warning(name: str, device: torch.device, cpuinfo: str | None = None) -> str | None:
+    """Why --autocast ``name`` is a poor choice on ``device``, or None: bf16 on a CPU without native bf16
+    runs about 3x slower than fp32 (stylecap.cpu). ``cpuinfo``: /proc/cpuinfo's text (None: this machine's)."""
+    if device.type != "cpu" or autocast_dtype(name, device) is not torch.bfloat16:
+        return None
+    return cpu_bf16_warning("--autocast bf16", "--autocast none (fp32)", cpuinfo)
 
 
 def _cpu_batches(dataset: ImageDataset, batch_size: int, threads: int):

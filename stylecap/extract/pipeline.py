@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from stylecap.clip_utils import load_clip
 from stylecap.extract.caption_sources import CaptionSource
-from stylecap.extract.image_encoder import autocast_dtype, encode_batches
+from stylecap.extract.image_encoder import autocast_dtype, autocast_warning, encode_batches
 from stylecap.extract.settings import ExtractSettings
 from stylecap.features import save_features
 from stylecap.utils import (UserError, atomic_torch_save, atomic_write_json, atomic_write_text,
@@ -269,6 +269,8 @@ def load_encoder(settings: ExtractSettings) -> Encoder:
     device = resolve_device(settings.device)
     model, preprocess, info = load_clip(settings.clip_model_path, device)
     ac = autocast_dtype(settings.autocast, device)
+    if why := autocast_warning(settings.autocast, device):  # bf16 on a CPU without native bf16
+        logger.warning(why)
     encoding = {"clip_model": info["clip_model"], "clip_sha256": info["clip_sha256"], "dim": info["dim"],
                 "batch_size": settings.batch_size, "device_type": device.type,
                 "autocast": {None: "none", torch.float16: "fp16", torch.bfloat16: "bf16"}[ac],

@@ -32,7 +32,9 @@ def add_args(p: argparse.ArgumentParser, help_for: dict[str, str] | None = None)
                         "batches (default: min(4, CPU count))")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--autocast", choices=("auto", "none", "fp16", "bf16"), default="auto",
-                   help="mixed precision for the encoder: auto = fp16 on CUDA, none on CPU (default: auto)")
+                   help="mixed precision for the encoder: auto = fp16 on CUDA, none (fp32) on the CPU (default: auto). "
+                        "bf16 on the CPU is faster only with native bf16 (amx_bf16 or avx512_bf16 in "
+                        "/proc/cpuinfo); without, about 3x slower than fp32, and a warning says so")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="encode only the first N images of each output file (quick trial runs)")
     p.add_argument("--fp16", action="store_true", help="store clip_embedding as float16 (half the size)")

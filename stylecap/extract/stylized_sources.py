@@ -30,11 +30,16 @@ Sources of the released formats (read, not copied):
   ``flickr30k_images/<digits>.jpg`` the same way. Both note that some caption lines are not UTF-8
   (they decode with ``errors='replace'`` / ``encoding='latin1'``); train.p is a protocol-0 pickle
   written by Python 2 (its ``V``/``aV`` opcode lines are parsed as text by some readers).
+  Here lines end at ``\\n`` only (one trailing ``\\r`` of a CRLF file is stripped; a lone ``\\r`` inside a
+  line is read as a space), and a caption file whose line count differs from train.p's name count is
+  refused, naming both counts: pairing by position would put captions on the wrong images.
 * SentiCap (Mathews et al., AAAI 2016): the dataset's own ``senticap_reader.py``, copied in
   github.com/Jiexin-Zheng/Image_captioning_with_sentiments ``senticap_reader.py`` (commit c1c167d):
   ``{"images": [{"filename": "COCO_val2014_....jpg", "imgid", "split": train/val/test,
   "sentences": [{"raw", "tokens", "word_sentiment", "sentiment": 0 negative / 1 positive}]}]}``;
   its ``writeCSV`` writes ``filename,is_positive_sentiment,caption`` (tokenised, lower-cased caption).
+  An image listed again with another split is malformed (that entry skipped and reported), as in the
+  generic reader: splits are by image.
 """
 from __future__ import annotations
 
@@ -217,6 +222,20 @@ def _decode_caption(line: bytes) -> str:
     return line.decode("latin-1")
 
 
+def caption_lines(path: Path) -> list[bytes]:
+    """A caption file's lines: split on \\n only, one trailing \\r stripped (CRLF files), the empty piece after
+    the last \\n dropped. ``bytes.splitlines()`` also splits on a lone \\r: one stray \\r (``\\r\\r\\n``) then
+    made two lines of one and moved every later caption onto the next image."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":  # the file ends with \n (or is empty): no line after it
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
 def read_flickrstyle(folder: Path, image_dir: Path | None = None) -> CaptionSource:
     """The FlickrStyle_v0.9 folder: each style folder present contributes one caption per image name."""
     folder = Path(folder)
@@ -235,26 +254,20 @@ def read_flickrstyle(folder: Path, image_dir: Path | None = None) -> CaptionSour
         found += 1
         src.files += [str(pfile), str(cfile)]
         names = read_py2_pickle(pfile)
-        try:
-            lines = cfile.read_bytes().splitlines()  # bytes: only \n, \r, \r\n end a line
-        except OSError as e:
-            raise UserError(f"cannot read {cfile}: {e.strerror}") from None
+        lines = caption_lines(cfile)
+        if len(lines) != len(names):  # line i is name i's caption: any other count pairs them wrongly
+            raise UserError(f"{cfile} has {len(lines)} caption lines but {pfile} lists {len(names)} image names; "
+                            "line i must be the caption of name i: re-download FlickrStyle_v0.9 or fix the file")
         for i, line in enumerate(lines):
-            where = f"line {i + 1}"
-            if i >= len(names):
-                src.bad(cfile, where, f"no image name for this line ({pfile.name} lists {len(names)})")
-                continue
             image = _flickrstyle_image(names[i])
-            caption = _decode_caption(line).strip()
+            # a lone \r inside a line is kept in it (never a line end): read as a space
+            caption = _decode_caption(line).replace("\r", " ").strip()
             if image is None:
                 src.bad(pfile, f"item {i}", f"not an image name: {str(names[i])[:60]!r}")
             elif not caption:
-                src.bad(cfile, where, "empty caption")
+                src.bad(cfile, f"line {i + 1}", "empty caption")
             else:
                 src.add(image, caption, style=style)
-        if len(names) > len(lines):
-            src.bad(pfile, f"items {len(lines)}..{len(names) - 1}",
-                    f"{len(names) - len(lines)} image names without a caption line in {txt}; ignored")
     if not found:
         raise UserError(f"{folder}: no humor/ or romantic/ folder with train.p and the caption txt; pass the "
                         "FlickrStyle_v0.9 folder as --caption_path")

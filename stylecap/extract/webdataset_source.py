@@ -79,19 +79,20 @@ class ShardIndex:
     skipped: list[dict] = field(default_factory=list)    # {"image_id", "category", "reason"}
     n_samples: int = 0
     caption_from_json: int = 0                           # samples without .txt, captioned from .json
+    captions_stripped: int = 0                           # kept captions that had whitespace at either end
     tar_error: str | None = None                         # the tar ended badly: samples after it are lost
 
 
 def _caption(members: dict, tf: tarfile.TarFile) -> tuple[str | None, bool, str]:
-    """-> (caption or None, came from the json, reason when None)."""
+    """-> (caption as stored, or None; came from the json; reason when None or blank)."""
     read = lambda m: tf.extractfile(m).read()
     try:
         if "txt" in members:
-            return read(members["txt"]).decode("utf-8").strip(), False, "empty caption (.txt)"
+            return read(members["txt"]).decode("utf-8"), False, "empty caption (.txt)"
         if "json" in members:
             cap = json.loads(read(members["json"]).decode("utf-8")).get("caption")
             if isinstance(cap, str):
-                return cap.strip(), True, "empty caption (.json)"
+                return cap, True, "empty caption (.json)"
     except UnicodeDecodeError:
         return None, False, "caption is not UTF-8"
     except ValueError as e:
@@ -109,12 +110,16 @@ def _add(index: ShardIndex, key: str, members: dict, tf: tarfile.TarFile, seen: 
     if image is None:
         return skip("no image", f"no image member ({'/'.join(IMAGE_EXTS)}); members: {', '.join(sorted(members))}")
     caption, from_json, why = _caption(members, tf)
-    if not caption:
+    # whitespace at either end (a trailing newline or space of the .txt) is no part of the caption: it
+    # is stripped, and the captions it changed are counted; a blank caption is skipped
+    text = caption.strip() if caption is not None else ""
+    if not text:
         return skip("no caption", why)
+    index.captions_stripped += text != caption
     index.keys.append(key)
     index.offsets.append(image.offset_data)
     index.sizes.append(image.size)
-    index.captions.append(caption)
+    index.captions.append(text)
     index.caption_from_json += from_json
 
 

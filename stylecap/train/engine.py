@@ -4,13 +4,15 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import random
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TextIO
 
 import numpy as np
 import torch
@@ -144,15 +146,83 @@ def optimizer_step(optimizer, scheduler, params: list, *, scaler=None, max_grad_
     return {"grad_norm": float(norm), "skipped": skipped}
 
 
+def progress_kind(enabled: bool, stream: TextIO | None = None) -> str:
+    """How train_one_epoch reports progress on ``stream`` (default sys.stderr, where tqdm and the log write):
+    'bar', a tqdm bar redrawn in place, on a terminal; 'lines', a log line every --log_every steps, on
+    anything else (CI, nohup, Slurm: a redrawn bar would fill the log with carriage returns); 'off' when
+    not ``enabled`` (ranks > 0, benchmarks). A terminal that reports no size (0 x 0: some container
+    ttys) counts as not one: tqdm would draw an empty bar there."""
+    if not enabled:
+        return "off"
+    stream = sys.stderr if stream is None else stream
+    try:
+        size = os.get_terminal_size(stream.fileno()) if stream.isatty() else None
+    except (AttributeError, OSError, ValueError):  # no fileno (StringIO), closed
+        size = None
+    return "bar" if size is not None and size.columns > 0 and size.lines > 0 else "lines"
+
+
+class EpochProgress:
+    """train_one_epoch's report, after each optimizer step: the tqdm bar (``kind`` 'bar'), or every
+    ``log_every`` steps and on the first step of the call a line 'epoch E step S (i/n): loss, lr,
+    samples/s, ETA' -- at INFO ('lines': the console and train.log), at DEBUG under a bar (train.log
+    only, so the log file reads the same on a terminal). The bar counts optimizer steps, as the ETA does."""
+
+    def __init__(self, kind: str, state: TrainState, total_steps: int | None, log_every: int,
+                 stream: TextIO | None, grad_accum: int):
+        self.kind, self.total, self.log_every, self.epoch = kind, total_steps, log_every, state.epoch
+        self.done = -(-state.batch_in_epoch // grad_accum)  # steps of this epoch done before (resume)
+        self.run, self.t0 = 0, time.perf_counter()  # steps done by this call, for the ETA
+        self.bar = tqdm(total=total_steps, initial=self.done, desc=f"epoch {state.epoch}", unit="step",
+                        file=stream, leave=False) if kind == "bar" else None  # as captioning's bar
+
+    def eta(self) -> str:
+        if not self.total or not self.run:
+            return "?"
+        per_step = (time.perf_counter() - self.t0) / self.run
+        return tqdm.format_interval(per_step * max(self.total - self.done, 0))
+
+    def update(self, step: int, loss: float, lr: float, rate: float) -> None:
+        self.done += 1
+        self.run += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"step {step}, loss {loss:.3f}, lr {lr:.2e}, {rate:.1f} samples/s",
+                                     refresh=False)
+            self.bar.update(1)
+        if self.kind != "off" and self.log_every > 0 and (step % self.log_every == 0 or self.run == 1):
+            logger.log("DEBUG" if self.bar is not None else "INFO",
+                       f"epoch {self.epoch} step {step} ({self.done}/{self.total or '?'}): loss {loss:.4f}, "
+                       f"lr {lr:.2e}, {rate:.1f} samples/s, ETA {self.eta()}")
+
+    @contextlib.contextmanager
+    def aside(self):
+        """Around on_step: the bar steps aside (cleared, then redrawn) so log lines land on lines of their own."""
+        if self.bar is None:
+            yield
+            return
+        self.bar.clear()
+        try:
+            yield
+        finally:
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, *, device: torch.device,
                     precision: str = "fp32", scaler=None, grad_accum: int = 1, max_grad_norm: float = 0.0,
                     on_step: Callable[[TrainState, dict], bool] | None = None, show_progress: bool = True,
-                    total_batches: int | None = None) -> dict:
+                    total_batches: int | None = None, log_every: int = 50, stream: TextIO | None = None) -> dict:
     """Run the rest of one epoch from ``state.batch_in_epoch`` (always a step boundary).
 
     Each optimizer step takes ``grad_accum`` micro-batches (fewer for the epoch's last step).
     ``on_step`` runs after every step (logging, checkpoints, validation); returning True stops the
     epoch there, at a step boundary. A non-finite loss raises NonFiniteLossError naming the step.
+    Progress (``show_progress``; see progress_kind and EpochProgress): a bar when ``stream`` (default
+    sys.stderr) is a terminal, else a log line every ``log_every`` steps; ``total_batches`` of the
+    epoch gives the bar its length and the ETA.
     Returns {'loss' (per-token mean over the epoch's steps), 'samples_per_s', 'batches', 'stopped'}.
     """
     model.train()
@@ -160,8 +230,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, *, d
     loss_sum, n_tokens, n_samples, n_batches, t0 = 0.0, 0, 0, 0, time.perf_counter()
     stopped = False
     batches = iter(loader)
-    bar = tqdm(total=total_batches, initial=state.batch_in_epoch, disable=None if show_progress else True,
-               desc=f"epoch {state.epoch}", dynamic_ncols=True, leave=False)
+    progress = EpochProgress(progress_kind(show_progress, stream), state,
+                             -(-total_batches // grad_accum) if total_batches else None, log_every, stream, grad_accum)
     while group := list(itertools.islice(batches, grad_accum)):  # the micro-batches of one step
         acc = accumulate_gradients(model, group, state, device=device, precision=precision, scaler=scaler)
         stepped = optimizer_step(optimizer, scheduler, params, scaler=scaler, max_grad_norm=max_grad_norm)
@@ -174,15 +244,17 @@ def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, *, d
         n_samples += sum(b["input_ids"].shape[0] for b in group)
         loss_sum += acc["loss"] * acc["tokens"]
         n_tokens += acc["tokens"]
-        bar.update(len(group))
         rate = n_samples / max(time.perf_counter() - t0, 1e-9)
         lr = scheduler.get_last_lr()[0]
-        bar.set_postfix(loss=f"{acc['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{rate:.1f}")
-        if on_step is not None and on_step(state, {"loss": acc["loss"], "lr": lr, "samples_per_s": rate,
-                                                   "grad_norm": stepped["grad_norm"]}):
-            stopped = True
-            break
-    bar.close()
+        progress.update(state.step, acc["loss"], lr, rate)
+        if on_step is not None:
+            with progress.aside():
+                stop = on_step(state, {"loss": acc["loss"], "lr": lr, "samples_per_s": rate,
+                                       "grad_norm": stepped["grad_norm"]})
+            if stop:
+                stopped = True
+                break
+    progress.close()
     return {"loss": loss_sum / max(n_tokens, 1), "samples_per_s": n_samples / max(time.perf_counter() - t0, 1e-9),
             "batches": n_batches, "stopped": stopped}
 

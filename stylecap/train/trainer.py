@@ -12,13 +12,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from loguru import logger
 from torch.utils.data import DistributedSampler, Subset
 
 from models import checkpoint_payload
-from models.captioner import StyleCapModel, gpt2_fingerprint, load_checkpoint_file
+from models.captioner import StyleCapModel, gpt2_fingerprint, load_checkpoint_file, trainable_parameters
 from models.decoding import DecodeConfig, generate_captions
 from stylecap.distributed import batch_share, from_rank0
 from stylecap.features import FeatureStore
@@ -76,7 +77,7 @@ class Trainer:
         self.train_model: torch.nn.Module = model  # the DDP wrapper under torchrun (start())
         self.writer = None  # rank 0's TensorBoard SummaryWriter (start())
         self.val_loader = None  # this rank's share of the val batches (start())
-        self.sample_rows: list[dict] = []  # validation records captioned at each validation (start())
+        self.sample_order = np.zeros(0, dtype=np.int64)  # val records for val/samples, see sample_order (start())
 
     # ------------------------------------------------------------------ setup
     def resume(self, path: Path | None) -> None:
@@ -116,13 +117,13 @@ class Trainer:
             self._write_config()
         _, val_lo, val_hi = batch_share(len(self.val_ds), args.bs_eval, self.rank, self.world)
         self.val_loader = make_loader(Subset(self.val_ds, range(val_lo, val_hi)), args.bs_eval, model.tokenizer.pad_id)
-        self.sample_rows = sample_rows(self.data.val, args.num_samples)
+        self.sample_order = sample_order(self.data.val, args.seed)
 
     def _write_config(self) -> None:
         """The run folder's config.json (settings, model config, GPT-2, tokenizer, styles, sizes) and the
         run's one-line summary in the log."""
         args, model, tok, world = self.args, self.model, self.model.tokenizer, self.world
-        n_train = sum(p.numel() for p in self.params)
+        n_train = trainable_parameters(model)  # = sum over self.params: parameters() yields a tied tensor once
         atomic_write_json(Path(args.output_path) / "config.json", {
             "args": vars(args), "model": asdict(model.cfg), "code_version": code_version(),
             "gpt2": {"path": args.gpt2_path, "n_embd": model.gpt.config.n_embd, "n_layer": model.gpt.config.n_layer},
@@ -167,7 +168,8 @@ class Trainer:
         if self.rank == 0:
             writer.add_scalar("val/loss", metrics["loss"], tag_step)
             logger.info(f"step {tag_step}: val/loss {metrics['loss']:.4f} (ppl {metrics['perplexity']:.2f})")
-            log_samples(self.model, self.data.val, self.sample_rows, writer, tag_step)
+            rows = sample_rows(self.data.val, args.num_samples, self.validation_index(), order=self.sample_order)
+            log_samples(self.model, self.data.val, rows, writer, tag_step)
             if caps is not None:
                 metrics.update(caps)
                 add_metric_scalars(writer, caps, "val", tag_step)  # x100, as the tables (and marked so)
@@ -180,6 +182,13 @@ class Trainer:
         # every rank keeps rank 0's metrics and best; also the wait for rank 0 (bounded by --ddp_timeout)
         metrics, state.best_metric = from_rank0((metrics, state.best_metric))
         return metrics
+
+    def validation_index(self) -> int:
+        """k of the current validation, 0 for the run's first: the --eval_step validations and the epoch-end
+        ones so far, counted from the TrainState (so a resumed run goes on where it stopped). Call it from
+        validate: in on_step ``state.epoch`` counts the finished epochs, in end_epoch this one as well."""
+        per_step = self.state.step // self.args.eval_step if self.args.eval_step else 0
+        return per_step + self.state.epoch - 1
 
     def on_step(self, st: TrainState, m: dict, stop: GracefulStop | None = None) -> bool:
         """Logging, validation and periodic checkpoints after each optimizer step; True = stop here
@@ -205,7 +214,7 @@ class Trainer:
                                       device=self.device, precision=args.precision, scaler=self.scaler,
                                       grad_accum=args.grad_accum, max_grad_norm=args.max_grad_norm,
                                       on_step=lambda st, m: self.on_step(st, m, stop), show_progress=self.rank == 0,
-                                      total_batches=self.batches_per_epoch)
+                                      total_batches=self.batches_per_epoch, log_every=args.log_every)
 
     def end_epoch(self, stats: dict) -> dict:
         """After a whole epoch: log it, validate (with caption metrics), record the history, checkpoint
@@ -248,22 +257,35 @@ class Trainer:
         return 0
 
 
-def sample_rows(data: FeatureStore, n: int) -> list[dict]:
-    """The first n distinct (image, style) pairs of the validation data: fixed across validations.
-    Reads records one at a time: the validation split of a CC3M-size file is never materialised."""
-    seen, rows = set(), []
-    for i in range(len(data)):
-        if len(rows) == n:
-            break
-        key = (int(data.caption_row[i]), int(data.caption_style[i]))
-        if key not in seen:
-            seen.add(key)
-            rows.append(data.record(i))
-    return rows
+def sample_order(data: FeatureStore, seed: int) -> np.ndarray:
+    """Record indices of every distinct (image, style) pair of the validation data, in the order val/samples
+    shows them: each style's pairs in a seeded random order, then the styles taken in turn (round-robin,
+    in the data's style order). (n_pairs,) int64. A local numpy Generator: no global RNG is drawn from.
+    One pass over two int arrays: a CC3M-size validation split is never materialised as records."""
+    style = data.caption_style.numpy().astype(np.int64)  # (N,) -1 = plain
+    keys = data.caption_row.numpy().astype(np.int64) * (len(data.styles) + 1) + style + 1
+    _, first = np.unique(keys, return_index=True)  # (P,) the first record of each distinct pair
+    first = first[np.random.default_rng(seed).permutation(len(first))]
+    st = style[first]
+    by_style = np.argsort(st, kind="stable")  # the shuffled pairs grouped by style, order kept within
+    rank = np.empty_like(by_style)  # each pair's place within its style's shuffled list
+    rank[by_style] = np.arange(len(st)) - np.searchsorted(st[by_style], st[by_style], side="left")
+    return first[np.lexsort((st, rank))]  # round 0: one pair of each style, then round 1, ...
+
+
+def sample_rows(data: FeatureStore, n: int, k: int = 0, *, seed: int = 0,
+                order: np.ndarray | None = None) -> list[dict]:
+    """The records captioned at validation k: the k-th window of n in ``order`` (sample_order(data, seed)
+    when None), wrapping around, so that consecutive validations show every style and, over
+    ceil(pairs / n) validations, every (image, style) pair. A pure function of its arguments."""
+    order = sample_order(data, seed) if order is None else order
+    n = min(n, len(order))
+    return [data.record(int(order[(k * n + j) % len(order)])) for j in range(n)]
 
 
 def log_samples(model: StyleCapModel, data: FeatureStore, rows: list[dict], writer, step: int) -> None:
-    """Greedy captions of ``rows`` (from sample_rows): one log line each, and a markdown table in TensorBoard."""
+    """Greedy captions of ``rows`` (from sample_rows): one log line each, and a markdown table in TensorBoard.
+    Greedy decoding in eval mode draws no random numbers: the training RNG streams are untouched."""
     if not rows:
         return
     device = next(model.parameters()).device
