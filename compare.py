@@ -81,12 +81,23 @@ def load_entry(path: Path) -> dict:
 
 
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """val/CIDEr and val/loss from the run's TensorBoard events: {tag: [(step, value)]}."""
+    """val/CIDEr (x100, whichever scale the run wrote) and val/loss from the run's TensorBoard events:
+    {tag: [(step, value)]}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     tags = set(acc.Tags().get("scalars", []))
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in ("val/CIDEr", "val/loss") if t in tags}
+    from stylecap.eval.tensorboard import to_shown_scale
+    return {t: to_shown_scale(t, [(e.step, e.value) for e in acc.Scalars(t)], _description(acc, t))
+            for t in ("val/CIDEr", "val/loss") if t in tags}
+
+
+def _description(acc, tag: str) -> str:
+    """The summary description of a tag ('' when none): "x100" marks a metric written on the tables' scale."""
+    try:
+        return acc.SummaryMetadata(tag).summary_description
+    except KeyError:
+        return ""
 
 
 def merge_runs_into_evals(entries: list[dict]) -> list[dict]:
@@ -244,7 +255,8 @@ def significance(entries: list[dict], baseline: str, by_image: bool, resamples: 
 
 
 # ----------------------------------------------------------------------------------------- writing
-def write_outputs(out: Path, rows: list[dict], sig: dict, baseline: str | None, plots: list[str]) -> Path:
+def write_outputs(out: Path, rows: list[dict], sig: dict, baseline: str | None, plots: list[str],
+                  context: dict | None = None) -> Path:
     cols = list(row_values({}))
     sig_header = significance_cells(sig, "")[0]
     csv_lines = [",".join(["label", "n", "seeds", "trainable_parameters"] + [c for k in cols for c in (k, f"{k} std")]
@@ -264,8 +276,9 @@ def write_outputs(out: Path, rows: list[dict], sig: dict, baseline: str | None, 
     sig_md = significance_markdown(sig, baseline)
     text = "\n".join(md + sig_md) + "\n"
     atomic_write_text(out / "comparison.md", text)
-    atomic_write_json(out / "comparison.json", {"rows": rows, "significance": sig, "baseline": baseline})
-    html = _html(text, plots)
+    atomic_write_json(out / "comparison.json", {"rows": rows, "significance": sig, "baseline": baseline,
+                                                "context": context})
+    html = _html(text, plots, context)
     atomic_write_text(out / "comparison.html", html)
     return out / "comparison.html"
 
@@ -307,22 +320,56 @@ def significance_markdown(sig: dict, baseline: str | None) -> list[str]:
     return out
 
 
-def _html(markdown_tables: str, plots: list[str]) -> str:
+def describe(entries: list[dict]) -> dict:
+    """What was compared, for the page's title and header (and comparison.json's "context"): the date,
+    the test set (references file, images, references_sha256) and every entry (label, seed, folders)."""
+    import datetime
+    scored = [e for e in entries if "metrics" in e]
+    refs = sorted({str((e["metrics"].get("inputs") or {}).get("references")) for e in scored})
+    first = scored[0]["metrics"] if scored else {}
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "test_set": {"references": refs, "images": len({r["image_id"] for r in first.get("per_image", [])}),
+                         "references_sha256": first.get("references_sha256")},
+            "entries": [{"label": e["label"], "seed": e.get("seed"), "path": e["path"], "run_dir": e.get("run_dir")}
+                        for e in entries]}
+
+
+def _inline(text: str) -> str:
+    """One line of comparison.md as HTML: escaped, with **bold** rendered."""
     import html as h
-    body = []
+    import re
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", h.escape(text))
+
+
+def _html(markdown_tables: str, plots: list[str], context: dict | None = None) -> str:
+    import html as h
+    context = context or {"date": "", "test_set": {"references": [], "images": 0}, "entries": []}
+    test = context["test_set"]
+    groups = len(dict.fromkeys(e["label"] for e in context["entries"]))
+    title = (f"StyleCap comparison: {groups} groups ({len(context['entries'])} runs) on "
+             f"{', '.join(Path(r).name for r in test['references']) or 'no test set'}")
+    body = [f"<h1>{h.escape(title)}</h1>",
+            f"<p>{h.escape(context['date'])}; test set {h.escape(', '.join(test['references']))} "
+            f"({test['images']} images, references sha256 {h.escape(str(test.get('references_sha256'))[:12])})</p>",
+            "<table class='ctx'><tr><th>run</th><th>seed</th><th>eval or run folder</th><th>run folder</th></tr>" +
+            "".join(f"<tr><td>{h.escape(e['label'])}</td><td>{h.escape(str(e['seed']))}</td><td>{h.escape(e['path'])}"
+                    f"</td><td>{h.escape(str(e['run_dir'] or ''))}</td></tr>" for e in context["entries"]) + "</table>"]
     for block in markdown_tables.split("\n\n"):
         lines = [ln for ln in block.strip().splitlines() if ln.strip()]
         table = [ln for ln in lines if ln.startswith("|")]
-        body += [f"<p>{h.escape(ln)}</p>" for ln in lines if not ln.startswith("|")]
+        body += [f"<p>{_inline(ln)}</p>" for ln in lines if not ln.startswith("|")]
         if table:
             cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in table if not set(ln) <= set("|-")]
-            body.append("<table><tr>" + "".join(f"<th>{h.escape(c)}</th>" for c in cells[0]) + "</tr>" +
-                        "".join("<tr>" + "".join(f"<td>{h.escape(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+            body.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells[0]) + "</tr>" +
+                        "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
                         + "</table>")
     body += [f'<p><img src="{h.escape(p)}" alt="{h.escape(p)}"></p>' for p in plots]
     css = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-           "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}")
-    return f"<!doctype html><meta charset='utf-8'><title>StyleCap comparison</title><style>{css}</style>{''.join(body)}"
+           "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+           ".ctx td,.ctx th{text-align:left}"
+           "img{max-width:100%}")
+    return (f"<!doctype html><meta charset='utf-8'><title>{h.escape(title)}</title><style>{css}</style>"
+            + "".join(body))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     sig = significance(entries, baseline, by_image, args.resamples, args.seed) if len(scored_labels) > 1 else {}
     from stylecap.eval.plots import comparison_plots
     plots = comparison_plots(out, entries, rows)
-    path = write_outputs(out, rows, sig, baseline, plots)
+    path = write_outputs(out, rows, sig, baseline, plots, describe(entries))
     print((out / "comparison.md").read_text(encoding="utf-8"))
     logger.info(f"comparison of {len(entries)} entries in {len(rows)} groups: {path.resolve()}")
     return 0

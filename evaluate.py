@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "With --model_path: the eval folder (default output/eval-<run>-<data>)")
     p.add_argument("--report", default=None, help="also write a self-contained HTML report to this path")
     p.add_argument("--image_dir", default=None, help="folder with the images, for the report's thumbnails")
-    p.add_argument("--max_report_images", type=int, default=60, help="images shown in the report (default 60)")
+    p.add_argument("--max_report_images", type=int, default=60, help="images shown in the report (default 60; 0 = all)")
     p.add_argument("--no_spice", action="store_true", help="skip SPICE (the slowest metric)")
     p.add_argument("--spice_jars", default=None,
                    help="folder with stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar, which SPICE needs "

@@ -281,3 +281,116 @@ def test_seed_group_only_for_runs_that_differ_in_seed_alone(tmp_path):
     with pytest.raises(UserError, match="same seed"):
         compare.main([str(best3), str(last3), "--labels", "emb", "emb", "--output_path", str(tmp_path / "c3")])
     assert compare.main([str(best3), str(best4), "--labels", "emb", "emb", "--output_path", str(tmp_path / "c4")]) == 0
+
+
+# ------------------------------------------------------- issue 17 sections 4 and 6: reports, plots, TensorBoard
+def _compare_all(evals, out):
+    paths = [str(p) for key in (("embedding", 3), ("embedding", 4), ("token", 3)) for p in evals[key]]
+    assert compare.main([*paths, "--baseline", "style_mode=embedding", "--resamples", "50", "--output_path", str(out)]) == 0
+    return (out / "comparison.html").read_text()
+
+
+def test_comparison_html_has_a_title_context_and_no_markdown(evals, tmp_path):
+    import datetime
+    html = _compare_all(evals, tmp_path)
+    assert "**" not in html and "<b>style_mode=embedding</b>" in html  # Markdown rendered, not leaked
+    title = html.split("<title>")[1].split("</title>")[0]
+    assert "2 groups" in title and "test.pkl" in title
+    assert str(evals["root"] / "test.pkl") in html and "8 images" in html  # the test set
+    assert datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d") in html  # the date
+    for key in (("embedding", 3), ("embedding", 4), ("token", 3)):
+        assert str(evals[key][1]) in html  # every run's eval folder
+    context = json.loads((tmp_path / "comparison.json").read_text())["context"]
+    assert context["test_set"]["images"] == 8 and len(context["entries"]) == 3
+
+
+def _bar_containers(ax) -> list:
+    from matplotlib.container import BarContainer
+    return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def _errorbars(fig) -> list:
+    return [c.errorbar for ax in fig.axes for c in _bar_containers(ax)]
+
+
+def test_metrics_png_draws_error_bars_only_over_several_seeds():
+    from stylecap.eval import plots
+    rows = [{"label": "a", "n": 1, "mean": {"CIDEr": 0.5, "BLEU-4": 0.2}, "std": {"CIDEr": None, "BLEU-4": None}},
+            {"label": "b", "n": 3, "mean": {"CIDEr": 0.6, "BLEU-4": 0.3}, "std": {"CIDEr": 0.1, "BLEU-4": 0.05}}]
+    fig = plots.metrics_figure(rows)
+    bars = {t.get_text(): c for t, c in zip(fig.axes[0].get_legend().get_texts(), _bar_containers(fig.axes[0]))}
+    assert set(bars) == {"a (n=1)", "b (n=3)"}
+    assert bars["a (n=1)"].errorbar is None and bars["b (n=3)"].errorbar is not None
+    assert [round(p.get_height(), 6) for p in bars["b (n=3)"].patches] == [30.0, 60.0]  # x100, BLEU-4 then CIDEr
+    assert _errorbars(plots.metrics_figure(rows[:1])) == [None]
+
+
+def test_curves_show_cider_x100_with_labelled_axes(tmp_path):
+    """val/CIDEr on the tables' x100 scale, from new runs (written x100, marked so) and old ones (raw 0-1)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from stylecap.eval import plots
+    from stylecap.eval.tensorboard import add_metric_scalars
+    old, new = tmp_path / "old", tmp_path / "new"
+    with SummaryWriter(str(old)) as w:  # a run written before issue 17: raw CIDEr
+        w.add_scalar("val/CIDEr", 0.5, 10)
+        w.add_scalar("val/loss", 2.0, 10)
+    with SummaryWriter(str(new)) as w:
+        add_metric_scalars(w, {"CIDEr": 0.5}, "val", 10)
+        w.add_scalar("val/loss", 2.0, 10)
+    assert compare.read_curves(old)["val/CIDEr"] == compare.read_curves(new)["val/CIDEr"] == [(10, 50.0)]
+    entries = [{"label": "x", "seed": 1, "curves": compare.read_curves(new)}]
+    fig = plots.curves_figure(entries)
+    cider, loss = fig.axes
+    assert "x100" in cider.get_ylabel() and "CIDEr" in cider.get_ylabel() and loss.get_ylabel()
+    assert list(cider.lines[0].get_ydata()) == [50.0] and cider.get_xlabel() == loss.get_xlabel() == "optimizer step"
+
+
+def test_eval_scalars_sit_at_the_checkpoints_step_after_train_and_val(evals):
+    """Eval mode logs its scalars at the evaluated checkpoint's optimizer step (not 0), on the tables' scale, under
+    a tag group that TensorBoard's Time Series page (groups ordered by name) shows after train/ and val/."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from models.captioner import read_checkpoint
+    run, ev = evals[("embedding", 3)]
+    step = read_checkpoint(run / "checkpoints/last.pt")["train_state"]["step"]
+    assert step > 0
+    acc = EventAccumulator(str(ev), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert scalars and all([e.step for e in acc.Scalars(t)] == [step] for t in scalars)
+    groups = {t.split("/", 1)[0] for t in scalars + acc.Tags()["images"]}
+    assert all(g > "train" and g > "val" for g in groups), groups
+    cider = [t for t in scalars if t.endswith("/CIDEr")][0]
+    assert acc.Scalars(cider)[0].value == pytest.approx(100 * metrics["CIDEr"], rel=1e-5)
+
+
+def test_report_names_checkpoint_data_decoding_date_and_command(evals):
+    import datetime
+    run, ev = evals[("token", 3)]
+    html = (ev / "report.html").read_text()
+    for text in (str(run / "checkpoints/last.pt"), str(evals["root"] / "test.pkl"), "greedy", "--mode eval",
+                 datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), f"--output_path {ev}"):
+        assert text in html, text
+    div = json.loads((ev / "metrics.json").read_text())["diversity"]
+    assert f"{100 * div['distinct-1']:.2f}" in html and repr(div["distinct-1"]) not in html  # formatted by the list
+    assert "grid-template-columns" in html  # the cards fill the page width
+
+
+def test_report_says_which_images_it_shows_and_how_to_see_all(tmp_path):
+    from stylecap.eval.report import write_report
+    preds = [{"image": f"img{i:03d}", "caption": "a red circle"} for i in range(5)]
+    refs = [{"image_id": f"img{i:03d}", "caption": "a red circle"} for i in range(5)]
+    write_report(tmp_path / "r.html", preds, refs, {}, max_images=3)
+    html = (tmp_path / "r.html").read_text()
+    assert "first 3 of 5" in html and "--max_report_images" in html and "predictions.jsonl" in html
+    write_report(tmp_path / "all.html", preds, refs, {}, max_images=0)  # 0 = all
+    assert "all 5" in (tmp_path / "all.html").read_text()
+
+
+def test_report_run_from_the_command_line_shows_that_command(tmp_path, monkeypatch):
+    from stylecap.eval.report import write_report
+    argv = ["evaluate.py", "--predictions", "p.jsonl", "--references", "my refs.json", "--no_java"]
+    monkeypatch.setattr("sys.argv", argv)
+    write_report(tmp_path / "r.html", [{"image": "a", "caption": "x"}], [{"image_id": "a", "caption": "x"}], {})
+    assert "python evaluate.py --predictions p.jsonl --references &#x27;my refs.json&#x27; --no_java" in \
+        (tmp_path / "r.html").read_text()

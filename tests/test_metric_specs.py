@@ -27,9 +27,9 @@ def test_names_are_unique_and_the_coco_keys_are_the_toolkits():
 def test_table_rows_from_the_list():
     assert tables.table_rows(METRICS_JSON) == [
         *[(m, f"{100 * METRICS_JSON[m]:.2f}", "") for m in STANDARD[:7]], ("SPICE", "skipped", "no Java"),
-        ("CLIP-S", "0.7512", "0-2.5 scale"), ("distinct-1", "0.2500", "unique / all unigrams"),
-        ("distinct-2", "0.5000", "unique / all bigrams"), ("vocab size", "321", ""),
-        ("style top1", "0.5000", "human references: 0.7500"), ("style top5", "-", "human references: 1.0000"),
+        ("CLIP-S", "0.7512", "0-2.5 scale"), ("distinct-1", "25.00", "unique / all unigrams"),
+        ("distinct-2", "50.00", "unique / all bigrams"), ("vocab size", "321", ""),
+        ("style top1", "50.00", "human references: 75.00"), ("style top5", "-", "human references: 100.00"),
         ("style ppl", "42.2", "trigram LM of the style (lower is better); human references: 30.0"),
         ("baseline CIDEr", "10.00", "always 'a {man} in a hat'")]
 
@@ -41,9 +41,9 @@ def test_compare_columns_plots_and_tensorboard_from_the_list():
     row = {"mean": compare.row_values(METRICS_JSON), "std": {"CIDEr": 0.0125, "vocabulary": 2.0}}
     assert [compare.fmt(row, k) for k in ("CIDEr", "vocabulary", "style ppl", "distinct-1", "SPICE")] == [
         "90.0 ± 1.2", "321 ± 2", "42.2", "25.0", "—"]
-    assert tensorboard_scalars(METRICS_JSON, "eval") == {f"eval/{m}": METRICS_JSON[m] for m in STANDARD[:7]}
-    quick = {"BLEU-4": 0.2, "ROUGE-L": 0.4, "CIDEr": 0.6}  # the epoch-end validation scores: a flat dict
-    assert tensorboard_scalars(quick, "val") == {"val/BLEU-4": 0.2, "val/ROUGE-L": 0.4, "val/CIDEr": 0.6}
+    assert tensorboard_scalars(METRICS_JSON, "eval") == {f"eval/{m}": 100 * METRICS_JSON[m] for m in STANDARD[:7]}
+    quick = {"BLEU-4": 0.25, "ROUGE-L": 0.5, "CIDEr": 0.75}  # the epoch-end validation scores: a flat dict
+    assert tensorboard_scalars(quick, "val") == {"val/BLEU-4": 25.0, "val/ROUGE-L": 50.0, "val/CIDEr": 75.0}
 
 
 def test_a_new_metric_is_one_entry(monkeypatch):
@@ -58,3 +58,17 @@ def test_a_new_metric_is_one_entry(monkeypatch):
     assert list(compare.row_values(m))[-1] == "length" and compare.row_values(m)["length"] == 9.125
     assert compare.fmt({"mean": {"length": 9.125}, "std": {}}, "length") == "9.1"
     assert tensorboard_scalars(m, "eval")["eval/mean length"] == 9.125
+
+
+def test_one_scale_per_metric_everywhere():
+    """Issue 17 section 6: style top-1 was 1.0000 in the report and 33.0 in compare.py; val/CIDEr 0-1 in TensorBoard
+    and curves.png while every table shows x100. Each metric has one scale: shares and caption metrics x100."""
+    for s in METRICS:
+        if s.table and s.compare:
+            assert s.table.scale == s.compare.shown.scale == s.scale, s.name
+    assert {s.name for s in METRICS if s.scale == 100} == {*STANDARD, "distinct-1", "distinct-2", "copied",
+                                                          "style top1", "style top5", "baseline CIDEr"}
+    rows = {r[0]: r for r in tables.table_rows(METRICS_JSON)}
+    assert rows["style top1"][1:] == ("50.00", "human references: 75.00") and rows["distinct-1"][1] == "25.00"
+    assert tensorboard_scalars(METRICS_JSON, "val")["val/CIDEr"] == 90.0  # as the tables show it
+    assert "x100" in tables.format_table(METRICS_JSON).splitlines()[0]

@@ -210,14 +210,15 @@ def _score_and_write(args: argparse.Namespace, out: Path, model: StyleCapModel, 
                              clip_model_path=clip_path if clip_path and Path(clip_path).is_file() else None,
                              java=False if args.no_java else None, segment=args.segment)
     print(format_table(metrics))
-    _tensorboard_eval(out, preds, meta)
+    _tensorboard_eval(out, preds, meta, settings["step"] or 0)
     logger.info(f"predictions, metrics.json and report.html in {out}")
 
 
 def checkpoint_settings(ck) -> dict:
     """{"train_args", "model_config"} of a checkpoint read with read_checkpoint ({} each for ClipCap weights)."""
     ck = ck if isinstance(ck, dict) and "format" in ck else {}  # a ClipCap state dict has no settings
-    return {"train_args": ck.get("args") or {}, "model_config": ck.get("config") or {}}
+    return {"train_args": ck.get("args") or {}, "model_config": ck.get("config") or {},
+            "step": (ck.get("train_state") or {}).get("step")}  # optimizer steps done (None: ClipCap weights)
 
 
 def write_eval_config(out: Path, model: StyleCapModel, settings: dict, model_path: Path, data_path: Path,
@@ -231,7 +232,7 @@ def write_eval_config(out: Path, model: StyleCapModel, settings: dict, model_pat
     atomic_write_json(out / "eval_config.json", {
         "model_path": str(model_path.resolve()), "data_path": str(data_path), "decode": asdict(dc),
         "train_args": settings["train_args"], "model_config": settings["model_config"],
-        "trainable_parameters": params})
+        "trainable_parameters": params, "checkpoint_step": settings["step"]})
     return settings["train_args"]
 
 
@@ -243,20 +244,24 @@ def captions_by_image(preds: list[dict]) -> dict[str, list[str]]:
     return out
 
 
-def _tensorboard_eval(out: Path, preds: list[dict], meta: dict, n_images: int = 8) -> None:
-    """Metrics as scalars and a few images with their captions, for `tensorboard --logdir`."""
+EVAL_TAGS = "z_eval"  # TensorBoard's Time Series page orders tag groups by name: after train/ and val/
+
+
+def _tensorboard_eval(out: Path, preds: list[dict], meta: dict, step: int, n_images: int = 8) -> None:
+    """Metrics as scalars (x100 as the tables) and a few images with their captions, for `tensorboard
+    --logdir`, at ``step``: the evaluated checkpoint's optimizer step, so that they sit on the training
+    axis next to the run's val/ curves (under z_eval/: a group after train/ and val/)."""
     import numpy as np
     from torch.utils.tensorboard import SummaryWriter
     from stylecap.eval.inputs import image_paths_for
-    from stylecap.eval.metric_specs import tensorboard_scalars
+    from stylecap.eval.tensorboard import add_metric_scalars
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     by_image = captions_by_image(preds)
     image_dir = meta.get("image_dir")
     files = image_paths_for(image_dir, list(by_image), None) if image_dir and Path(image_dir).is_dir() else {}
     with SummaryWriter(str(out)) as w:
-        for tag, v in tensorboard_scalars(metrics, "eval").items():
-            w.add_scalar(tag, v, 0)
+        add_metric_scalars(w, metrics, EVAL_TAGS, step)
         shown = [image_id for image_id in by_image if image_id in files][:n_images]
         for i, image_id in enumerate(shown):
             img = captioned_image(files[image_id], by_image[image_id], 320)
-            w.add_image(f"eval/captions/{i}", np.asarray(img), 0, dataformats="HWC")
+            w.add_image(f"{EVAL_TAGS}/captions/{i}", np.asarray(img), step, dataformats="HWC")

@@ -48,6 +48,13 @@ class MetricSpec:
     compare: Compared | None = None
     tensorboard: bool = False  # written as a TensorBoard scalar <prefix>/<name>
 
+    @property
+    def scale(self) -> int:
+        """The metric's one scale (100: a share or caption metric shown x100, as papers print it; 1: raw):
+        the table, the report, compare.py, its plots and TensorBoard all show value * scale;
+        metrics.json keeps the raw value."""
+        return self.table.scale if self.table else self.compare.shown.scale if self.compare else 1
+
     def value(self, metrics: dict) -> Any:
         """The value at ``key`` in a metrics dict, None when any level is absent or None."""
         return lookup(metrics, self.key)
@@ -62,7 +69,7 @@ def lookup(metrics: dict, key: tuple[str, ...]) -> Any:
     return cur
 
 
-_X100, _RAW4 = Shown(100, 2), Shown(1, 4)
+_X100, _RAW4 = Shown(100, 2), Shown(1, 4)  # shares (0-1) are x100 too: 33.00 = 33% of the captions
 
 
 def _coco(name: str, order: int, plotted: bool) -> MetricSpec:
@@ -83,17 +90,17 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("CLIP-S", ("clip_score", "CLIP-S"), True, _RAW4, note="0-2.5 scale",
                missing="skipped_if_reason", skip_key="CLIPScore"),
     MetricSpec("RefCLIP-S", ("clip_score", "RefCLIP-S"), True, _RAW4, note="0-2.5 scale"),
-    MetricSpec("distinct-1", ("diversity", "distinct-1"), True, _RAW4, note="unique / all unigrams",
+    MetricSpec("distinct-1", ("diversity", "distinct-1"), True, _X100, note="unique / all unigrams",
                compare=Compared("distinct-1", Shown(100, 1), 40)),
-    MetricSpec("distinct-2", ("diversity", "distinct-2"), True, _RAW4, note="unique / all bigrams",
+    MetricSpec("distinct-2", ("diversity", "distinct-2"), True, _X100, note="unique / all bigrams",
                compare=Compared("distinct-2", Shown(100, 1), 41)),
     MetricSpec("vocab size", ("diversity", "vocab_size"), True, Shown(1, 0),
                compare=Compared("vocabulary", Shown(1, 0), 42)),
-    MetricSpec("copied", ("diversity", "copied"), False, _RAW4, note="share of captions copied from training"),
-    MetricSpec("style top1", ("style_fidelity", "generated", "top1"), True, _RAW4, missing="dash",
+    MetricSpec("copied", ("diversity", "copied"), False, _X100, note="share of captions copied from training"),
+    MetricSpec("style top1", ("style_fidelity", "generated", "top1"), True, _X100, missing="dash",
                note="human references: {ref}", ref_key=("style_fidelity", "references", "top1"),
                compare=Compared("style top-1", Shown(100, 1), 20, plotted=True)),
-    MetricSpec("style top5", ("style_fidelity", "generated", "top5"), True, _RAW4, missing="dash",
+    MetricSpec("style top5", ("style_fidelity", "generated", "top5"), True, _X100, missing="dash",
                note="human references: {ref}", ref_key=("style_fidelity", "references", "top5")),
     MetricSpec("style ppl", ("style_ppl", "generated"), False, Shown(1, 1),
                note="trigram LM of the style (lower is better); human references: {ref}",
@@ -119,11 +126,18 @@ def compared() -> list[MetricSpec]:
 
 
 def tensorboard_scalars(metrics: dict, prefix: str) -> dict[str, float]:
-    """{"<prefix>/<name>": value} of every TensorBoard metric present in ``metrics`` (metrics.json's
-    layout, or a flat {name: value} dict such as the epoch-end validation scores), in METRICS' order."""
+    """{"<prefix>/<name>": value * scale} of every TensorBoard metric present in ``metrics`` (metrics.json's
+    layout, or a flat {name: value} dict such as the epoch-end validation scores), in METRICS' order:
+    on the tables' scale (CIDEr 76.6, not 0.766)."""
     out = {}
     for s in METRICS:
         v = s.value(metrics) if s.tensorboard else None
         if v is not None:
-            out[f"{prefix}/{s.name}"] = v
+            out[f"{prefix}/{s.name}"] = v * s.scale
     return out
+
+
+def scale_note() -> str:
+    """'x100 except ...': the tables' header, from the list."""
+    raw = [s.name for s in METRICS if s.table is not None and s.scale == 1]
+    return "x100 except " + ", ".join(raw) if raw else "x100"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stylecap.eval.metric_specs import compared
+from stylecap.eval.metric_specs import compared, spec
 
 METRIC_BARS = tuple(s.compare.column for s in compared() if s.compare.plotted)  # BLEU-4 .. SPICE, style top-1
 
@@ -24,28 +24,38 @@ def _save(fig, out: Path, name: str) -> str:
     return name
 
 
-def curves(out: Path, entries: list[dict]) -> list[str]:
-    """val/CIDEr and val/loss against the optimizer step, one line per run."""
-    runs = [e for e in entries if e.get("curves")]
-    if not runs:
-        return []
+CURVES = {"val/CIDEr": "validation CIDEr (x100)", "val/loss": "validation loss (per token)"}
+
+
+def curves_figure(entries: list[dict]):
+    """val/CIDEr (x100, as the tables; compare.read_curves converts older raw runs) and val/loss against
+    the optimizer step, one line per run; labelled axes."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, tag in zip(axes, ("val/CIDEr", "val/loss")):
-        for e in runs:
-            pts = e["curves"].get(tag, [])
+    for ax, (tag, ylabel) in zip(axes, CURVES.items()):
+        for e in entries:
+            pts = (e.get("curves") or {}).get(tag, [])
             if pts:
                 seed = f" (seed {e['seed']})" if e.get("seed") is not None else ""
                 ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o", label=e["label"] + seed)
         ax.set_title(tag)
         ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    return [_save(fig, out, "curves.png")]
+    return fig
 
 
-def _bars(out: Path, name: str, title: str, labels: list[str], series: dict[str, list[float | None]],
-          errors: dict[str, list[float | None]] | None = None) -> str:
+def curves(out: Path, entries: list[dict]) -> list[str]:
+    """curves.png (curves_figure) when some entry has curves."""
+    runs = [e for e in entries if e.get("curves")]
+    return [_save(curves_figure(runs), out, "curves.png")] if runs else []
+
+
+def _bars_figure(title: str, ylabel: str, labels: list[str], series: dict[str, list[float | None]],
+                 errors: dict[str, list[float | None]] | None = None):
+    """Grouped bars: one group per label, one bar per series; ``errors[series]`` draws its error bars
+    (absent or None: none)."""
     import numpy as np
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels) * max(1, len(series)) / 2), 4))
@@ -59,9 +69,23 @@ def _bars(out: Path, name: str, title: str, labels: list[str], series: dict[str,
         ax.bar(x + i * width - 0.4 + width / 2, ys, width, yerr=err, label=name_, capsize=2)
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
     ax.set_title(title)
+    ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, out, name)
+    return fig
+
+
+def metrics_figure(rows: list[dict]):
+    """metrics.png: METRIC_BARS x100 per row (a group of seeds); the legend gives each row's n, and
+    only rows with n > 1 get error bars (sample std over seeds): one seed has no spread to draw."""
+    metrics = [m for m in METRIC_BARS if any(r["mean"].get(m) is not None for r in rows)]
+    scaled = lambda m, v: None if v is None else spec(m).scale * v  # all x100 (the list says so)
+    series = {f"{r['label']} (n={r['n']})": [scaled(m, r["mean"].get(m)) for m in metrics] for r in rows}
+    errors = {f"{r['label']} (n={r['n']})": [scaled(m, r["std"].get(m)) for m in metrics] if r["n"] > 1 else None
+              for r in rows}
+    several = any(r["n"] > 1 for r in rows)
+    title = "metrics" + ("; error bars: std over seeds (n > 1)" if several else "; one seed each: no error bars")
+    return _bars_figure(title, "score (x100)", metrics, series, errors)
 
 
 def comparison_plots(out: Path, entries: list[dict], rows: list[dict]) -> list[str]:
@@ -70,10 +94,7 @@ def comparison_plots(out: Path, entries: list[dict], rows: list[dict]) -> list[s
     scored = [r for r in rows if r["n"]]
     if not scored:
         return written
-    metrics = [m for m in METRIC_BARS if any(r["mean"].get(m) is not None for r in scored)]
-    written.append(_bars(out, "metrics.png", "metrics (x100; error bars: std over seeds)", metrics,
-                         {r["label"]: [None if r["mean"][m] is None else 100 * r["mean"][m] for m in metrics] for r in scored},
-                         {r["label"]: [None if r["std"][m] is None else 100 * r["std"][m] for m in metrics] for r in scored}))
+    written.append(_save(metrics_figure(scored), out, "metrics.png"))
     for key, name in (("per_style", "per_style.png"), ("per_group", "per_group.png")):
         groups = sorted({g for e in entries if "metrics" in e for g in (e["metrics"].get(key) or {})})
         if not groups:
@@ -85,7 +106,7 @@ def comparison_plots(out: Path, entries: list[dict], rows: list[dict]) -> list[s
             for g in groups:
                 cs = [(e["metrics"][key].get(g) or {}).get("CIDEr") for e in members]
                 cs = [c for c in cs if c is not None]
-                vals.append(100 * sum(cs) / len(cs) if cs else None)
+                vals.append(spec("CIDEr").scale * sum(cs) / len(cs) if cs else None)
             series[label] = vals
-        written.append(_bars(out, name, f"CIDEr x100 {key.replace('_', ' ')}", groups, series))
+        written.append(_save(_bars_figure(f"CIDEr {key.replace('_', ' ')}", "CIDEr (x100)", groups, series), out, name))
     return written

@@ -9,11 +9,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import shlex
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 from stylecap.eval.matching import image_stem, match_predictions
-from stylecap.eval.metric_specs import STANDARD  # the metrics scored per style and group too
+from stylecap.eval.metric_specs import METRICS, STANDARD, scale_note  # STANDARD: scored per style and group too
 from stylecap.eval.tables import fmt100, segmentation_line, table_rows
 from stylecap.utils import atomic_write_text
 
@@ -24,8 +26,9 @@ body{font-family:system-ui,sans-serif;margin:24px;color:#222}
 table{border-collapse:collapse;margin:8px 0 24px}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:14px}
 th{background:#f2f2f2} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.grid{display:flex;flex-wrap:wrap;gap:14px}
-.card{border:1px solid #ddd;border-radius:6px;padding:8px;width:420px;display:flex;gap:10px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:14px}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px;display:flex;gap:10px}
+.about td:first-child{font-weight:600;white-space:nowrap} .about td{font-family:monospace;font-size:13px}
 .card img,.ph{width:160px;height:160px;object-fit:contain;background:#eee;flex:none}
 .ph{display:flex;align-items:center;justify-content:center;color:#888;font-size:12px;text-align:center}
 .pred{margin:2px 0;font-size:14px} .style{font-weight:600;color:#3a5a9b}
@@ -67,7 +70,7 @@ def _metric_table(metrics: dict) -> str:
     for name, value, note in table_rows(metrics):
         cls = " class='skip'" if value == "skipped" else ""
         rows.append(f"<tr><td>{_e(name)}</td><td class='num'>{_e(value)}</td><td{cls}>{_e(note)}</td></tr>")
-    return ("<table><tr><th>metric</th><th>value (BLEU..SPICE x100)</th><th>note</th></tr>"
+    return (f"<table><tr><th>metric</th><th>value ({_e(scale_note())})</th><th>note</th></tr>"
             + "\n".join(rows) + "</table>")
 
 
@@ -85,14 +88,14 @@ def _breakdown(title: str, section: dict, with_group: bool) -> str:
 def _fidelity(fid: dict | None) -> str:
     if not fid:
         return ""
-    f = lambda v: "-" if v is None else f"{v:.4f}"
+    f = lambda v: "-" if v is None else f"{100 * v:.2f}"  # shares x100, as every table
     rows = [[who, f(fid[who]["top1"]), f(fid[who]["top5"]), fid[who]["n"]] for who in ("generated", "references")]
     per = [[s, f(v)] for s, v in fid.get("per_style_top1", {}).items()]
     clf = fid.get("classifier", {})
     return ("<h2>Style fidelity</h2><p>" + _e(f"{clf.get('model', '')}, trained on {clf.get('n_train')} captions "
             f"of {clf.get('n_styles')} styles; generated captions are scored against the requested style.")
-            + "</p>" + _table(["captions", "top-1", "top-5", "n"], rows)
-            + (_table(["requested style", "top-1 (generated)"], per) if per else ""))
+            + "</p>" + _table(["captions", "top-1 (x100)", "top-5 (x100)", "n"], rows)
+            + (_table(["requested style", "top-1 (generated, x100)"], per) if per else ""))
 
 
 def _style_ppl(ppl: dict | None) -> str:
@@ -107,6 +110,72 @@ def _style_ppl(ppl: dict | None) -> str:
             f"references: {refs}.") + "</p>" + _table(["requested style", "generated", "references"], rows))
 
 
+def _diversity(div: dict) -> str:
+    """The diversity measures, each shown as the metric list shows it (x100 for shares); the rest as
+    counts or 2 digits."""
+    if not div:
+        return ""
+    shown = {s.key[1]: s.table for s in METRICS if s.key[0] == "diversity" and s.table}
+    def fmt(k: str, v):
+        if v is None:
+            return "-"
+        if k in shown:
+            return shown[k](v) + (" (x100)" if shown[k].scale == 100 else "")
+        return f"{v:.2f}" if isinstance(v, float) else v
+    return "<h2>Diversity</h2>" + _table(["measure", "value"], [[k, fmt(k, v)] for k, v in div.items()])
+
+
+def reproduce_command(eval_config: dict, report_path: Path) -> str:
+    """The command that makes this folder again: eval mode with the checkpoint, the data, the folder and
+    the decoding flags that differ from their defaults (evaluate.py --model_path takes the same flags)."""
+    from models.decoding import DecodeConfig
+    from dataclasses import asdict
+    cmd = ["python", "train.py", "--mode", "eval", "--model_path", eval_config.get("model_path", "?"),
+           "--data_path", eval_config.get("data_path", "?"), "--output_path", str(report_path.parent)]
+    default = asdict(DecodeConfig())
+    for k, v in (eval_config.get("decode") or {}).items():
+        if k != "max_len" and v != default.get(k):
+            cmd += ["--decode" if k == "strategy" else f"--{k}", str(v)]
+    return shlex.join(cmd)
+
+
+def _about(path: Path, metrics: dict) -> str:
+    """What was evaluated, how and when: the checkpoint (eval_config.json beside the report, written by
+    eval mode), the data files (metrics.json's inputs), the decoding, the date and the command."""
+    import datetime
+    import json
+    cfg_path = path.parent / "eval_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    inputs = metrics.get("inputs") or {}
+    step = cfg.get("checkpoint_step")
+    rows = [["date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")]]
+    if cfg:
+        rows += [["checkpoint", cfg.get("model_path", "") + ("" if step is None else f" (step {step})")],
+                 ["data", cfg.get("data_path", "")],
+                 ["decoding", ", ".join(f"{k}={v}" for k, v in (cfg.get("decode") or {}).items())]]
+    if Path(sys.argv[0]).name in ("train.py", "evaluate.py"):  # run from the command line: its very command
+        rows.append(["command", shlex.join(["python", *sys.argv])])
+    elif cfg:  # called from Python (tests, notebooks): the eval-mode command that remakes the folder
+        rows.append(["command (rebuilt; scoring flags such as --no_java not recorded)", reproduce_command(cfg, path)])
+    rows += [[k, inputs[k]] for k in ("predictions", "references", "train_captions", "code_version") if inputs.get(k)]
+    rows.append(["scoring", f"tokenizer {metrics.get('tokenizer')}; {segmentation_line(metrics)}"])
+    return "<table class='about'>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _images_heading(shown: int, total: int, path: Path, metrics: dict) -> str:
+    """Which images the report shows, and the command that shows them all."""
+    if shown == total:
+        return f"<h2 id='images'>Images (all {total})</h2>"
+    inputs = metrics.get("inputs") or {}
+    cmd = shlex.join(["python", "evaluate.py", "--predictions", inputs.get("predictions", "predictions.jsonl"),
+                      "--references", inputs.get("references", "REFERENCES"), "--output_path",
+                      str(path.with_name("metrics_all.json")), "--report", str(path.with_name("report_all.html")),
+                      "--max_report_images", "0"])
+    return (f"<h2 id='images'>Images (the first {shown} of {total})</h2><p>The first {shown} images of the predictions, "
+            f"in their order; every caption is in predictions.jsonl. To show all, score again with "
+            f"<code>--max_report_images 0</code> (add --image_dir for thumbnails):</p><p><code>{_e(cmd)}</code></p>")
+
+
 def _image_index(image_paths: dict) -> dict:
     """Exact ids plus basename-without-extension forms, so '1000092795' finds '1000092795.jpg'."""
     index = {image_stem(k): v for k, v in image_paths.items()}
@@ -116,7 +185,7 @@ def _image_index(image_paths: dict) -> dict:
 
 def write_report(path, predictions: list[dict], references: list[dict], metrics: dict,
                  image_paths: dict[str, str] | None = None, max_images: int = 60) -> None:
-    """Write the HTML report to ``path`` atomically (see the module docstring)."""
+    """Write the HTML report to ``path`` atomically (see the module docstring); ``max_images`` <= 0: all."""
     mt = match_predictions(predictions, references)
     per_image = {(r["image_id"], r.get("style")): r for r in metrics.get("per_image", [])}
     preds_by_image: dict[str, list] = defaultdict(list)
@@ -130,34 +199,38 @@ def write_report(path, predictions: list[dict], references: list[dict], metrics:
         refs_by_image[str(r["image_id"])].append((r.get("style"), r["caption"]))
 
     cards, index = [], _image_index(image_paths or {})
-    for image_id in list(preds_by_image)[:max_images]:
-        uri = thumbnail(index.get(image_id) or index.get(image_stem(image_id)))
-        img = (f"<img src='{uri}' alt='{_e(image_id)}'>" if uri
-               else f"<div class='ph'>no image<br>{_e(image_id)}</div>")
-        lines = []
-        for style, caption, score, unmatched in preds_by_image[image_id]:
-            tag = f"<span class='style'>{_e(style)}</span>: " if style else ""
-            note = " <span class='skip'>(no references)</span>" if unmatched else \
-                "" if score is None else f" <span class='cider'>CIDEr {100 * score:.1f}</span>"
-            lines.append(f"<div class='pred'>{tag}{_e(caption)}{note}</div>")
-        refs = "".join(f"<div>{_e(s) + ': ' if s else ''}{_e(c)}</div>" for s, c in refs_by_image.get(image_id, []))
-        cards.append(f"<div class='card'>{img}<div><div class='cider'>{_e(image_id)}</div>{''.join(lines)}"
-                     f"<div class='refs'><b>references</b>{refs or ' none'}</div></div></div>")
+    for image_id in list(preds_by_image)[:max_images] if max_images > 0 else list(preds_by_image):
+        cards.append(_card(image_id, index, preds_by_image[image_id], refs_by_image.get(image_id, [])))
 
-    div = metrics.get("diversity") or {}
     counts = metrics.get("counts") or {}
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>StyleCap evaluation</title>",
         f"<style>{CSS}</style></head><body><h1>StyleCap evaluation</h1>",
-        f"<p>tokenizer: {_e(metrics.get('tokenizer'))}; {_e(segmentation_line(metrics))}</p>",
+        _about(Path(path), metrics),
         "<h2>Metrics</h2>", _metric_table(metrics),
         _breakdown("Per style", metrics.get("per_style") or {}, True),
         _breakdown("Per group", metrics.get("per_group") or {}, False),
-        "<h2>Diversity</h2>" + _table(["measure", "value"], [[k, v] for k, v in div.items()]) if div else "",
+        _diversity(metrics.get("diversity") or {}),
         _fidelity(metrics.get("style_fidelity")),
         _style_ppl(metrics.get("style_ppl")),
         "<h2>Counts</h2>" + _table(["count", "value"], [[k, v] for k, v in counts.items()]) if counts else "",
-        f"<h2>Images ({len(cards)} of {len(preds_by_image)})</h2><div class='grid'>", "\n".join(cards),
+        _images_heading(len(cards), len(preds_by_image), Path(path), metrics), "<div class='grid'>", "\n".join(cards),
         "</div></body></html>",
     ]
     atomic_write_text(Path(path), "\n".join(parts) + "\n")
+
+
+def _card(image_id: str, index: dict, preds: list, refs: list) -> str:
+    """One image: its thumbnail, its captions (style, CIDEr x100) and its references."""
+    uri = thumbnail(index.get(image_id) or index.get(image_stem(image_id)))
+    img = (f"<img src='{uri}' alt='{_e(image_id)}'>" if uri
+           else f"<div class='ph'>no image<br>{_e(image_id)}</div>")
+    lines = []
+    for style, caption, score, unmatched in preds:
+        tag = f"<span class='style'>{_e(style)}</span>: " if style else ""
+        note = " <span class='skip'>(no references)</span>" if unmatched else \
+            "" if score is None else f" <span class='cider'>CIDEr {100 * score:.1f}</span>"
+        lines.append(f"<div class='pred'>{tag}{_e(caption)}{note}</div>")
+    ref_lines = "".join(f"<div>{_e(s) + ': ' if s else ''}{_e(c)}</div>" for s, c in refs)
+    return (f"<div class='card'>{img}<div><div class='cider'>{_e(image_id)}</div>{''.join(lines)}"
+            f"<div class='refs'><b>references</b>{ref_lines or ' none'}</div></div></div>")

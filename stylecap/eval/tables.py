@@ -1,7 +1,7 @@
 """The printed metrics table (and the rows the HTML report shares)."""
 from __future__ import annotations
 
-from stylecap.eval.metric_specs import METRICS, MetricSpec, Shown, lookup
+from stylecap.eval.metric_specs import METRICS, MetricSpec, Shown, lookup, scale_note
 
 _X100 = Shown(100, 2)
 
@@ -45,10 +45,10 @@ def segmentation_line(metrics: dict) -> str:
 
 
 def format_table(metrics: dict) -> str:
-    """The printed summary: one row per metric; standard metrics x100 like papers."""
+    """The printed summary: one row per metric; caption metrics and shares x100 like papers."""
     rows = table_rows(metrics)
     width = max(len(r[0]) for r in rows) + 2
-    lines = [f"{'metric':<{width}}value (BLEU..SPICE x100)"]
+    lines = [f"{'metric':<{width}}value ({scale_note()})"]
     for name, value, note in rows:
         note = f" ({note})" if note else ""
         lines.append(f"{name:<{width}}{value}{note}")

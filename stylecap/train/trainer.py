@@ -23,7 +23,7 @@ from models.captioner import StyleCapModel, gpt2_fingerprint, load_checkpoint_fi
 from models.decoding import DecodeConfig, generate_captions
 from stylecap.distributed import batch_share, from_rank0
 from stylecap.features import FeatureStore
-from stylecap.eval.metric_specs import tensorboard_scalars
+from stylecap.eval.tensorboard import add_metric_scalars
 from stylecap.train import engine
 from stylecap.train.data import CaptionDataset, SkipSampler
 from stylecap.train.engine import CheckpointManager, GracefulStop, TrainState, all_rng_states, set_rng_state
@@ -172,8 +172,7 @@ class Trainer:
             log_samples(self.model, self.data.val, rows, writer, tag_step)
             if caps is not None:
                 metrics.update(caps)
-                for tag, v in tensorboard_scalars(caps, "val").items():
-                    writer.add_scalar(tag, v, tag_step)
+                add_metric_scalars(writer, caps, "val", tag_step)  # x100, as the tables (and marked so)
                 logger.info(f"step {tag_step}: val CIDEr {caps['CIDEr']:.4f}, BLEU-4 {caps['BLEU-4']:.4f} "
                             f"({args.eval_subset} images max)")
             score = metrics.get("CIDEr") if by_cider else -metrics["loss"]
