@@ -61,8 +61,8 @@ def add_eval_mode_args(p: argparse.ArgumentParser, run_flags: bool = False) -> a
       help="do not use Java: pure-Python tokenization for BLEU/ROUGE-L/CIDEr; METEOR and SPICE skipped")
     a("--segment", choices=SEGMENT_CHOICES, default="auto",
       help="how Chinese (CJK) captions are split into tokens for every metric, the diversity measures and "
-      "the style classifier: auto (default: the language is detected from the text; Chinese -> char, "
-      "else none), char (each CJK character a token, as published Flickr30k-CN/COCO-CN tables), "
+      "the style classifier: auto (default: each caption by its own script; Chinese -> char, other text "
+      "through the PTB tokenizer; a mixed set is reported as mixed), char (each CJK character a token, as published Flickr30k-CN/COCO-CN tables), "
       "jieba (jieba words), none (PTBTokenizer only, which leaves Chinese sentences whole)")
     a("--allow_clip_mismatch", action="store_true", help="evaluate even when --data_path's features "
       "are not of the CLIP the model was trained with (checked by sha256 and normalisation)")
