@@ -129,14 +129,13 @@ def test_eval_config_counts_a_tied_embedding_once(small_models, styled_ckpt, tmp
     wte = model.gpt.get_input_embeddings().weight
     assert model.gpt.get_output_embeddings().weight is wte  # the tie this is about
     once = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
-    write_eval_config(tmp_path, model, {"train_args": {}, "model_config": {}}, styled_ckpt, tmp_path / "f.pkl",
-                      DecodeConfig())
+    settings = {"train_args": {}, "model_config": {}, "step": None}  # as checkpoint_settings gives them
+    write_eval_config(tmp_path, model, settings, styled_ckpt, tmp_path / "f.pkl", DecodeConfig())
     counted = json.loads((tmp_path / "eval_config.json").read_text())["trainable_parameters"]
     assert counted == once
     assert sum(v.numel() for v in model.trainable_state_dict().values()) == once + wte.numel()  # the old figure
     frozen = build_frozen(small_models)
-    write_eval_config(tmp_path, frozen, {"train_args": {}, "model_config": {}}, styled_ckpt, tmp_path / "f.pkl",
-                      DecodeConfig())
+    write_eval_config(tmp_path, frozen, settings, styled_ckpt, tmp_path / "f.pkl", DecodeConfig())
     counted = json.loads((tmp_path / "eval_config.json").read_text())["trainable_parameters"]
     assert counted == sum(p.numel() for p in frozen.clip_project.parameters()) + frozen.style_embedding.weight.numel()
 
