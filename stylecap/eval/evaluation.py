@@ -210,12 +210,13 @@ def _score_and_write(args: argparse.Namespace, out: Path, model: StyleCapModel, 
                              clip_model_path=clip_path if clip_path and Path(clip_path).is_file() else None,
                              java=False if args.no_java else None, segment=args.segment)
     print(format_table(metrics))
-    _tensorboard_eval(out, preds, meta, settings["step"] or 0)
+    _tensorboard_eval(out, metrics, preds, meta, settings["step"] or 0)
     logger.info(f"predictions, metrics.json and report.html in {out}")
 
 
 def checkpoint_settings(ck) -> dict:
-    """{"train_args", "model_config"} of a checkpoint read with read_checkpoint ({} each for ClipCap weights)."""
+    """{"train_args", "model_config", "step"} of a checkpoint read with read_checkpoint ({}, {}, None for
+    ClipCap weights)."""
     ck = ck if isinstance(ck, dict) and "format" in ck else {}  # a ClipCap state dict has no settings
     return {"train_args": ck.get("args") or {}, "model_config": ck.get("config") or {},
             "step": (ck.get("train_state") or {}).get("step")}  # optimizer steps done (None: ClipCap weights)
@@ -247,7 +248,8 @@ def captions_by_image(preds: list[dict]) -> dict[str, list[str]]:
 EVAL_TAGS = "z_eval"  # TensorBoard's Time Series page orders tag groups by name: after train/ and val/
 
 
-def _tensorboard_eval(out: Path, preds: list[dict], meta: dict, step: int, n_images: int = 8) -> None:
+def _tensorboard_eval(out: Path, metrics: dict, preds: list[dict], meta: dict, step: int,
+                      n_images: int = 8) -> None:
     """Metrics as scalars (x100 as the tables) and a few images with their captions, for `tensorboard
     --logdir`, at ``step``: the evaluated checkpoint's optimizer step, so that they sit on the training
     axis next to the run's val/ curves (under z_eval/: a group after train/ and val/)."""
@@ -255,7 +257,6 @@ def _tensorboard_eval(out: Path, preds: list[dict], meta: dict, step: int, n_ima
     from torch.utils.tensorboard import SummaryWriter
     from stylecap.eval.inputs import image_paths_for
     from stylecap.eval.tensorboard import add_metric_scalars
-    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     by_image = captions_by_image(preds)
     image_dir = meta.get("image_dir")
     files = image_paths_for(image_dir, list(by_image), None) if image_dir and Path(image_dir).is_dir() else {}
