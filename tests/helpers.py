@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,3 +52,10 @@ def kill_9_when(argv: list[str], ready: Callable[[], bool], err: Path) -> int:
             os.kill(proc.pid, signal.SIGKILL)
         rc = proc.wait(timeout=60)
     return rc
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import json
 import shutil
-import socket
 import struct
 import zlib
 
@@ -21,7 +20,7 @@ from models.captioner import checkpoint_payload
 from models.decoding import DecodeConfig
 from stylecap.eval.captioning import load_clip_for
 from stylecap.utils import UserError
-from tests.helpers import STYLES
+from tests.helpers import STYLES, free_port
 
 
 def save_tiny_model(small_models, path, styled: bool):
@@ -63,12 +62,6 @@ def images(demo_data, tmp_path):
         shutil.copy(p, tmp_path / p.name)
         out.append(str(tmp_path / p.name))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_jsonl(path):

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app import free_port, save_tiny_model
+from tests.helpers import free_port
+from tests.test_app import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ import torch
 import process_conceptual
 import process_flickr
 from stylecap.extract import pipeline as extract
+from tests.helpers import free_port
 from tests.test_distributed_eval import one_thread
 from tests.test_extract import SPLITS, _large_photos, load
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun_cmd(argv: list[str], script: str = "process_flickr.py") -> list[str]:
