@@ -171,6 +171,27 @@ def _read_all(fd: int) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+def test_the_bar_always_draws_the_epochs_last_step():
+    """CI saw a bar that ended at 1/2: tqdm skips a redraw within mininterval (0.1 s) of the last one, so a
+    fast final step was never drawn before close() cleared the bar. The last step is drawn whatever the timing."""
+    import fcntl
+    import struct
+    import termios
+    from stylecap.train.engine import EpochProgress
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    tty = os.fdopen(slave, "w")
+    progress = EpochProgress("bar", TrainState(), total_steps=3, log_every=0, stream=tty, grad_accum=1)
+    for step in (1, 2, 3):  # microseconds apart: well within mininterval
+        progress.update(step, loss=1.0, lr=1e-3, rate=10.0)
+    tty.flush()
+    drawn = _read_all(master)
+    progress.close()
+    assert "3/3" in drawn and "step 3" in drawn
+    tty.close()
+    os.close(master)
+
+
 def test_issue17_progress_is_a_bar_on_a_terminal_and_log_lines_elsewhere(small_models, feature_file, tmp_path):
     """Issue 17 §2: train_one_epoch shows a tqdm bar (step, loss, samples/s, ETA) when its stream is a terminal
     (a real pty here), log lines every ``log_every`` steps on anything else, nothing when show_progress is off."""

@@ -189,6 +189,8 @@ class EpochProgress:
             self.bar.set_postfix_str(f"step {step}, loss {loss:.3f}, lr {lr:.2e}, {rate:.1f} samples/s",
                                      refresh=False)
             self.bar.update(1)
+            if self.done == self.total:  # tqdm skips draws within mininterval: the last step is always drawn
+                self.bar.refresh()
         if self.kind != "off" and self.log_every > 0 and (step % self.log_every == 0 or self.run == 1):
             logger.log("DEBUG" if self.bar is not None else "INFO",
                        f"epoch {self.epoch} step {step} ({self.done}/{self.total or '?'}): loss {loss:.4f}, "
