@@ -12,6 +12,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from models.lora import lora_settings
 from models.style_modes import STYLE_MODES
 from stylecap.distributed import setup_distributed
 from stylecap.eval.evaluation import add_eval_mode_args
@@ -46,6 +47,12 @@ def get_parser() -> argparse.ArgumentParser:
     a("--style_dim", type=int, default=64, help="width of the learned style embedding (style_mode embedding)")
     a("--normalize_prefix", action="store_true", help="L2-normalise CLIP features (saved, used everywhere)")
     a("--finetune_gpt2", action="store_true", help="'MLP + GPT-2 tuning': train GPT-2 too (else frozen)")
+    a("--lora_r", type=int, default=0, help="LoRA: train rank-R adapters on the frozen GPT-2 (peft; e.g. 8; "
+      "0 = off). Between frozen and --finetune_gpt2, which it excludes; see docs/lora.md")
+    a("--lora_alpha", type=float, help="LoRA scale: the update is (alpha / r) B A (default 16, kept as r changes)")
+    a("--lora_dropout", type=float, help="dropout on the adapters' inputs (default 0)")
+    a("--lora_targets", help="comma list of module names to adapt (default per architecture: GPT-2 "
+      "c_attn,attn.c_proj; Llama/Qwen2 q_proj,k_proj,v_proj,o_proj)")
     a("--gradient_checkpointing", action="store_true", help="recompute GPT-2 activations to save memory")
     a("--max_len", type=int, default=64, help="caption tokens kept in training (longer ones are truncated)")
     # optimisation
@@ -104,6 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise UserError("--data_path is required: a feature file from process_flickr.py or process_personality.py")
     if args.mode == "train" and args.gpt2_path is None:
         args.gpt2_path = "pre_model/gpt2"
+    if args.mode == "train":  # bad --lora_* combinations fail before any data is read
+        lora_settings(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets, args.finetune_gpt2)
     return args
 
 

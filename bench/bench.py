@@ -16,7 +16,7 @@ The machine is shared and noisy: ratios of interleaved measurements are what to 
 
 Modules: bench/common.py (sizes, targets, ``Env``, entries, the table), bench/synthetic.py (captions, images,
 stop-training), and one per stage: bench/cpu_extract.py, bench/memory.py, bench/cpu_decode.py,
-bench/cpu_train.py; ``--device cuda`` or ``--gpu-suite``: bench/gpu.py.
+bench/cpu_train.py, bench/cpu_lora.py; ``--device cuda`` or ``--gpu-suite``: bench/gpu.py.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from bench.common import (GPU_KEYS, TARGETS, THREADS, Env, error_row, figure_row
                           matmul_peak_gflops, print_table, quiet_libraries, read_results, rss_mib)
 from bench.cpu_decode import bench_beam, bench_greedy  # noqa: E402
 from bench.cpu_extract import bench_extract  # noqa: E402
+from bench.cpu_lora import bench_lora  # noqa: E402
 from bench.cpu_train import bench_train  # noqa: E402
 from stylecap.utils import atomic_write_json  # noqa: E402
 
@@ -79,6 +80,7 @@ def stages_for(env: Env, results: dict) -> list:
         ("greedy", ["greedy_vs_reference"], lambda: [("greedy_vs_reference", bench_greedy(env))]),
         ("beam", ["beam_vs_reference"], lambda: [("beam_vs_reference", bench_beam(env))]),
         ("train", ["train_vs_reference", "train_model_flops_share", "train_bf16_vs_fp32"], train_stage),
+        ("lora", [k for k in TARGETS if k.startswith(("lora_", "frozen_vs_full"))], lambda: bench_lora(env)),
     ]
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.errors import UserError
+from models.lora import add_lora, is_adapter_key, merge_lora as merge_adapters
 from models.mapper import build_mapper
 from models.style_modes import STYLE_MODES, style_mode
 from models.tokenizer import CaptionTokenizer, load_hf_tokenizer
@@ -56,6 +57,12 @@ class ModelConfig:
     # beside clip_size: predict.py and eval mode refuse features or images of another CLIP. {}: the features
     # named no CLIP; None: no record (ClipCap weights, checkpoints saved before checkpoints had it).
     clip: dict | None = None
+    # LoRA adapters on the frozen LM (models/lora.py); lora_r 0: none. lora_targets: module names ([] = the
+    # architecture's default, resolved and recorded when the model is built)
+    lora_r: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -120,6 +127,9 @@ class StyleCapModel(nn.Module):
             for m in self.gpt.modules():
                 if isinstance(m, nn.Dropout):
                     m.p = 0.0
+        self.merged_adapter_parameters = 0  # LoRA parameters folded into the LM (models.lora.merge_lora)
+        if cfg.lora_r:  # adapters on the frozen LM, after freezing it: they are trainable
+            add_lora(self)
 
     # ---- pieces -----------------------------------------------------------------------------------
     def prefix(self, features: torch.Tensor, style_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -168,11 +178,10 @@ class StyleCapModel(nn.Module):
 
     # ---- saving -----------------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint stores: everything, or everything but a frozen GPT-2."""
-        sd = self.state_dict()
-        if not self.cfg.finetune_gpt2:
-            sd = {k: v for k, v in sd.items() if not k.startswith("gpt.")}
-        return sd
+        """What a checkpoint stores: everything, or everything but a frozen GPT-2 (its LoRA adapters are stored)."""
+        if self.merged_adapter_parameters:
+            raise RuntimeError("a model with merged LoRA adapters is for inference only; save the unmerged model")
+        return {k: v for k, v in self.state_dict().items() if stored_key(self.cfg, k)}
 
     def style_id(self, style: str | None) -> int:
         if not self.tokenizer.mode.styled:
@@ -184,11 +193,18 @@ class StyleCapModel(nn.Module):
         return self.tokenizer.style_index[style]
 
 
+def stored_key(cfg: ModelConfig, key: str) -> bool:
+    """Whether a checkpoint of a ``cfg`` model stores state-dict ``key``: all but a frozen GPT-2's own weights."""
+    return cfg.finetune_gpt2 or not key.startswith("gpt.") or is_adapter_key(key)
+
+
 def trainable_parameters(model: nn.Module) -> int:
     """How many parameters training updates, each counted once: ``model.parameters()`` yields a shared tensor
     (GPT-2's tied input/output embedding, V x E) once, where a state dict lists it under both names.
-    config.json (training) and eval_config.json (evaluation) both report this figure."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config.json (training) and eval_config.json (evaluation) both report this figure; so LoRA adapters merged
+    into the LM for inference still count."""
+    merged = getattr(model, "merged_adapter_parameters", 0)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad) + merged
 
 
 # ---- building and loading ---------------------------------------------------------------------------
@@ -271,7 +287,7 @@ def model_from_checkpoint(ckpt: dict, gpt2_path: str | None = None) -> StyleCapM
                                 "(weights fingerprint differs); pass --gpt2_path with the original GPT-2 folder")
             model = build_model(cfg, tokenizer_dir=tok_dir)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if cfg.finetune_gpt2 or not k.startswith("gpt.")]
+    missing = [k for k in missing if stored_key(cfg, k)]
     if missing or unexpected:
         raise UserError(f"checkpoint does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model
@@ -359,16 +375,20 @@ def read_checkpoint(path: str | Path) -> Any:
     return load_checkpoint_file(path)
 
 
-def load_model(path: str | Path, gpt2_path: str | None = None, device: str | torch.device = "cpu") -> StyleCapModel:
+def load_model(path: str | Path, gpt2_path: str | None = None, device: str | torch.device = "cpu",
+               merge_lora: bool = True) -> StyleCapModel:
     """A StyleCap checkpoint (rebuilt from itself alone) or a ClipCap state dict (needs ``gpt2_path``)."""
-    return model_from_file(read_checkpoint(path), path, gpt2_path, device)
+    return model_from_file(read_checkpoint(path), path, gpt2_path, device, merge_lora)
 
 
 def model_from_file(ckpt: Any, path: str | Path, gpt2_path: str | None = None,
-                    device: str | torch.device = "cpu") -> StyleCapModel:
-    """The model of a checkpoint already read (:func:`read_checkpoint`) from ``path`` (named in errors)."""
+                    device: str | torch.device = "cpu", merge_lora: bool = True) -> StyleCapModel:
+    """The model of a checkpoint already read (:func:`read_checkpoint`) from ``path`` (named in errors).
+    LoRA adapters are merged into the LM unless ``merge_lora`` is False: the same captions, faster (docs/lora.md)."""
     if checkpoint_config(ckpt, path) is not None:
         model = model_from_checkpoint(ckpt, gpt2_path)
+        if model.cfg.lora_r and merge_lora:
+            merge_adapters(model)
     else:
         if not gpt2_path:
             raise UserError(f"{path} is a ClipCap state dict: pass --gpt2_path pre_model/gpt2 (the English GPT-2)")

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from models import ModelConfig, build_model
 from models.captioner import StyleCapModel
+from models.lora import lora_settings
 from stylecap.cpu import cpu_bf16_warning
 from stylecap.features import FeatureStore, clip_record, load_features
 from stylecap.train.data import CaptionDataset, collate, encode_data, split_by_image, style_vocabulary
@@ -57,7 +58,8 @@ def precision_warning(precision: str, device: torch.device, cpuinfo: str | None 
 
 def default_run_name(args: argparse.Namespace) -> str:
     stem = Path(args.data_path).stem
-    return f"{stem}-{args.mapping_type}-{'tuned' if args.finetune_gpt2 else 'frozen'}-{args.style_mode}"
+    lm = "tuned" if args.finetune_gpt2 else f"lora{args.lora_r}" if getattr(args, "lora_r", 0) else "frozen"
+    return f"{stem}-{args.mapping_type}-{lm}-{args.style_mode}"
 
 
 def run_folder(args: argparse.Namespace) -> Path:
@@ -86,7 +88,10 @@ def build_seeded_model(args: argparse.Namespace, data: TrainingData, rank: int,
                       constant_len=args.constant_len, clip_size=args.clip_size, num_layers=args.num_layers,
                       style_mode=args.style_mode, styles=data.styles, style_dim=args.style_dim,
                       normalize_prefix=args.normalize_prefix, finetune_gpt2=args.finetune_gpt2, max_len=args.max_len,
-                      clip=clip_record(data.train["meta"]) or {})  # the CLIP it is trained on ({}: none named)
+                      clip=clip_record(data.train["meta"]) or {},  # the CLIP it is trained on ({}: none named)
+                      **lora_settings(getattr(args, "lora_r", 0), getattr(args, "lora_alpha", None),
+                                      getattr(args, "lora_dropout", None), getattr(args, "lora_targets", None),
+                                      args.finetune_gpt2))  # LoRA adapters (models/lora.py), or {}
     dim = data.train["clip_embedding"].shape[1]
     if dim != args.clip_size:
         raise UserError(f"{args.data_path} has {dim}-d features but --clip_size is {args.clip_size}; "

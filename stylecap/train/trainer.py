@@ -19,7 +19,7 @@ from loguru import logger
 from torch.utils.data import DistributedSampler, Subset
 
 from models import checkpoint_payload
-from models.captioner import StyleCapModel, gpt2_fingerprint, load_checkpoint_file, trainable_parameters
+from models.captioner import StyleCapModel, gpt2_fingerprint, load_checkpoint_file, stored_key, trainable_parameters
 from models.decoding import DecodeConfig, generate_captions
 from stylecap.distributed import batch_share, from_rank0
 from stylecap.features import FeatureStore
@@ -36,7 +36,7 @@ TRAIN_SCALARS = ("loss", "lr", "samples_per_s", "grad_norm")  # TensorBoard trai
 def check_resume(ck: dict, args: argparse.Namespace, world: int, path: Path) -> None:
     """An exact resume needs the batch layout and the frozen GPT-2 it was made with: refuse otherwise."""
     old = ck.get("args") or {}
-    for flag in ("bs_train", "grad_accum"):
+    for flag in ("bs_train", "grad_accum", "lora_r", "lora_alpha", "lora_dropout", "lora_targets"):
         if flag in old and old[flag] != getattr(args, flag):
             raise UserError(f"--resume {path}: it was made with --{flag} {old[flag]}, this run has --{flag} "
                             f"{getattr(args, flag)}; resume with the same setting, or start a new --output_path")
@@ -91,7 +91,7 @@ class Trainer:
         ck = load_checkpoint_file(path)
         check_resume(ck, args, self.world, path)
         missing, unexpected = self.model.load_state_dict(ck["model"], strict=False)
-        if unexpected or [k for k in missing if args.finetune_gpt2 or not k.startswith("gpt.")]:
+        if unexpected or [k for k in missing if stored_key(self.model.cfg, k)]:
             raise UserError(f"{path} does not fit these settings (missing {missing[:2]}, unexpected {unexpected[:2]}); "
                             "resume with the command (or --config config.json) that made it")
         self.optimizer.load_state_dict(ck["optimizer"])
