@@ -41,7 +41,7 @@ from bench.common import (GPU_KEYS, TARGETS, THREADS, Env, error_row, figure_row
                           matmul_peak_gflops, print_table, quiet_libraries, read_results, rss_mib)
 from bench.cpu_decode import bench_beam, bench_greedy  # noqa: E402
 from bench.cpu_extract import bench_extract  # noqa: E402
-from bench.cpu_lora import bench_lora  # noqa: E402
+from bench.cpu_lora import bench_lora_decode, bench_lora_train  # noqa: E402
 from bench.cpu_train import bench_train  # noqa: E402
 from stylecap.utils import atomic_write_json  # noqa: E402
 
@@ -80,7 +80,9 @@ def stages_for(env: Env, results: dict) -> list:
         ("greedy", ["greedy_vs_reference"], lambda: [("greedy_vs_reference", bench_greedy(env))]),
         ("beam", ["beam_vs_reference"], lambda: [("beam_vs_reference", bench_beam(env))]),
         ("train", ["train_vs_reference", "train_model_flops_share", "train_bf16_vs_fp32"], train_stage),
-        ("lora", [k for k in TARGETS if k.startswith(("lora_", "frozen_vs_full"))], lambda: bench_lora(env)),
+        ("lora_train", [k for k in TARGETS if k.endswith(("_vs_full_params", "_vs_full_step", "_vs_full_memory"))],
+         lambda: bench_lora_train(env)),
+        ("lora_decode", ["lora_merged_decode"], lambda: bench_lora_decode(env)),
     ]
 
 

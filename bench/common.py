@@ -52,13 +52,13 @@ SIZES = {
                   stop_train_min=15, stop_train_check=5,
                   train_bs=8, train_rounds=3, extract_images=64, extract_bs=32, extract_ref_images=4,
                   extract_repeats=2, mem_images=10_000, mem_captions=50_000, store_captions=200_000,
-                  lora_steps=3, lora_decode_rounds=2),
+                  lora_steps=3, lora_decode_rounds=4),
     "full": dict(decode_max_len=67, greedy_n=16, greedy_ref_n=16, beam_n=16, beam_ref_n=16, decode_rounds=4,
                  stop_train_captions=16, stop_train_steps=100, stop_train_lr=2e-3, stop_train_top=2,
                  stop_train_min=30, stop_train_check=10,
                  train_bs=16, train_rounds=4, extract_images=128, extract_bs=32, extract_ref_images=6,
                  extract_repeats=3, mem_images=40_000, mem_captions=200_000, store_captions=3_300_000,
-                 lora_steps=4, lora_decode_rounds=3),
+                 lora_steps=4, lora_decode_rounds=6),
 }
 
 GPU_KEYS = ("cuda", "gpu_suite_on_cpu")  # results.json keys the GPU suite writes

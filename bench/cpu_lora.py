@@ -1,6 +1,7 @@
 """CPU figures of LoRA (issue 18 §3): GPT-2 frozen vs LoRA adapters vs full tuning (ClipCap's "MLP + GPT-2
 tuning"), at GPT-2 small size in full mode: trainable parameters, training step time and peak memory; and
-greedy decoding with the adapters merged into GPT-2 (what load_model does) vs unmerged.
+greedy decoding with the adapters merged into GPT-2 (what load_model does) vs unmerged (two stages of bench.bench:
+lora_train and lora_decode).
 
 Each training setting runs in its own child process (peak memory is per process); the three are alive at once
 and take their steps in turn, driven by the parent, so that load drift hits every setting alike. A child builds the
@@ -104,9 +105,10 @@ def train_figures(env: Env) -> dict[str, dict]:
                 "model_mib": v["model_kb"] / 1024} for k, v in stats.items()}
 
 
-def decode_figure(env: Env) -> dict:
-    """Greedy decoding (batch 16) of a LoRA model, merged (models.lora.merge_lora) vs unmerged, in interleaved
-    rounds; the adapters' B is set to random values so that merging changes GPT-2's weights."""
+def bench_lora_decode(env: Env) -> list[tuple[str, dict]]:
+    """Greedy decoding (batch 16) of a LoRA model, merged (models.lora.merge_lora) vs unmerged, in alternating
+    rounds; the adapters' B is set to random values so that merging changes GPT-2's weights. Value: the median
+    over rounds of unmerged time / merged time (a ratio per round: load drift between rounds cancels)."""
     from models.decoding import DecodeConfig, eval_mode, generate_captions
     from models.lora import merge_lora
     s = env.sizes
@@ -117,30 +119,38 @@ def decode_figure(env: Env) -> dict:
                 p.normal_(0, 0.02, generator=torch.Generator().manual_seed(2))
     merged = merge_lora(copy.deepcopy(unmerged))
     feats = torch.randn(s["greedy_n"], 512, generator=torch.Generator().manual_seed(3))
-    dc = DecodeConfig(strategy="greedy", max_len=30)  # random weights never stop: 30 new tokens per caption
+    dc = DecodeConfig(strategy="greedy", max_len=8)  # random weights never stop: 8 new tokens per caption
     times: dict[str, list[float]] = {"merged": [], "unmerged": []}
     out = {}
     with eval_mode(unmerged), eval_mode(merged):
-        for _ in range(s["lora_decode_rounds"] + 1):  # round 0: warm-up
-            for name, model in (("unmerged", unmerged), ("merged", merged)):
+        for r in range(s["lora_decode_rounds"] + 1):  # round 0: warm-up
+            pair = (("unmerged", unmerged), ("merged", merged))
+            for name, model in (pair if r % 2 else pair[::-1]):
                 t = time.perf_counter()
                 out[name] = generate_captions(model, feats, None, dc, with_scores=False)
                 times[name].append(time.perf_counter() - t)
     same = [a[0]["tokens"] for a in out["merged"]] == [b[0]["tokens"] for b in out["unmerged"]]
-    return {"merged_s": times["merged"][1:], "unmerged_s": times["unmerged"][1:], "identical": same,
-            "n": len(feats)}
+    m, u = times["merged"][1:], times["unmerged"][1:]
+    n = len(feats)
+    return [("lora_merged_decode", entry(
+        "lora_merged_decode", n / median(m), n / median(u), "captions/s",
+        f"greedy decoding, batch {n}, 8 new tokens per caption, GPT-2 with LoRA r = {LORA_R} merged into its weights "
+        f"(models.lora.merge_lora, what load_model does) vs unmerged, {len(m)} alternating rounds; value: the median "
+        f"of the rounds' unmerged / merged time. Captions token for token identical: {same} (bench/cpu_lora.py).",
+        value=median([b / a for a, b in zip(m, u)]), identical=same, merged_runs_s=rounded(m),
+        unmerged_runs_s=rounded(u)))]
 
 
-def bench_lora(env: Env) -> list[tuple[str, dict]]:
+def bench_lora_train(env: Env) -> list[tuple[str, dict]]:
     t = time.perf_counter()
     fig = train_figures(env)
-    dec = decode_figure(env)
-    log(f"lora: done in {time.perf_counter() - t:.0f}s")
+    log(f"lora: training steps done in {time.perf_counter() - t:.0f}s")
     bs, full = env.sizes["train_bs"], fig["full"]
     step = {k: median(v["step_s"]) for k, v in fig.items()}
     common = (f"GPT-2 {'small (12 layers, 768 wide)' if not env.quick else '(small test model)'} with random "
               f"weights, MLP mapper K = 10, batch {bs}, fp32, fused AdamW, grad clip 1.0; LoRA r = {LORA_R}, alpha "
-              f"16 on c_attn and attn.c_proj. Each setting in its own child process, their steps interleaved (bench/cpu_lora.py).")
+              f"16 on c_attn and attn.c_proj. Each setting in its own child process, their steps interleaved "
+              f"(bench/cpu_lora.py).")
     out = []
     for setting in ("lora", "frozen"):
         f = fig[setting]
@@ -158,11 +168,4 @@ def bench_lora(env: Env) -> list[tuple[str, dict]]:
                 f"AdamW state, activations), {setting} vs full tuning. The model alone: {f['model_mib']:.0f} MiB. "
                 f"{common}")),
         ]
-    sps = {k: dec["n"] / median(dec[f"{k}_s"]) for k in ("merged", "unmerged")}
-    out.append(("lora_merged_decode", entry(
-        "lora_merged_decode", sps["merged"], sps["unmerged"], "captions/s",
-        f"greedy decoding, batch {dec['n']}, 30 new tokens per caption, LoRA r = {LORA_R} merged into GPT-2 "
-        f"(models.lora.merge_lora, what load_model does) vs unmerged; captions token for token identical: "
-        f"{dec['identical']}. Interleaved rounds (bench/cpu_lora.py).",
-        identical=dec["identical"], merged_runs_s=rounded(dec["merged_s"]), unmerged_runs_s=rounded(dec["unmerged_s"]))))
     return out

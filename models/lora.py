@@ -94,7 +94,8 @@ def add_lora(model: "StyleCapModel") -> None:
     from peft.functional import inject_adapter_in_model
     cfg, lm = model.cfg, model.gpt
     if cfg.finetune_gpt2:
-        raise UserError("a model with LoRA adapters keeps its LM frozen: set finetune_gpt2 False (drop --finetune_gpt2)")
+        raise UserError("a model with LoRA adapters keeps its LM frozen: set finetune_gpt2 False "
+                        "(drop --finetune_gpt2)")
     targets = list(cfg.lora_targets) or default_targets(lm.config.model_type)
     names = [n for n, _ in lm.named_modules()]
     missing = [t for t in targets if not any(_matches(n, t) for n in names)]

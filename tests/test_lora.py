@@ -28,7 +28,7 @@ def lora_args(small_models, data, out, *extra) -> list[str]:
     return ["--data_path", str(data), "--gpt2_path", str(small_models / "small_gpt2"), "--output_path", str(out),
             "--bs_train", "8", "--bs_eval", "16", "--lr", "1e-3", "--warmup_steps", "2", "--num_samples", "0",
             "--eval_subset", "0", "--seed", "3", "--epochs", "2", "--max_checkpoint_num", "0",
-            "--lora_r", str(R), "--lora_dropout", "0.1", *extra]
+            "--max_len", "12", "--lora_r", str(R), "--lora_dropout", "0.1", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -156,20 +156,18 @@ def test_merged_model_captions_equal_the_unmerged_ones(lora_run, features):
     assert not any(isinstance(m, BaseTunerLayer) for m in merged.modules()) and adapter_parameters(merged) == 0
     assert trainable_parameters(merged) == trainable_parameters(unmerged)  # eval_config.json = config.json
     data = load_features(features)
-    feats, styles = data["clip_embedding"][:12], [STYLES[i % 3] for i in range(12)]
-    for dc in (DecodeConfig(max_len=12), DecodeConfig(strategy="beam", beam_size=3, max_len=12)):
+    feats, styles = data["clip_embedding"][:6], [STYLES[i % 3] for i in range(6)]
+    for dc in (DecodeConfig(), DecodeConfig(strategy="beam", beam_size=3)):
         a = generate_captions(unmerged, feats, styles, dc)
         b = generate_captions(merged, feats, styles, dc)
         assert [o[0]["tokens"] for o in a] == [o[0]["tokens"] for o in b]
-    ids, mask = torch.tensor([[11, 12, 13]] * 2), torch.ones(2, 3, dtype=torch.long)
-    style_ids = torch.tensor([0, 2])
-    zeroed = load_model(path, merge_lora=False)
-    with torch.no_grad():
-        for b in lora_b(zeroed):
-            b.zero_()
-    logits = [m(feats[:2], style_ids, ids, mask).logits for m in (unmerged, merged, zeroed)]
+    ids, mask, style_ids = torch.tensor([[11, 12, 13]] * 2), torch.ones(2, 3, dtype=torch.long), torch.tensor([0, 2])
+    logits = [m(feats[:2], style_ids, ids, mask).logits for m in (unmerged, merged)]
     torch.testing.assert_close(logits[0], logits[1], atol=1e-4, rtol=1e-4)
-    assert (logits[0] - logits[2]).abs().max() > 1e-2  # the adapters matter: merging folded something in
+    with torch.no_grad():
+        for b in lora_b(unmerged):
+            b.zero_()  # the adapters off: GPT-2 as the folder has it
+    assert (logits[0] - unmerged(feats[:2], style_ids, ids, mask).logits).abs().max() > 1e-2  # they mattered
     with pytest.raises(RuntimeError, match="inference only"):
         checkpoint_payload(merged)
 
@@ -202,11 +200,11 @@ def test_llama_and_qwen2_get_adapters_on_qkvo_and_merge(small_models, arch):
 
 def test_eval_mode_and_predict_on_a_lora_checkpoint(lora_run, features, tmp_path):
     ckpt = lora_run / "checkpoints/last.pt"
-    feats = synthetic_features(tmp_path / "test.pkl", n_images=4)
+    feats = synthetic_features(tmp_path / "test.pkl", n_images=2)
     out = tmp_path / "eval"
     assert train.main(["--mode", "eval", "--model_path", str(ckpt), "--data_path", str(feats), "--output_path",
                        str(out), "--no_java", "--train_captions", str(features)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["counts"]["scored"] == 4
+    assert json.loads((out / "metrics.json").read_text())["counts"]["scored"] == 2
     trained = json.loads((lora_run / "config.json").read_text())["trainable_parameters"]
     assert json.loads((out / "eval_config.json").read_text())["trainable_parameters"] == trained
     assert predict.main(["--model_path", str(ckpt), "--features", str(feats), "--style", "all",
