@@ -253,5 +253,7 @@ def test_unknown_lora_target_names_the_models_layers(small_models):
     with pytest.raises(UserError, match=r"--lora_targets q_proj: no such module in the gpt2 model; .*c_attn") as e:
         small_lora_model(small_models, lora_r=R, lora_targets=["c_attn", "q_proj"])
     assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match=r"--lora_targets ln_1: Target module LayerNorm.* is not supported"):
+        small_lora_model(small_models, lora_r=R, lora_targets=["ln_1"])
     with pytest.raises(UserError, match="keeps its LM frozen"):
         small_lora_model(small_models, lora_r=R, finetune_gpt2=True)
