@@ -58,7 +58,7 @@ SIZES = {
                  stop_train_min=30, stop_train_check=10,
                  train_bs=16, train_rounds=4, extract_images=128, extract_bs=32, extract_ref_images=6,
                  extract_repeats=3, mem_images=40_000, mem_captions=200_000, store_captions=3_300_000,
-                 lora_steps=4, lora_decode_rounds=10),
+                 lora_steps=8, lora_decode_rounds=10),
 }
 
 GPU_KEYS = ("cuda", "gpu_suite_on_cpu")  # results.json keys the GPU suite writes
