@@ -56,6 +56,9 @@ class ModelConfig:
     # beside clip_size: predict.py and eval mode refuse features or images of another CLIP. {}: the features
     # named no CLIP; None: no record (ClipCap weights, checkpoints saved before checkpoints had it).
     clip: dict | None = None
+    # The styles learned from text rows only (process_text.py files, CapDec), none of their captions on an image;
+    # train.py records them. Such a style is used like any other; the record is for reports and evaluation.
+    text_styles: list = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

@@ -208,6 +208,7 @@ class Trainer:
         Returns stylecap.train.engine.train_one_epoch's {'loss', 'samples_per_s', 'batches', 'stopped'}."""
         args, state = self.args, self.state
         self.sampler.set_epoch(state.epoch)
+        self.train_ds.set_epoch(state.epoch)  # the epoch of the text rows' noise (CaptionDataset)
         loader = make_loader(self.train_ds, args.bs_train, self.model.tokenizer.pad_id,
                              SkipSampler(self.sampler, state.batch_in_epoch * args.bs_train), args.num_workers)
         return engine.train_one_epoch(self.train_model, loader, self.optimizer, self.scheduler, state,
