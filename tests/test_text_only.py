@@ -258,29 +258,34 @@ def test_normalisation_recorded_and_applied_at_inference(mixed_run):
         assert torch.allclose(model.prefix(x, style), model.prefix(7.5 * x, style), atol=1e-5)
 
 
-def test_text_only_style_through_predict_eval_mode_and_app(small_models, demo_data, mixed_run, image_feats, tmp_path):
+def test_text_only_style_through_predict_eval_mode_and_app(small_models, demo_data, mixed_run, image_feats, text_feats,
+                                                           tmp_path):
     import app
     import predict
     from models import load_model
     from stylecap.eval.captioning import load_clip_for
     ckpt = mixed_run / "checkpoints/last.pt"
-    images = sorted((demo_data / "personality" / "yfcc_images").glob("*.jpg"))[:2]
+    (tmp_path / "images").mkdir()
+    images = [shutil.copy(p, tmp_path / "images") for p in sorted((demo_data / "personality" / "yfcc_images").glob("*.jpg"))[:2]]
     out = tmp_path / "pred"
-    assert predict.main(["--model_path", str(ckpt), "--image_path", str(images[0].parent / "*.jpg"),
+    assert predict.main(["--model_path", str(ckpt), "--image_path", str(tmp_path / "images"),
                          "--clip_model_path", str(small_models / "small_clip.pt"), "--style", "Pirate",
                          "--output_path", str(out), "--num_workers", "0"]) == 0
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert preds and {p["style"] for p in preds} == {"Pirate"} and all(isinstance(p["caption"], str) for p in preds)
+    assert len(preds) == 2 and {p["style"] for p in preds} == {"Pirate"} and all(isinstance(p["caption"], str) for p in preds)
     # eval mode: test images with references in a paired style and in the text-only one
     test = load_features(image_feats)
     recs = [{**r, "style": "Pirate" if k % 2 else "Happy"} for k, r in enumerate(test.records()[:8])]
     save_features(tmp_path / "test.pkl", {"clip_embedding": test.clip_embedding, "captions": recs, "meta": {}})
     ev = tmp_path / "eval"
     assert train.main(["--mode", "eval", "--model_path", str(ckpt), "--data_path", str(tmp_path / "test.pkl"),
-                       "--output_path", str(ev), "--no_java", "--train_captions", str(image_feats)]) == 0
+                       "--output_path", str(ev), "--no_java"]) == 0
     metrics = json.loads((ev / "metrics.json").read_text())
     scored = {json.loads(line)["style"] for line in (ev / "predictions.jsonl").read_text().splitlines()}
     assert scored == {"Happy", "Pirate"} and "CIDEr" in metrics
+    # the default training captions: every --data_path file, so the style classifier knows the text-only style
+    assert metrics["inputs"]["train_captions"] == f"{image_feats} {text_feats}"
+    assert set(metrics["style_fidelity"]["per_style_top1"]) == {"Happy", "Pirate"} and "Pirate" in metrics["style_ppl"]["per_style"]
     assert json.loads((ev / "eval_config.json").read_text())["model_config"]["text_styles"] == ["Pirate"]
     # app.py: the same request handler as the web page
     model = load_model(ckpt, None, "cpu")

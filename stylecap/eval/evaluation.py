@@ -200,8 +200,9 @@ def _score_and_write(args: argparse.Namespace, out: Path, model: StyleCapModel, 
 
     train_captions = args.train_captions
     if train_captions is None:  # default: the data the model was trained on, if it is still there
-        trained_on = train_args.get("data_path")
-        train_captions = trained_on if trained_on and Path(trained_on).is_file() else None
+        trained_on = train_args.get("data_path")  # a list when trained on several files (text corpora too)
+        files = [f for f in (trained_on if isinstance(trained_on, list) else [trained_on]) if f and Path(f).is_file()]
+        train_captions = files if len(files) > 1 else (files[0] if files else None)
     meta = data.get("meta", {})
     clip_path = args.clip_model_path or meta.get("clip_model")
     image_dir = meta.get("image_dir") if meta.get("image_dir") and Path(meta["image_dir"]).is_dir() else None
