@@ -293,3 +293,11 @@ def test_text_only_style_through_predict_eval_mode_and_app(small_models, demo_da
     demo = app.Demo(model, clip_model, preprocess, torch.device("cpu"), batch_size=16, max_images=4)
     status, page, jsonl = demo.caption([str(p) for p in images], ["Pirate"])
     assert jsonl and {json.loads(line)["style"] for line in open(jsonl)} == {"Pirate"} and "Pirate" in page
+
+
+def test_ablation_script_parses_and_make_has_its_target():
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run(["bash", "-n", str(root / "scripts/ablate_text_only.sh")]).returncode == 0
+    make = (root / "Makefile").read_text()
+    assert "ablation-text:" in make and "scripts/ablate_text_only.sh" in make
