@@ -39,7 +39,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--mapping_type", choices=["mlp", "transformer"], default="mlp", help="mapper: ClipCap MLP or Transformer")
     a("--prefix_len", type=int, default=10, help="K, the number of prefix embeddings")
     a("--constant_len", type=int, default=10, help="Transformer mapper's clip length (projected feature tokens)")
-    a("--clip_size", type=int, default=512, help="CLIP feature width (512 for ViT-B/32, 640 for RN50x4)")
+    a("--clip_size", type=int, default=None, help="CLIP feature width (512 for ViT-B/32, 640 for RN50x4, 768 for "
+      "ViT-L/14; default: the width of --data_path's features)")
     a("--num_layers", type=int, default=8, help="Transformer mapper depth")
     a("--style_mode", choices=["auto", *STYLE_MODES], default="auto",
       help="how style enters the model; auto = embedding when the data has styles, else none")

@@ -82,6 +82,8 @@ def build_seeded_model(args: argparse.Namespace, data: TrainingData, rank: int,
     """The model on ``device``: the same initial weights on every rank (seeded with --seed), then each
     rank its own dropout stream (--seed + rank)."""
     torch.manual_seed(args.seed)  # the same initial weights on every rank
+    if args.clip_size is None:  # the mapper follows the features' width (recorded in args, as a given flag is)
+        args.clip_size = int(data.train["clip_embedding"].shape[1])
     cfg = ModelConfig(gpt2_path=args.gpt2_path, mapping_type=args.mapping_type, prefix_len=args.prefix_len,
                       constant_len=args.constant_len, clip_size=args.clip_size, num_layers=args.num_layers,
                       style_mode=args.style_mode, styles=data.styles, style_dim=args.style_dim,
