@@ -220,9 +220,39 @@ def load_encoder(spec: str, device: torch.device | str = "cpu", backend: str = "
     backend = detect_backend(spec) if backend == "auto" else backend
     if backend == "openai":
         from stylecap.clip_utils import load_clip
-        model, preprocess, info = load_clip(spec, device)
+        try:
+            model, preprocess, info = load_clip(spec, device)
+        except UserError as e:  # most likely an open_clip checkpoint: it does not name its architecture
+            if "OpenAI's layout" not in str(e):
+                raise
+            raise UserError(f"{e}; for an open_clip checkpoint give its architecture: --clip_model_path "
+                            f"ARCH:{spec} (e.g. ViT-B-32:{spec})") from None
+        if why := _open_clip_like(spec):
+            from loguru import logger
+            logger.warning(f"{spec} {why}: read in OpenAI's layout, as openai-clip builds it (QuickGELU). If it "
+                           f"is an open_clip checkpoint, name its architecture: --clip_model_path ARCH:{spec}")
         return openai_encoder(model, preprocess, info)
     return (_load_open_clip if backend == "open_clip" else _load_hf)(spec, torch.device(device))
+
+
+def _open_clip_like(spec: str) -> str | None:
+    """Why a file read as OpenAI's may be an open_clip checkpoint, or None. Both use the same key names, so
+    open_clip's ViT-B-32 (nn.GELU) would load into openai-clip's class (QuickGELU) and give other features
+    without an error. OpenAI's weights are fp16 (its archives, and state dicts saved from them); open_clip
+    saves fp32 or bf16 state dicts, or training checkpoints ({"epoch", "state_dict", ...}, keys "module.*")."""
+    p = Path(spec).expanduser()
+    if not p.is_file():
+        return None
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a TorchScript archive (OpenAI's own format), or not torch's zip format
+        return None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        return "is a training checkpoint (it has a 'state_dict')"
+    floats = [v.dtype for v in sd.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if floats and torch.float16 not in floats:
+        return "is a state dict without fp16 weights (OpenAI's are fp16)"
+    return None
 
 
 def _load_open_clip(spec: str, device: torch.device) -> OpenCLIPEncoder:
