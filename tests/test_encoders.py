@@ -1,6 +1,6 @@
 """Issue 18 section 1: image encoders behind one interface (stylecap/encoders.py).
 
-For each backend -- openai-clip, open_clip (a folder in its local-dir layout, and ARCH:FILE with a model-config
+For each backend -- openai-clip (also a ResNet, 640-d like RN50x4), open_clip (a folder in its local-dir layout, and ARCH:FILE with a model-config
 .json as ARCH), Hugging Face CLIPModel / CLIPVisionModelWithProjection / SiglipModel / SiglipVisionModel -- the
 features that process_flickr.py writes equal what that library's own documented preprocess + encode gives, on
 the images of tests/test_features_exact.py; text features equal the library's too. Then, for each backend, one
@@ -27,7 +27,8 @@ import process_flickr
 import process_personality
 import train
 from stylecap.clip_check import same_clip
-from stylecap.demo.small_models import make_hf_encoder, make_open_clip
+from stylecap.clip_utils import _import_clip, load_clip
+from stylecap.demo.small_models import make_clip_resnet, make_hf_encoder, make_open_clip
 from stylecap.encoders import detect_backend, load_encoder
 from stylecap.features import clip_record, load_features
 from stylecap.utils import UserError
@@ -42,7 +43,7 @@ def encoders(small_models, tmp_path_factory) -> dict[str, str]:
     """name -> --clip_model_path of a small random encoder of each backend and kind."""
     d = tmp_path_factory.mktemp("encoders")
     oc = make_open_clip(d / "open_clip")
-    out = {"openai": str(small_models / "small_clip.pt"), "open_clip": str(oc),
+    out = {"openai": str(small_models / "small_clip.pt"), "openai_rn": str(make_clip_resnet(d)), "open_clip": str(oc),
            "open_clip_json": f"{oc / 'model_cfg.json'}:{oc / 'open_clip_pytorch_model.bin'}"}
     for kind in ("clip", "clip_vision", "siglip", "siglip_vision"):
         out[f"hf_{kind}"] = str(make_hf_encoder(d / kind, kind))
@@ -75,13 +76,22 @@ def _open_clip_reference(folder: str):
     return model.eval(), preprocess, lambda img: model.encode_image(preprocess(img).unsqueeze(0))[0]
 
 
+def _openai_reference(path: str):
+    """openai-clip's own: encode_image(clip.clip._transform(resolution)(Image.open(p)))."""
+    model, _, info = load_clip(path)
+    preprocess = _import_clip().clip._transform(info["input_resolution"])
+    return model, preprocess, lambda img: model.encode_image(preprocess(img).unsqueeze(0))[0]
+
+
 def _reference(encoders: dict, name: str):
+    if name.startswith("openai"):
+        return _openai_reference(encoders[name])
     if name.startswith("hf_"):
         return _hf_reference(encoders[name])
     return _open_clip_reference(encoders["open_clip"])  # both open_clip forms name the same model
 
 
-@pytest.mark.parametrize("name", ["open_clip", "hf_clip", "hf_siglip"])
+@pytest.mark.parametrize("name", ["openai_rn", "open_clip", "hf_clip", "hf_siglip"])
 def test_features_equal_the_librarys_own(encoders, images, name, tmp_path):  # noqa: F811
     """process_flickr.py's features == the library's documented preprocess(Image.open(p)) + encode, per image
     (all the exactness tests' images: JPEG sizes, EXIF, grey, CMYK, RGBA, palette, LA)."""
@@ -97,8 +107,11 @@ def test_features_equal_the_librarys_own(encoders, images, name, tmp_path):  # n
     d = load_features(out)
     meta = d["meta"]
     assert meta["counts"]["images"] == len(images) and meta["dim"] == len(next(iter(ref.values())))
-    assert meta["clip_backend"] == ("open_clip" if name.startswith("open_clip") else "hf")
-    assert meta["extraction"]["clip_backend"] == meta["clip_backend"]  # in the run key: another backend re-extracts
+    assert meta["clip_backend"] == {"openai_rn": "openai", "open_clip": "open_clip"}.get(name, "hf")
+    if name != "openai_rn":  # in the run key: another backend re-extracts; openai-clip's run keys are as before
+        assert meta["extraction"]["clip_backend"] == meta["clip_backend"]
+    else:
+        assert "clip_backend" not in meta["extraction"]
     for c in d["captions"]:
         _assert_exact(d["clip_embedding"][c["clip_embedding"]], ref[c["image_id"]], f"{name} {c['image_id']}")
 
@@ -143,7 +156,7 @@ def test_text_features_equal_the_librarys_own(encoders):
 
 def test_backend_detection_and_override(encoders, small_models, tmp_path):
     got = {n: detect_backend(s) for n, s in encoders.items()}
-    assert got == {"openai": "openai", "open_clip": "open_clip", "open_clip_json": "open_clip", "hf_clip": "hf",
+    assert got == {"openai": "openai", "openai_rn": "openai", "open_clip": "open_clip", "open_clip_json": "open_clip", "hf_clip": "hf",
                    "hf_clip_vision": "hf", "hf_siglip": "hf", "hf_siglip_vision": "hf"}
     assert detect_backend(str(small_models / "small_clip_jit.pt")) == "openai"
     with pytest.raises(UserError, match="neither config.json"):

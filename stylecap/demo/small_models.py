@@ -200,3 +200,19 @@ def make_hf_encoder(out: Path, kind: str = "clip", seed: int = 0, projection_dim
         proc = tf.SiglipImageProcessor(size={"height": 64, "width": 64})
     proc.save_pretrained(str(out))
     return out
+
+
+# openai-clip's ModifiedResNet (RN50x4's family), 640-d like RN50x4: layers (1, 1, 1, 1) of width 16, 64 px.
+SMALL_CLIP_RN = dict(SMALL_CLIP, embed_dim=640, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=16,
+                     vision_patch_size=None)
+
+
+def make_clip_resnet(out: Path, seed: int = 0) -> Path:
+    """A small openai-clip ResNet CLIP as a state dict in OpenAI's layout (fp16, as its files): ``out``/small_clip_rn.pt."""
+    clip = _import_clip()
+    torch.manual_seed(seed)
+    model = clip.model.CLIP(**SMALL_CLIP_RN).eval()
+    clip.model.convert_weights(model)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "small_clip_rn.pt")
+    return out / "small_clip_rn.pt"
