@@ -1,9 +1,10 @@
 """A checkpoint knows its CLIP: predict.py and eval mode refuse features or images of another one.
 
 train.py stores the training features' CLIP record (:func:`stylecap.features.clip_record`: model name,
-sha256 of the weights, normalisation, backend, embedding width) in the checkpoint's config (``ModelConfig.clip``; older checkpoints have
-it under the top-level "clip" key); the checks compare the loaded model's config, in memory. A model
-trained on ViT-B/16 features would otherwise caption ViT-B/32 features without a word: both are 512-d. Models whose
+sha256 of the weights, normalisation, backend, embedding width) in the checkpoint's config
+(``ModelConfig.clip``; older checkpoints have it under the top-level "clip" key); the checks compare the
+loaded model's config, in memory (:func:`same_clip`: the whole record but the name). A model trained on
+ViT-B/16 features would otherwise caption ViT-B/32 features without a word: both are 512-d. Models whose
 checkpoint holds no record (ClipCap's released weights, checkpoints saved before the record existed,
 models trained on features that name no CLIP) cannot be checked: that is logged once, not refused.
 """

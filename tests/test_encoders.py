@@ -1,7 +1,7 @@
 """Issue 18 section 1: image encoders behind one interface (stylecap/encoders.py).
 
-For each backend -- openai-clip (also a ResNet, 640-d like RN50x4), open_clip (a folder in its local-dir layout, and ARCH:FILE with a model-config
-.json as ARCH), Hugging Face CLIPModel / CLIPVisionModelWithProjection / SiglipModel / SiglipVisionModel -- the
+For each backend -- openai-clip (also a ResNet, 640-d like RN50x4), open_clip (a folder in its local-dir layout,
+and ARCH:FILE with a model-config .json as ARCH), Hugging Face CLIPModel / CLIPVisionModelWithProjection / SiglipModel / SiglipVisionModel -- the
 features that process_flickr.py writes equal what that library's own documented preprocess + encode gives, on
 the images of tests/test_features_exact.py; text features equal the library's too. Then, for each backend, one
 small pipeline: extract (process_personality.py), train 1 epoch (the mapper follows the width: 512, 640, 768, 64),
@@ -156,8 +156,8 @@ def test_text_features_equal_the_librarys_own(encoders):
 
 def test_backend_detection_and_override(encoders, small_models, tmp_path):
     got = {n: detect_backend(s) for n, s in encoders.items()}
-    assert got == {"openai": "openai", "openai_rn": "openai", "open_clip": "open_clip", "open_clip_json": "open_clip", "hf_clip": "hf",
-                   "hf_clip_vision": "hf", "hf_siglip": "hf", "hf_siglip_vision": "hf"}
+    assert got == {"openai": "openai", "openai_rn": "openai", "open_clip": "open_clip", "open_clip_json": "open_clip",
+                   "hf_clip": "hf", "hf_clip_vision": "hf", "hf_siglip": "hf", "hf_siglip_vision": "hf"}
     assert detect_backend(str(small_models / "small_clip_jit.pt")) == "openai"
     with pytest.raises(UserError, match="neither config.json"):
         detect_backend(str(tmp_path))

@@ -184,7 +184,8 @@ def make_hf_encoder(out: Path, kind: str = "clip", seed: int = 0, projection_dim
             "eos_token_id": tok.eos_token_id} if tok else None
     torch.manual_seed(seed)
     if kind == "clip":
-        model = tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=SMALL_HF_VISION, projection_dim=projection_dim))
+        cfg = tf.CLIPConfig(text_config=text, vision_config=SMALL_HF_VISION, projection_dim=projection_dim)
+        model = tf.CLIPModel(cfg)
     elif kind == "clip_vision":
         model = tf.CLIPVisionModelWithProjection(tf.CLIPVisionConfig(**SMALL_HF_VISION, projection_dim=projection_dim))
     elif kind == "siglip":
@@ -208,7 +209,7 @@ SMALL_CLIP_RN = dict(SMALL_CLIP, embed_dim=640, image_resolution=64, vision_laye
 
 
 def make_clip_resnet(out: Path, seed: int = 0) -> Path:
-    """A small openai-clip ResNet CLIP as a state dict in OpenAI's layout (fp16, as its files): ``out``/small_clip_rn.pt."""
+    """A small openai-clip ResNet CLIP, a state dict in OpenAI's layout (fp16, as its files): out/small_clip_rn.pt."""
     clip = _import_clip()
     torch.manual_seed(seed)
     model = clip.model.CLIP(**SMALL_CLIP_RN).eval()

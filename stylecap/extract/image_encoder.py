@@ -67,8 +67,8 @@ class PilToUint8:
 
 
 def split_preprocess(preprocess):
-    """Split CLIP's (openai-clip's or open_clip's) Compose([Resize, CenterCrop, to_rgb, ToTensor, Normalize]) into a worker part that
-    returns uint8 (4x less to pass between processes and to copy to the GPU) and (mean, std) for the
+    """Split CLIP's Compose([Resize, CenterCrop, to_rgb, ToTensor, Normalize]) (openai-clip's, open_clip's) into a
+    worker part that returns uint8 (4x less to pass between processes and to copy to the GPU) and (mean, std) for the
     batched ToTensor + Normalize on the device, done with the same float ops, so values are identical.
     Another preprocess runs whole in the workers: (preprocess, None)."""
     ts = getattr(preprocess, "transforms", None)
