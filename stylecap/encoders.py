@@ -240,14 +240,20 @@ def _open_clip_like(spec: str) -> str | None:
     open_clip's ViT-B-32 (nn.GELU) would load into openai-clip's class (QuickGELU) and give other features
     without an error. OpenAI's weights are fp16 (its archives, and state dicts saved from them); open_clip
     saves fp32 or bf16 state dicts, or training checkpoints ({"epoch", "state_dict", ...}, keys "module.*")."""
+    import zipfile
     p = Path(spec).expanduser()
-    if not p.is_file():
+    if not p.is_file() or not zipfile.is_zipfile(p):  # not torch's zip format: an old pickle, left to load_clip
         return None
+    with zipfile.ZipFile(p) as z:  # the directory only
+        if any(n.endswith("/constants.pkl") for n in z.namelist()):
+            return None  # a TorchScript archive: OpenAI's own format
     try:
-        sd = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # a TorchScript archive (OpenAI's own format), or not torch's zip format
+        sd = torch.load(p, map_location="cpu", weights_only=True, mmap=True)  # mapped, not read
+    except Exception:
         return None
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+    if not isinstance(sd, dict):
+        return None
+    if isinstance(sd.get("state_dict"), dict):
         return "is a training checkpoint (it has a 'state_dict')"
     floats = [v.dtype for v in sd.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
     if floats and torch.float16 not in floats:
