@@ -74,9 +74,10 @@ class ShardedFeatures:
         return [t for t in self.styles if t in present]
 
     def select(self, ids: list[int]) -> "ShardedFeatures":
-        """The shards ``ids`` (in that order) as a set of their own; shares the verified-hash record."""
+        """The shards ``ids`` (in that order) as a set of their own (its own ``opened`` list; the record of
+        verified hashes is shared)."""
         return ShardedFeatures(self.root, [self.shards[k] for k in ids], self.styles, self.dim, self.dtype, self.clip,
-                               self.meta, self.content_sha256, self.opened, self._verified)
+                               self.meta, self.content_sha256, [], self._verified)
 
     def open_shard(self, k: int, verify: bool = True) -> FeatureStore:
         """Shard k memory-mapped; its sha256 is checked the first time this process opens it (``verify``)."""

@@ -23,7 +23,7 @@ from stylecap.utils import UserError, atomic_torch_save
 def style_vocabulary(data: "FeatureStore | list[dict]") -> list[str]:
     """Styles present in the data (a store, or caption records): known traits in published order,
     then any others sorted."""
-    if isinstance(data, FeatureStore):
+    if hasattr(data, "present_styles"):  # a FeatureStore, or a sharded set (stylecap.sharded)
         present = set(data.present_styles())
     else:
         present = {c["style"] for c in data if c.get("style") is not None}
