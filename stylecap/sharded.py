@@ -79,10 +79,22 @@ class ShardedFeatures:
         return ShardedFeatures(self.root, [self.shards[k] for k in ids], self.styles, self.dim, self.dtype, self.clip,
                                self.meta, self.content_sha256, [], self._verified)
 
+    def check(self, ids: list[int] | None = None) -> None:
+        """Every shard ``ids`` (None: all) exists with the size the index records (a stat each, nothing read)."""
+        for s in self.shards if ids is None else [self.shards[k] for k in ids]:
+            f = self.root / s["file"]
+            if not f.is_file():
+                raise UserError(f"{self.root / INDEX_NAME}: shard {s['file']} is missing; copy it into {self.root} "
+                                "or remake the set with scripts/shard_features.py")
+            if f.stat().st_size != s["bytes"]:
+                raise UserError(f"{f}: {f.stat().st_size} bytes, the index says {s['bytes']} (a truncated or changed "
+                                "shard); copy it again, or remake the set with scripts/shard_features.py")
+
     def open_shard(self, k: int, verify: bool = True) -> FeatureStore:
         """Shard k memory-mapped; its sha256 is checked the first time this process opens it (``verify``)."""
         info = self.shards[k]
         path = self.root / info["file"]
+        self.check([k])
         if verify and info["file"] not in self._verified:
             if sha256_file(path) != info["sha256"]:
                 raise UserError(f"{path}: its sha256 differs from {self.root / INDEX_NAME} (a changed or corrupt "
@@ -108,8 +120,9 @@ class ShardedFeatures:
         raise KeyError(key)
 
 
-def open_sharded(path: str | Path) -> ShardedFeatures:
-    """Read index.json (``path``: the folder or the file) and check that every shard exists with its size."""
+def open_sharded(path: str | Path, check: bool = True) -> ShardedFeatures:
+    """Read index.json (``path``: the folder or the file) and (``check``) stat every shard: it exists with its
+    size. Without ``check`` a shard is checked when opened: for nodes that hold only their own shards."""
     p = Path(path)
     index_path = p / INDEX_NAME if p.is_dir() else p
     root = index_path.parent
@@ -119,16 +132,11 @@ def open_sharded(path: str | Path) -> ShardedFeatures:
         raise UserError(f"{index_path}: unreadable sharded index ({e}); remake it with scripts/shard_features.py") from None
     if not isinstance(idx, dict) or idx.get("format") != INDEX_FORMAT or not isinstance(idx.get("shards"), list):
         raise UserError(f"{index_path}: not a {INDEX_FORMAT} index; make one with scripts/shard_features.py")
-    for s in idx["shards"]:
-        f = root / s["file"]
-        if not f.is_file():
-            raise UserError(f"{index_path}: shard {s['file']} is missing; copy it into {root} or remake the set "
-                            "with scripts/shard_features.py")
-        if f.stat().st_size != s["bytes"]:
-            raise UserError(f"{f}: {f.stat().st_size} bytes, the index says {s['bytes']} (a truncated or changed "
-                            "shard); copy it again, or remake the set with scripts/shard_features.py")
-    return ShardedFeatures(root, idx["shards"], list(idx["styles"]), int(idx["dim"]), str(idx["dtype"]),
+    data = ShardedFeatures(root, idx["shards"], list(idx["styles"]), int(idx["dim"]), str(idx["dtype"]),
                            idx.get("clip"), dict(idx.get("meta") or {}), str(idx["content_sha256"]))
+    if check:
+        data.check()
+    return data
 
 
 def load_any(path: str | Path) -> FeatureStore:

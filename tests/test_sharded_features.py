@@ -101,6 +101,26 @@ def test_each_rank_reads_only_its_shards(small_models, shards):
     assert set.union(*per_rank) == {f"shard_{k:05d}.pt" for k in range(6)} and sum(map(len, per_rank)) == 6
 
 
+def test_a_node_with_only_its_ranks_shards_trains_with_fixed_assignment(small_models, shards, tmp_path):
+    """--shard_assignment fixed: rank 0 of 3 reads the same 2 shards every epoch, so a node that holds only those
+    (and index.json) serves every epoch; the shards it lacks are never asked for."""
+    counts = open_sharded(shards).caption_counts
+    local = tmp_path / "node0"
+    local.mkdir()
+    (local / "index.json").write_bytes((shards / "index.json").read_bytes())
+    mine = assign_shards(counts, 3, 5, 0)[0]
+    for k in mine:
+        (local / f"shard_{k:05d}.pt").write_bytes((shards / f"shard_{k:05d}.pt").read_bytes())
+    with pytest.raises(UserError, match="is missing"):
+        open_sharded(local)  # the default check: every shard (right for a shared filesystem)
+    ds = ShardedCaptionDataset(open_sharded(local, check=False), _tokenize(small_models), assignment="fixed")
+    sampler = ds.make_sampler(3, 0, 5)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        assert len([ds[i] for i in sampler]) == 8
+    assert set(ds.data.opened) == {f"shard_{k:05d}.pt" for k in mine}
+
+
 def test_same_order_for_same_seed_and_world_and_another_each_epoch():
     counts = [10, 10, 10, 10, 10, 7]  # a short last shard
     order = lambda world, rank, epoch, seed=0, **kw: rank_order(counts, world, rank, seed, epoch, **kw).tolist()
@@ -167,6 +187,9 @@ def test_bad_index_is_refused_in_one_line(shards, tmp_path):
         open_sharded(bad)
     assert "the index says" in _one_line(e)
     shard.unlink()
+    with pytest.raises(UserError) as e:
+        open_sharded(bad, check=False).open_shard(2)  # without the check at open, when the shard is opened
+    assert "shard shard_00002.pt is missing" in _one_line(e)
     with pytest.raises(UserError) as e:
         train.main(["--data_path", str(bad), "--output_path", str(tmp_path / "run")])
     assert "shard shard_00002.pt is missing" in _one_line(e)

@@ -14,13 +14,13 @@ size give the same epochs, and a resume skips the batches already done (SkipSamp
 from __future__ import annotations
 
 import argparse
+import os
 from collections import OrderedDict
 from functools import partial
 from typing import Callable
 
 import numpy as np
 import torch.distributed as dist
-import os
 from loguru import logger
 from torch.utils.data import Dataset, Sampler
 
@@ -124,7 +124,8 @@ def load_sharded_training_data(args: argparse.Namespace):
     validation set in memory: --val_path (a feature file or a sharded set), or whole shards held out by a
     seeded choice (round(S x --val_fraction), at least one): a split by image, as an image never spans shards."""
     from stylecap.train.prepare import TrainingData  # here: prepare imports this module lazily
-    full = open_sharded(args.data_path)
+    # --shard_assignment fixed: a node may hold only its ranks' shards (and the validation ones): checked when opened
+    full = open_sharded(args.data_path, check=getattr(args, "shard_assignment", "epoch") == "epoch")
     n = len(full.shards)
     if args.val_path:
         train, val = full, load_any(args.val_path)
