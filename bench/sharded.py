@@ -37,7 +37,8 @@ SIZES = {"quick": dict(images=60_000, rows_per_shard=2_500, world=8),
          "full": dict(images=600_000, rows_per_shard=5_000, world=8)}  # full: 2 x 0.63 GB on disk
 
 CHILD = r"""
-import json, sys, time, collections
+import json, sys, time, collections, bisect
+import numpy.random  # imported lazily by numpy; a training process has it already (its RNG state is saved)
 import torch
 root, mode, path, world, window, epoch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
 sys.path.insert(0, root)
@@ -61,7 +62,6 @@ else:
         starts.append(starts[-1] + c)
     order = rank_order(data.caption_counts, world, 0, 0, 0, window).tolist()
     mapped = collections.OrderedDict()
-    import bisect
     def row(i):
         k = bisect.bisect_right(starts, i) - 1
         if k not in mapped:
