@@ -198,3 +198,16 @@ def test_bad_index_is_refused_in_one_line(shards, tmp_path):
         open_sharded(bad)
     with pytest.raises(UserError, match="already holds a sharded set"):
         shard_main([str(bad / "shard_00000.pt"), str(bad)])
+
+
+@pytest.mark.parametrize("flag,old,new", [("shard_window", 0, 2), ("shard_assignment", "epoch", "fixed")])
+def test_resume_with_another_shard_order_is_refused(tmp_path, flag, old, new):
+    """--shard_window and --shard_assignment decide the order: resuming with others would not continue the epoch."""
+    import argparse
+    from stylecap.train.trainer import check_resume
+    base = dict(bs_train=8, grad_accum=1, shard_window=0, shard_assignment="epoch", epochs=1, lr=1e-3,
+                warmup_steps=2, finetune_gpt2=True)
+    check_resume({"args": {**base, flag: old}, "world_size": 1}, argparse.Namespace(**base), 1, tmp_path)
+    with pytest.raises(UserError, match=f"made with --{flag} {old}, this run has --{flag} {new}"):
+        check_resume({"args": {**base, flag: old}, "world_size": 1}, argparse.Namespace(**{**base, flag: new}), 1,
+                     tmp_path)

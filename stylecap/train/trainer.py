@@ -36,7 +36,7 @@ TRAIN_SCALARS = ("loss", "lr", "samples_per_s", "grad_norm")  # TensorBoard trai
 def check_resume(ck: dict, args: argparse.Namespace, world: int, path: Path) -> None:
     """An exact resume needs the batch layout and the frozen GPT-2 it was made with: refuse otherwise."""
     old = ck.get("args") or {}
-    for flag in ("bs_train", "grad_accum"):
+    for flag in ("bs_train", "grad_accum", "shard_window", "shard_assignment"):  # shard_*: a sharded set's order
         if flag in old and old[flag] != getattr(args, flag):
             raise UserError(f"--resume {path}: it was made with --{flag} {old[flag]}, this run has --{flag} "
                             f"{getattr(args, flag)}; resume with the same setting, or start a new --output_path")
