@@ -133,9 +133,9 @@ def load_sharded_training_data(args: argparse.Namespace):
         if n < 2:
             raise UserError(f"{args.data_path} has one shard: nothing to hold out for validation; give --val_path "
                             "or remake it with a smaller --rows_per_shard")
-        held = np.random.default_rng(args.seed).permutation(n)[:max(1, round(n * args.val_fraction))]
-        train = full.select([k for k in range(n) if k not in set(held.tolist())])
-        val = full.select(sorted(held.tolist())).load_all()
+        held = set(np.random.default_rng(args.seed).permutation(n)[:max(1, round(n * args.val_fraction))].tolist())
+        train = full.select([k for k in range(n) if k not in held])
+        val = full.select(sorted(held)).load_all()
     styles = style_vocabulary(train)
     if args.style_mode == "auto":
         args.style_mode = "embedding" if styles else "none"
