@@ -47,6 +47,9 @@ from stylecap.sharded import open_sharded
 from stylecap.train.sharded_data import rank_order
 def kb(field):
     return int(next(l for l in open("/proc/self/status") if l.startswith(field + ":")).split()[1])
+import gc
+gc.collect()
+gc.freeze()  # the imports' objects: a full collection over them (~0.5 s here) would land in whichever timing it hits
 r0 = kb("VmRSS")
 t0 = time.perf_counter()
 if mode == "one":
