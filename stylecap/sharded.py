@@ -38,8 +38,10 @@ INDEX_FORMAT = "stylecap-sharded-1"
 INDEX_NAME = "index.json"
 
 
-def is_sharded(path: str | Path | None) -> bool:
-    """True for a sharded set: a folder holding index.json, or the index.json itself."""
+def is_sharded(path: str | Path | list | None) -> bool:
+    """True for a sharded set: a folder holding index.json, or the index.json itself (or a list of one of them)."""
+    if isinstance(path, (list, tuple)):  # a --data_path that takes several files
+        return len(path) == 1 and is_sharded(path[0])
     if path is None:
         return False
     p = Path(path)

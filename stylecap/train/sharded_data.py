@@ -125,13 +125,14 @@ def load_sharded_training_data(args: argparse.Namespace):
     seeded choice (round(S x --val_fraction), at least one): a split by image, as an image never spans shards."""
     from stylecap.train.prepare import TrainingData  # here: prepare imports this module lazily
     # --shard_assignment fixed: a node may hold only its ranks' shards (and the validation ones): checked when opened
-    full = open_sharded(args.data_path, check=getattr(args, "shard_assignment", "epoch") == "epoch")
+    path = args.data_path[0] if isinstance(args.data_path, (list, tuple)) else args.data_path
+    full = open_sharded(path, check=getattr(args, "shard_assignment", "epoch") == "epoch")
     n = len(full.shards)
     if args.val_path:
         train, val = full, load_any(args.val_path)
     else:
         if n < 2:
-            raise UserError(f"{args.data_path} has one shard: nothing to hold out for validation; give --val_path "
+            raise UserError(f"{path} has one shard: nothing to hold out for validation; give --val_path "
                             "or remake it with a smaller --rows_per_shard")
         held = set(np.random.default_rng(args.seed).permutation(n)[:max(1, round(n * args.val_fraction))].tolist())
         train = full.select([k for k in range(n) if k not in held])
