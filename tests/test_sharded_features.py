@@ -148,18 +148,19 @@ def test_same_order_for_same_seed_and_world_and_another_each_epoch():
 
 def test_sharded_training_resumes_exactly_mid_epoch(small_models, shards, tmp_path):
     """train.py --data_path <sharded set>: 5 training shards (one held out for validation), 20 captions, batches
-    of 5; Ctrl-C mid-epoch 1 saves at a step boundary; --resume auto ends with the uninterrupted run's weights."""
+    of 10, windows of 2 shards; Ctrl-C mid-epoch 1 saves at a step boundary; --resume auto (set_epoch(1), a fresh
+    dataset mapping its shards again) ends with the uninterrupted run's weights."""
     argv = base_args(small_models, shards, "OUT", "--epochs", "2", "--max_len", "16", "--shard_window", "2",
                      "--max_checkpoint_num", "0")
-    argv = with_flag(with_flag(argv, "--bs_train", "5"), "--num_samples", "0")
+    argv = with_flag(with_flag(argv, "--bs_train", "10"), "--num_samples", "0")
     args = lambda out: with_flag(argv, "--output_path", str(out))
     assert train.main(args(tmp_path / "a")) == 0
     log = (tmp_path / "a" / "train.log").read_text()
     assert "20 train / 4 val captions" in log
-    with CtrlCAtForward(7):  # epoch 0: 4 steps + validation (1 batch); then step 6 of epoch 1
+    with CtrlCAtForward(4):  # epoch 0: 2 steps + validation (1 batch); then step 3, the first of epoch 1
         assert train.main(args(tmp_path / "b")) == 130
     (ck,) = [torch.load(p, weights_only=True)["train_state"] for p in (tmp_path / "b/checkpoints").glob("step_*.pt")]
-    assert ck["epoch"] == 1 and 0 < ck["batch_in_epoch"] < 4
+    assert ck["epoch"] == 1 and ck["batch_in_epoch"] == 1
     assert train.main(args(tmp_path / "b") + ["--resume", "auto"]) == 0
     a, b = weights(tmp_path / "a/checkpoints/last.pt"), weights(tmp_path / "b/checkpoints/last.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
