@@ -36,6 +36,7 @@ import torch
 from loguru import logger
 
 from stylecap.clip_utils import _import_clip
+from stylecap.encoders import ImageEncoder
 from stylecap.extract import pipeline as extract
 from stylecap.extract.caption_sources import CaptionSource, _lines, need_file
 from stylecap.extract.settings import ExtractSettings
@@ -51,12 +52,17 @@ TEXT_ENCODER = {"modality": TEXT_MODALITY, "text_tokenizer": "clip.tokenize", "t
 
 
 # ----------------------------------------------------------------------------- the one call of the text tower
-def encode_text(model: torch.nn.Module, texts: list[str], device: torch.device) -> torch.Tensor:
-    """(B,) sentences -> (B, D) CLIP text embeddings, not normalised (openai-clip's ``encode_text``).
-    Sentences over the context length (77 tokens) are truncated. The one place that runs the text tower:
-    the encoder backends of issue 18 re-point it to their ``encode_text(list[str])``."""
-    clip = _import_clip()
-    tokens = clip.tokenize(texts, truncate=True).to(device)  # (B, 77) int
+def encode_text(model: "ImageEncoder | torch.nn.Module", texts: list[str], device: torch.device) -> torch.Tensor:
+    """(B,) sentences -> (B, D) text embeddings, not normalised, truncated to the model's context length: the
+    encoder's own ``encode_text`` (stylecap.encoders: openai-clip, open_clip, Hugging Face CLIP/SigLIP), or
+    openai-clip's ``encode_text(clip.tokenize(...))`` for a bare openai-clip model. The one place that runs
+    the text tower."""
+    if isinstance(model, ImageEncoder):
+        if not model.has_text:
+            raise UserError(f"{model.name} has no text tower (a vision-only model); give --clip_model_path a CLIP "
+                            "with both towers, the one that made the image features")
+        return model.encode_text(texts)
+    tokens = _import_clip().tokenize(texts, truncate=True).to(device)  # (B, 77) int
     return model.encode_text(tokens)
 
 

@@ -18,6 +18,7 @@ from models import ModelConfig, build_model
 from models.captioner import StyleCapModel
 from stylecap.cpu import cpu_bf16_warning
 from stylecap.features import TEXT_MODALITY, FeatureStore, clip_record, load_features, modality
+from stylecap.sharded import ShardedFeatures, is_sharded
 from stylecap.train.data import (CaptionDataset, collate, concat_selections, encode_data, merge_stores,
                                  split_by_image, style_vocabulary)
 from stylecap.train.engine import CheckpointManager
@@ -90,6 +91,9 @@ def load_training_data(args: argparse.Namespace) -> TrainingData:
     (embedding when the data has styles, else none) in ``args``, which config.json and checkpoints record.
     Text feature files (process_text.py) switch --normalize_prefix on: text rows are L2-normalised (CapDec),
     so image features must be too, in training and at inference (the checkpoint records it)."""
+    if is_sharded(args.data_path):  # many files + index.json (docs/scale.md): each rank maps only its shards
+        from stylecap.train.sharded_data import load_sharded_training_data
+        return load_sharded_training_data(args)
     paths = data_paths(args)
     if len(paths) > 1:
         train_data, val_data, (train_text, val_text) = _load_several(args, paths)
@@ -156,6 +160,8 @@ def build_seeded_model(args: argparse.Namespace, data: TrainingData, rank: int,
     """The model on ``device``: the same initial weights on every rank (seeded with --seed), then each
     rank its own dropout stream (--seed + rank)."""
     torch.manual_seed(args.seed)  # the same initial weights on every rank
+    if args.clip_size is None:  # the mapper follows the features' width (recorded in args, as a given flag is)
+        args.clip_size = int(data.train["clip_embedding"].shape[1])
     cfg = ModelConfig(gpt2_path=args.gpt2_path, mapping_type=args.mapping_type, prefix_len=args.prefix_len,
                       constant_len=args.constant_len, clip_size=args.clip_size, num_layers=args.num_layers,
                       style_mode=args.style_mode, styles=data.styles, style_dim=args.style_dim,
@@ -179,6 +185,9 @@ def encode_datasets(args: argparse.Namespace, data: TrainingData, model: StyleCa
     """(train, val) datasets of tokenized captions, the tokens cached in ``cache``.
     Tokenized once per machine: local rank 0 writes the cache, the other ranks then map the same file,
     so N ranks share one copy of the tokens (as of the features) in the page cache."""
+    if isinstance(data.train, ShardedFeatures):  # its shards are tokenized as a rank first reads them
+        from stylecap.train.sharded_data import sharded_datasets
+        return sharded_datasets(args, data.train, data.val, model, cache)
     tok = model.tokenizer
     local_first = dist.is_initialized() and int(os.environ.get("LOCAL_RANK", 0)) != 0
     if local_first:
