@@ -53,7 +53,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--model_path", required=True, help="StyleCap checkpoint (e.g. output/<run>/checkpoints/best.pt) or ClipCap weights")
     a("--clip_model_path", help=f"CLIP model used to encode the images (default: the one the checkpoint names, "
       f"else {DEFAULT_CLIP})")
-    a("--gpt2_path", help="GPT-2 folder: needed for ClipCap weights, or if a frozen GPT-2 moved")
+    a("--lm_path", "--gpt2_path", dest="gpt2_path", metavar="LM_PATH", help="language-model (GPT-2) folder: "
+      "needed for ClipCap weights, or if a frozen LM moved; --gpt2_path is the older name")
     a("--allow_clip_mismatch", action="store_true", help="serve even when --clip_model_path is not the CLIP "
       "the model was trained with (checked by sha256)")
     a("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

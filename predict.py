@@ -48,7 +48,8 @@ def get_parser() -> argparse.ArgumentParser:
       "by --features) is not the CLIP the model was trained with (checked by sha256 and normalisation)")
     a("--allow_truncated", action="store_true", help="caption truncated JPEGs (the missing part is grey) "
       "instead of skipping them")
-    a("--gpt2_path", help="GPT-2 folder: needed for ClipCap weights, or if a frozen GPT-2 moved")
+    a("--lm_path", "--gpt2_path", dest="gpt2_path", metavar="LM_PATH", help="language-model (GPT-2) folder: "
+      "needed for ClipCap weights, or if a frozen LM moved; --gpt2_path is the older name")
     a("--style", action="append", help="a style name (case-insensitive), or 'all' for every style of the model; "
       "repeat it for several styles")
     a("--style_file", help="a file with one style per line")
