@@ -143,8 +143,9 @@ def predict(args: argparse.Namespace, argv: list[str]) -> int:
     model = model_from_file(ck, model_path, args.gpt2_path, device)
     del ck  # the weights are in the model now
     cfg = model.cfg
+    lm = "GPT-2" if model.gpt.config.model_type == "gpt2" else model.gpt.config.model_type  # llama, qwen2 ...
     logger.info(f"model: {cfg.mapping_type} mapper, K={cfg.prefix_len}, style_mode {cfg.style_mode}, "
-                f"{plural(len(cfg.styles), 'style')}, GPT-2 {'fine-tuned' if cfg.finetune_gpt2 else 'frozen'}")
+                f"{plural(len(cfg.styles), 'style')}, {lm} {'fine-tuned' if cfg.finetune_gpt2 else 'frozen'}")
     logger.info(f"decode: {dc.strategy} ({', '.join(f'{k}={v}' for k, v in asdict(dc).items() if k != 'strategy')})")
     if args.features:
         preds, sources = caption_feature_file(args, model, model_path, styles, dc), {}

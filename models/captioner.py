@@ -135,7 +135,7 @@ class StyleCapModel(nn.Module):
         return self.clip_project(x)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, E); ids >= GPT-2's vocabulary are <style_k> tokens."""
+        """(B, T) ids -> (B, T, E); ids >= the tokenizer's vocabulary are <style_k> tokens."""
         wte = self.gpt.get_input_embeddings()
         if self.style_token_embedding is None:
             return wte(ids)

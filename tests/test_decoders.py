@@ -327,6 +327,7 @@ def test_eval_mode_and_predict(run):
                          str(pred), "--decode", "sample", "--num_generate", "2"]) == 0
     rows = [json.loads(line) for line in open(pred / "predictions.jsonl", encoding="utf-8")]
     assert len(rows) == 4 * len(STYLES) * 2 and all(isinstance(r["caption"], str) for r in rows)
+    assert f"{arch} fine-tuned" in (pred / "predict.log").read_text(encoding="utf-8")
 
 
 def test_app_loads_and_captions(run, small_models, tmp_path):
