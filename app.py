@@ -56,7 +56,8 @@ def get_parser() -> argparse.ArgumentParser:
       f"else {DEFAULT_CLIP})")
     a("--clip_backend", choices=BACKENDS, default="auto", help="which library loads --clip_model_path: auto "
       "(from its form and contents, or the checkpoint's record), openai, open_clip or hf (docs/encoders.md)")
-    a("--gpt2_path", help="GPT-2 folder: needed for ClipCap weights, or if a frozen GPT-2 moved")
+    a("--lm_path", "--gpt2_path", dest="gpt2_path", metavar="LM_PATH", help="language-model (GPT-2) folder: "
+      "needed for ClipCap weights, or if a frozen LM moved; --gpt2_path is the older name")
     a("--allow_clip_mismatch", action="store_true", help="serve even when --clip_model_path is not the CLIP "
       "the model was trained with (checked by sha256)")
     a("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

@@ -51,7 +51,8 @@ def get_parser() -> argparse.ArgumentParser:
       "by --features) is not the CLIP the model was trained with (checked by sha256 and normalisation)")
     a("--allow_truncated", action="store_true", help="caption truncated JPEGs (the missing part is grey) "
       "instead of skipping them")
-    a("--gpt2_path", help="GPT-2 folder: needed for ClipCap weights, or if a frozen GPT-2 moved")
+    a("--lm_path", "--gpt2_path", dest="gpt2_path", metavar="LM_PATH", help="language-model (GPT-2) folder: "
+      "needed for ClipCap weights, or if a frozen LM moved; --gpt2_path is the older name")
     a("--style", action="append", help="a style name (case-insensitive), or 'all' for every style of the model; "
       "repeat it for several styles")
     a("--style_file", help="a file with one style per line")
@@ -145,8 +146,9 @@ def predict(args: argparse.Namespace, argv: list[str]) -> int:
     model = model_from_file(ck, model_path, args.gpt2_path, device)
     del ck  # the weights are in the model now
     cfg = model.cfg
+    lm = "GPT-2" if model.gpt.config.model_type == "gpt2" else model.gpt.config.model_type  # llama, qwen2 ...
     logger.info(f"model: {cfg.mapping_type} mapper, K={cfg.prefix_len}, style_mode {cfg.style_mode}, "
-                f"{plural(len(cfg.styles), 'style')}, GPT-2 {'fine-tuned' if cfg.finetune_gpt2 else 'frozen'}")
+                f"{plural(len(cfg.styles), 'style')}, {lm} {'fine-tuned' if cfg.finetune_gpt2 else 'frozen'}")
     logger.info(f"decode: {dc.strategy} ({', '.join(f'{k}={v}' for k, v in asdict(dc).items() if k != 'strategy')})")
     if args.features:
         preds, sources = caption_feature_file(args, model, model_path, styles, dc), {}

@@ -38,8 +38,10 @@ def get_parser() -> argparse.ArgumentParser:
       "kept mapped per rank; 0 = all of the rank's shards of the epoch")
     a("--shard_assignment", choices=["epoch", "fixed"], default="epoch", help="sharded --data_path: shards dealt "
       "to ranks anew each epoch (seeded), or once for the run (a node then only needs its ranks' shards)")
-    a("--gpt2_path", help="Hugging Face GPT-2 folder (weights, config, tokenizer); default pre_model/gpt2. "
-      "Eval mode: only for ClipCap weights or a frozen GPT-2 that moved")
+    a("--lm_path", "--gpt2_path", dest="gpt2_path", metavar="LM_PATH",
+      help="Hugging Face causal-LM folder (weights, config, tokenizer): GPT-2, or a Llama- or Qwen2-style model "
+      "such as SmolLM2 or Qwen2.5-0.5B (docs/decoders.md); default pre_model/gpt2. --gpt2_path is the older "
+      "name. Eval mode: only for ClipCap weights or a frozen LM that moved")
     a("--output_path", help="run folder (default output/<data>-<mapper>-<tuned|frozen>-<style_mode>)")
     # model
     a("--mapping_type", choices=["mlp", "transformer"], default="mlp", help="mapper: ClipCap MLP or Transformer")
@@ -105,6 +107,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         else:
             cfg = json.loads(text)
         cfg = cfg.get("args", cfg)  # a run folder's config.json keeps the settings under "args"
+        if "lm_path" in cfg:  # the flag's new name; its setting is stored as gpt2_path
+            cfg["gpt2_path"] = cfg.pop("lm_path")
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(cfg) - known)
         if unknown:

@@ -38,7 +38,7 @@ def add_eval_mode_args(p: argparse.ArgumentParser, run_flags: bool = False) -> a
     """The flags of eval mode (caption --data_path with --model_path, then score), one definition for
     ``train.py --mode eval`` and ``evaluate.py --model_path``; evaluate.py's scoring of a predictions file
     reads --train_captions, --clip_model_path, --no_java and --segment too. ``run_flags``: also the flags
-    that train.py defines for training as well (--data_path, --gpt2_path, --device, --seed, --bs_eval,
+    that train.py defines for training as well (--data_path, --lm_path/--gpt2_path, --device, --seed, --bs_eval,
     --ddp_timeout), with train.py's defaults, so that both scripts run the same evaluation."""
     from stylecap.eval.segmentation import SEGMENT_CHOICES
     g = p.add_argument_group("eval mode", "caption --data_path with --model_path, then score it (--train_captions,\n"
@@ -47,7 +47,8 @@ def add_eval_mode_args(p: argparse.ArgumentParser, run_flags: bool = False) -> a
     a("--model_path", help="eval mode: checkpoint to evaluate (a StyleCap checkpoint or a ClipCap state dict)")
     if run_flags:
         a("--data_path", help="eval mode: the feature file (from process_*.py) to caption and score")
-        a("--gpt2_path", help="eval mode: GPT-2 folder, only for ClipCap weights or a frozen GPT-2 that moved")
+        a("--lm_path", "--gpt2_path", dest="gpt2_path", metavar="LM_PATH", help="eval mode: language-model "
+          "(GPT-2) folder, only for ClipCap weights or a frozen LM that moved; --gpt2_path is the older name")
         a("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
         a("--seed", type=int, default=42, help="seed of --decode sample (each batch has its own, from it)")
         a("--bs_eval", type=int, default=64, help="images x styles decoded per batch")

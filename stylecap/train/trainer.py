@@ -127,7 +127,9 @@ class Trainer:
         n_train = trainable_parameters(model)  # = sum over self.params: parameters() yields a tied tensor once
         atomic_write_json(Path(args.output_path) / "config.json", {
             "args": vars(args), "model": asdict(model.cfg), "code_version": code_version(),
-            "gpt2": {"path": args.gpt2_path, "n_embd": model.gpt.config.n_embd, "n_layer": model.gpt.config.n_layer},
+            # the LM (any architecture; the key names are GPT-2's, as before): hidden_size is GPT-2's n_embd
+            "gpt2": {"path": args.gpt2_path, "n_embd": model.gpt.config.hidden_size,
+                     "n_layer": model.gpt.config.num_hidden_layers, "model_type": model.gpt.config.model_type},
             "tokenizer": {"class": type(tok.tok).__name__, "vocab_size": tok.vocab_size, "end_token_id": tok.eos_id},
             "styles": self.data.styles, "trainable_parameters": n_train, "world_size": world,
             "effective_batch_size": args.bs_train * world * args.grad_accum})
