@@ -123,8 +123,8 @@ def parse_style(cfg: ModelConfig, spec: str, scale: float = 1.0) -> Style:
     if not readings:
         raise _why_not_a_blend(cfg.styles, spec)
     if len(readings) > 1:
-        shown = " and ".join(repr(",".join(f"{n}:{w}" for n, w in r)) for r in readings)
-        raise UserError(f"--style {spec!r} reads as more than one blend ({shown}); spell the style names "
+        shown = " or ".join(" + ".join(repr(n) for n, _ in r) for r in readings)
+        raise UserError(f"--style {spec!r} reads as more than one blend (of {shown}); spell the style names "
                         "as --list_styles prints them so that only one reading is left")
     check_blendable(style_mode(cfg.style_mode))
     return make_blend([(name, float(w)) for name, w in readings[0]], scale)
