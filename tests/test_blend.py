@@ -38,7 +38,8 @@ def test_blends_parse_and_weights_are_normalised(spec, weights):
 
 def test_a_whole_style_name_is_that_style_exactly():
     # a plain name stays a plain string (the decoding path of before), whatever it contains
-    for spec, name in [("Happy", "Happy"), ("gloomy", "Gloomy"), (CYN, CYN), ("Mode: 2", "Mode: 2"), ("A:1,B", "A:1,B")]:
+    for spec, name in [("Happy", "Happy"), ("gloomy", "Gloomy"), (CYN, CYN), ("Mode: 2", "Mode: 2"),
+                       ("A:1,B", "A:1,B")]:
         assert parse_style(CFG, spec) == name and type(parse_style(CFG, spec)) is str
     assert resolve_styles(CFG, ["happy", "Happy", CYN]) == ["Happy", CYN]
     assert resolve_styles(CFG, ["Happy"], scale=0.5) == [StyleBlend((("Happy", 1.0),), 0.5)]
@@ -207,8 +208,23 @@ def test_app_page_has_the_blend_controls(demo):
     gr = pytest.importorskip("gradio")
     page = app.build_ui(demo, [])
     blocks = {getattr(b, "elem_id", None): b for b in page.blocks.values()}
-    assert blocks["sc-strength"].value == 1.0 and (blocks["sc-strength"].minimum, blocks["sc-strength"].maximum) == (0, 3)
-    assert blocks["sc-mix-style"].value == "" and blocks["sc-mix-style"].choices == [("none", "")] + [(s, s) for s in STYLES]
+    strength, mix = blocks["sc-strength"], blocks["sc-mix-style"]
+    assert strength.value == 1.0 and (strength.minimum, strength.maximum) == (0, 3)
+    assert mix.value == "" and mix.choices == [("none", "")] + [(s, s) for s in STYLES]
     assert blocks["sc-mix-weight"].value == 0.5
     accordion = next(b for b in page.blocks.values() if isinstance(b, gr.Accordion) and "blending" in b.label)
     assert accordion.visible and not accordion.open  # closed: the page looks as before until opened
+
+
+def test_eval_mode_style_scale(styled_ckpt, tmp_path):
+    """train.py --mode eval (= evaluate.py --model_path): each image in its own style, at --style_scale; the
+    scale is recorded with the decoding, where compare.py and the report's command read it."""
+    import train
+    f = synthetic_features(tmp_path / "test.pkl", n_images=3)
+    out = tmp_path / "eval"
+    assert train.main(["--mode", "eval", "--model_path", str(styled_ckpt), "--data_path", str(f), "--output_path",
+                       str(out), "--no_java", "--train_captions", str(f), "--style_scale", "0.5"]) == 0
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [(p["style"], p["style_blend"], p["style_scale"]) for p in preds] == [(STYLES[0], {STYLES[0]: 1.0}, 0.5)] * 3
+    assert json.loads((out / "eval_config.json").read_text())["decode"]["style_scale"] == 0.5
+    assert "--style_scale 0.5" in (out / "report.html").read_text()
