@@ -274,7 +274,8 @@ def eval_items(data: dict, model: StyleCapModel, styles: list[str] | None = None
 def caption_items(model: StyleCapModel, features: torch.Tensor, items: list[Item],
                   dc: DecodeConfig, batch_size: int = 64, progress: bool = False,
                   with_scores: bool = True, seed: int | None = None, first_batch: int = 0) -> list[dict]:
-    """Predictions {"image", "style", "caption", "score"}, ``num_generate`` per item, in item order.
+    """Predictions {"image", "style", "caption", "score"} (+ a blend's keys: see prediction), ``num_generate``
+    per item, in item order.
     ``features`` (N, D) is indexed by the items' rows. ``with_scores=False``: score None. ``seed``: each
     batch draws its samples from a seed of its own, made from (seed, its batch number counted from
     ``first_batch``), so --decode sample gives the same captions however the batches are spread over
