@@ -36,11 +36,12 @@ import torch
 from loguru import logger
 
 from models import load_model
-from models.decoding import DecodeConfig
-from stylecap.clip_utils import DEFAULT_CLIP
 from models.blending import check_blendable, make_blend
+from models.decoding import DecodeConfig
 from models.style_modes import style_mode
-from stylecap.eval.captioning import caption_images, image_files, load_clip_for, match_style, resolve_styles, with_scale
+from stylecap.clip_utils import DEFAULT_CLIP
+from stylecap.eval.captioning import (caption_images, image_files, load_clip_for, match_style, resolve_styles,
+                                      with_scale)
 from stylecap.eval.evaluation import write_predictions
 from stylecap.extract.image_encoder import extract_features
 from stylecap.utils import UserError, resolve_device, run_main, setup_logging
@@ -395,9 +396,10 @@ def build_ui(demo: Demo, examples: list[str] | None = None):
                                             label="Styles (type to search)", elem_id="sc-styles")
                     all_box = gr.Checkbox(False, label=f"all {len(styles)} styles (replaces the chosen ones)",
                                           elem_id="sc-all")
-                with gr.Accordion("Style strength and blending", open=False, visible=bool(styles) and demo.can_blend):
+                blendable = bool(styles) and demo.can_blend  # prompt-mode models cannot mix or scale a style
+                with gr.Accordion("Style strength and blending", open=False, visible=blendable):
                     strength = gr.Slider(0.0, 3.0, value=1.0, step=0.05, elem_id="sc-strength",
-                                         label="Style strength (0 = no style, 1 = as trained, above 1 = exaggerated)")
+                                         label="Style strength (0 = no style, 1 = as trained, above 1: exaggerated)")
                     mix_style = gr.Dropdown([("none", "")] + [(s, s) for s in styles], value="", filterable=True,
                                             label="Mix in a second style (optional)", elem_id="sc-mix-style")
                     mix_weight = gr.Slider(0.0, 1.0, value=0.5, step=0.05, elem_id="sc-mix-weight",

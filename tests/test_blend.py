@@ -138,6 +138,11 @@ def test_prompt_mode_refuses_blends_and_scales(small_models, feats):
     m = small_model(small_models, "prompt")
     with pytest.raises(UserError, match="style_mode prompt"):  # and the decoder refuses one handed in directly
         generate_captions(m, feats, [make_blend([("Happy", 1)], 2.0)] * 2)
+    demo = app.Demo(m, None, None, torch.device("cpu"))  # the app: no blend controls, and refused if sent
+    assert not demo.can_blend and demo.chosen_styles(["happy"], False) == ["Happy"]
+    for strength, second in ((2.0, ""), (1.0, "Gloomy")):
+        with pytest.raises(UserError, match="style_mode prompt"):
+            demo.chosen_styles(["Happy"], False, strength, second, 0.5)
 
 
 # ---- predict.py ----------------------------------------------------------------------------------------------
@@ -228,3 +233,13 @@ def test_eval_mode_style_scale(styled_ckpt, tmp_path):
     assert [(p["style"], p["style_blend"], p["style_scale"]) for p in preds] == [(STYLES[0], {STYLES[0]: 1.0}, 0.5)] * 3
     assert json.loads((out / "eval_config.json").read_text())["decode"]["style_scale"] == 0.5
     assert "--style_scale 0.5" in (out / "report.html").read_text()
+
+
+def test_style_sweep_script(styled_ckpt, tmp_path, capsys):
+    from scripts import style_sweep
+    f = synthetic_features(tmp_path / "f.pkl", n_images=2)
+    assert style_sweep.main(["--model_path", str(styled_ckpt), "--features", str(f), "--styles", "Happy", "Gloomy",
+                             "--weights", "1", "0.5", "0", "--scales", "0", "--markers", "yay", "sad"]) == 0
+    rows = [ln.split(" | ") for ln in capsys.readouterr().out.splitlines() if ln.startswith("| `")]
+    assert [r[0] for r in rows] == ["| `Happy`", "| `Happy:0.5,Gloomy:0.5`", "| `Gloomy`", "| `Happy x0`"]
+    assert rows[0][1] == "100%" and rows[2][2] == "100%"  # A alone is A's caption, B alone B's
