@@ -129,13 +129,21 @@ class StyleCapModel(nn.Module):
 
     # ---- pieces -----------------------------------------------------------------------------------
     def prefix(self, features: torch.Tensor, style_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, D) CLIP features [+ (B,) style ids] -> (B, K, E) prefix embeddings."""
+        """(B, D) CLIP features [+ (B,) style ids, or (B, S) style weights: see style_vectors] -> (B, K, E)."""
         x = features.float()
         if self.cfg.normalize_prefix:
             x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         if self.style_embedding is not None:
-            x = torch.cat((x, self.style_embedding(style_ids)), dim=-1)  # (B, D + style_dim)
+            x = torch.cat((x, self.style_vectors(style_ids)), dim=-1)  # (B, D + style_dim)
         return self.clip_project(x)
+
+    def style_vectors(self, style: torch.Tensor) -> torch.Tensor:
+        """The style vectors concatenated with the CLIP features (style_mode embedding): (B,) style ids ->
+        (B, style_dim) rows of the embedding; (B, S) float weights -> weights @ embedding, a blend of the
+        styles at a strength (models/blending.py). All-zero weights: the zero vector, no style at all."""
+        if style.is_floating_point():
+            return style.to(self.style_embedding.weight.dtype) @ self.style_embedding.weight
+        return self.style_embedding(style)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, E); ids >= the tokenizer's vocabulary are <style_k> tokens."""

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
 
+from models.blending import StyleBlend, blend_context_embeds
 from models.captioner import StyleCapModel
 from models.errors import UserError
 
@@ -106,7 +107,10 @@ def _gen_kwargs(model: StyleCapModel, dc: DecodeConfig) -> dict:
 
 
 def context_embeds(model: StyleCapModel, features: torch.Tensor, styles: list[str | None]) -> torch.Tensor:
-    """(B, D) features -> (B, K + C, E): the prefix, then the style context (equal length C in the batch)."""
+    """(B, D) features -> (B, K + C, E): the prefix, then the style context (equal length C in the batch).
+    A batch holding a StyleBlend (a mix of styles, or a style at another strength) is models/blending.py's."""
+    if any(isinstance(s, StyleBlend) for s in styles):
+        return blend_context_embeds(model, features, styles)
     device = features.device
     style_ids = torch.tensor([model.style_id(s) for s in styles], device=device)
     prefix = model.prefix(features, style_ids)  # (B, K, E)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models.blending import StyleBlend
 from models.errors import UserError
 from models.style_modes import STYLE_TOKEN, style_mode as lookup_style_mode
 
@@ -69,7 +70,10 @@ class CaptionTokenizer:
         return batch if self.legacy_clipcap else [ids + [self.eos_id] for ids in batch]
 
     def context_ids(self, style: str | None) -> list[int]:
-        """Tokens placed between the prefix and the caption (no loss on them)."""
+        """Tokens placed between the prefix and the caption (no loss on them). A StyleBlend has its anchor
+        style's tokens; the model mixes the embedding of its <style_k> token (models/blending.py)."""
+        if isinstance(style, StyleBlend):
+            style = style.anchor
         if style not in self._ctx_cache:
             self._ctx_cache[style] = self.mode.context(self, style)
         return self._ctx_cache[style]

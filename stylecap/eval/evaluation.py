@@ -16,7 +16,7 @@ from models.captioner import StyleCapModel
 from models.decoding import DecodeConfig
 from stylecap.distributed import rank_and_world
 from stylecap.encoders import spec_exists
-from stylecap.eval.captioning import caption_items_across_ranks, eval_items
+from stylecap.eval.captioning import caption_items_across_ranks, eval_items, with_scale
 from stylecap.utils import atomic_write_json, atomic_write_text
 
 
@@ -71,6 +71,8 @@ def add_eval_mode_args(p: argparse.ArgumentParser, run_flags: bool = False) -> a
     a("--allow_clip_mismatch", action="store_true", help="evaluate even when --data_path's features "
       "are not of the CLIP the model was trained with (checked by sha256 and normalisation)")
     add_decode_args(g, with_max_len=False)
+    a("--style_scale", type=float, default=1.0, help="eval mode: caption each image in its own style at this "
+      "strength (0 = no style, 1 = as trained, above 1 = exaggerated; style_mode embedding or token)")
     return g
 
 
@@ -184,7 +186,9 @@ def _caption_split(args: argparse.Namespace, out: Path):
         dc = decode_config(args)
         dc.max_len = None  # train.py's --max_len is the training truncation; decode to the model's own limit
         # --seed seeds each batch: --decode sample is repeatable, whatever the number of processes
-        preds = caption_items_across_ranks(model, data["clip_embedding"], eval_items(data, model), dc,
+        items = [(image_id, row, with_scale(model.cfg, style, args.style_scale))  # the same items at scale 1
+                 for image_id, row, style in eval_items(data, model)]
+        preds = caption_items_across_ranks(model, data["clip_embedding"], items, dc,
                                            args.bs_eval, progress=True, seed=args.seed)
     finally:
         if dist.is_initialized():
@@ -200,7 +204,7 @@ def _score_and_write(args: argparse.Namespace, out: Path, model: StyleCapModel, 
     data_path = Path(args.data_path)
     _, jsonl = write_predictions(out, preds)
     log_preview(preds)
-    train_args = write_eval_config(out, model, settings, Path(args.model_path), data_path, dc)
+    train_args = write_eval_config(out, model, settings, Path(args.model_path), data_path, dc, args.style_scale)
 
     train_captions = args.train_captions
     if train_captions is None:  # default: the data the model was trained on, if it is still there
@@ -229,15 +233,18 @@ def checkpoint_settings(ck) -> dict:
 
 
 def write_eval_config(out: Path, model: StyleCapModel, settings: dict, model_path: Path, data_path: Path,
-                      dc: DecodeConfig) -> dict:
+                      dc: DecodeConfig, style_scale: float = 1.0) -> dict:
     """eval_config.json: what was evaluated and how (the checkpoint's training settings, the decoding),
     so that compare.py can label eval folders by the settings in which they differ. ``settings``: from
-    checkpoint_settings. Returns the checkpoint's training settings ({} for ClipCap weights)."""
+    checkpoint_settings. A --style_scale other than 1 is recorded with the decoding ("decode.style_scale"
+    in compare.py, "--style_scale" in the report's command). Returns the checkpoint's training settings
+    ({} for ClipCap weights)."""
     from dataclasses import asdict
     from models.captioner import trainable_parameters
     params = trainable_parameters(model)  # each once: the tied GPT-2 embedding is one parameter, as in training
     atomic_write_json(out / "eval_config.json", {
-        "model_path": str(model_path.resolve()), "data_path": str(data_path), "decode": asdict(dc),
+        "model_path": str(model_path.resolve()), "data_path": str(data_path),
+        "decode": {**asdict(dc), **({"style_scale": style_scale} if style_scale != 1.0 else {})},
         "train_args": settings["train_args"], "model_config": settings["model_config"],
         "trainable_parameters": params, "checkpoint_step": settings["step"]})
     return settings["train_args"]
