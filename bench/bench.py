@@ -43,6 +43,7 @@ from bench.cpu_decode import bench_beam, bench_greedy  # noqa: E402
 from bench.cpu_extract import bench_extract  # noqa: E402
 from bench.cpu_lora import bench_lora_decode, bench_lora_train  # noqa: E402
 from bench.cpu_train import bench_train  # noqa: E402
+from bench.sharded import bench_sharded  # noqa: E402
 from stylecap.utils import atomic_write_json  # noqa: E402
 
 
@@ -80,6 +81,7 @@ def stages_for(env: Env, results: dict) -> list:
         ("greedy", ["greedy_vs_reference"], lambda: [("greedy_vs_reference", bench_greedy(env))]),
         ("beam", ["beam_vs_reference"], lambda: [("beam_vs_reference", bench_beam(env))]),
         ("train", ["train_vs_reference", "train_model_flops_share", "train_bf16_vs_fp32"], train_stage),
+        ("sharded", ["sharded_open_vs_one_file", "sharded_memory_vs_one_file"], lambda: bench_sharded(env)),
         ("lora_train", [k for k in TARGETS if k.endswith(("_vs_full_params", "_vs_full_step", "_vs_full_memory"))],
          lambda: bench_lora_train(env)),
         ("lora_decode", ["lora_merged_decode"], lambda: bench_lora_decode(env)),

@@ -35,6 +35,8 @@ TARGETS = {
     "train_model_flops_share": (None, None),
     "train_bf16_vs_fp32": (None, None),
     "extract_bf16_vs_fp32": (None, None),
+    "sharded_open_vs_one_file": (None, None),
+    "sharded_memory_vs_one_file": (None, None),
     # LoRA (bench/cpu_lora.py): frozen GPT-2 and LoRA adapters, each vs full tuning; merged vs unmerged decoding
     **{f"{s}_vs_full_{x}": (None, None) for s in ("lora", "frozen") for x in ("params", "step", "memory")},
     "lora_merged_decode": (None, None),
