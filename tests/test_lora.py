@@ -257,3 +257,28 @@ def test_unknown_lora_target_names_the_models_layers(small_models):
         small_lora_model(small_models, lora_r=R, lora_targets=["ln_1"])
     with pytest.raises(UserError, match="keeps its LM frozen"):
         small_lora_model(small_models, lora_r=R, finetune_gpt2=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_lora_on_llama_and_qwen2_folders_trains_saves_adapters_and_merges(arch, tmp_path):
+    """--lm_path with a tiny random Llama / Qwen2 folder (issue 18 §2's decoders) and --lora_r: the checkpoint
+    holds the q, k, v, o adapters only, and the merged model decodes as the unmerged one."""
+    from stylecap.demo import small_models as sm
+    lm = tmp_path / arch
+    (sm.make_llama if arch == "llama" else sm.make_qwen2)(lm, seed=0)
+    data = synthetic_features(tmp_path / "train.pkl", n_images=16)
+    out = tmp_path / "run"
+    assert train.main(["--data_path", str(data), "--lm_path", str(lm), "--output_path", str(out), "--bs_train", "4",
+                       "--lr", "1e-3", "--warmup_steps", "2", "--num_samples", "0", "--eval_subset", "0", "--epochs",
+                       "1", "--max_len", "12", "--lora_r", str(R)]) == 0
+    ck = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    gpt = [k for k in ck["model"] if k.startswith("gpt.")]
+    qkvo = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert gpt and all(is_adapter_key(k) for k in gpt) and ck["config"]["lora_targets"] == qkvo
+    assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in gpt} == set(qkvo)
+    path = out / "checkpoints/last.pt"
+    unmerged, merged = load_model(path, merge_lora=False), load_model(path)
+    feats = load_features(data)["clip_embedding"][:4]
+    styles = [STYLES[i % 3] for i in range(4)]
+    a, b = (generate_captions(m, feats, styles, DecodeConfig(), with_scores=False) for m in (unmerged, merged))
+    assert [o[0]["tokens"] for o in a] == [o[0]["tokens"] for o in b]
