@@ -45,7 +45,7 @@ ablation: setup
 # The web demo on the demo model (trained first if missing); APP_HOST=0.0.0.0 / APP_PORT=... to change the address.
 app: setup-app
 	test -f $(DEMO_MODEL) || bash scripts/demo.sh
-	$(PY) app.py --model_path $(DEMO_MODEL) --clip_model_path pre_model/small_clip.pt \
+	$(PY) app.py --model_path $(DEMO_MODEL) --clip_model_path pre_model/small_clip_aligned.pt \
 	    --host $(or $(APP_HOST),127.0.0.1) --port $(or $(APP_PORT),7860)
 
 # Chromium and chromedriver for the browser test (Debian packages; needs root). About 30 s.

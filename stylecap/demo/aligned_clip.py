@@ -240,7 +240,7 @@ def write_aligned_clip(data_dir: Path, out: Path, settings: AlignSettings = Alig
     out, sidecar = Path(out), Path(out).with_suffix(".json")
     items = read_split(Path(data_dir), "train")
     want = {"version": VERSION, "clip": SMALL_CLIP, "settings": asdict(settings),
-            "data": {"dir": str(data_dir), "split": "train", "images": len(items), "sha256": data_fingerprint(items)}}
+            "data": {"split": "train", "images": len(items), "sha256": data_fingerprint(items)}}
     if not force and out.is_file() and sidecar.is_file():
         have = json.loads(sidecar.read_text())
         if {k: have.get(k) for k in want} == want and have.get("weights_sha256") == sha256_file(out):
@@ -251,7 +251,7 @@ def write_aligned_clip(data_dir: Path, out: Path, settings: AlignSettings = Alig
     buf = io.BytesIO()  # saved from memory: torch names the zip's folder after a file, and the atomic
     torch.save(fp16_state_dict(model), buf)  # write's temporary name differs each time -> same bytes now
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-    record = {**want, "weights_sha256": sha256_file(out), "train_seconds": round(time.perf_counter() - t0, 1),
+    record = {**want, "data_dir": str(data_dir), "weights_sha256": sha256_file(out), "train_seconds": round(time.perf_counter() - t0, 1),
               "threads": 1}
     atomic_write_json(sidecar, record)
     return True
@@ -273,7 +273,8 @@ def retrieval_accuracy(clip_path: str | Path, data_dir: str | Path, split: str =
     is in the top k (chance k/K). text->image: each caption ranks the N images; a hit when an image of that
     content is in the top k (chance 1 - C(N-m, k)/C(N, k) for m such images, averaged). Also the share of
     images whose top-1 caption names each attribute right. ``queries``: other sentences (e.g. the Pirate
-    corpus) to rank the images with, scored the same way as text->image ("query->image")."""
+    corpus) to rank the images with, scored the same way as text->image ("query->image"); only the queries
+    whose content is among the split's images count."""
     with one_thread():
         return _retrieval(clip_path, data_dir, split, queries)
 
@@ -304,16 +305,32 @@ def _retrieval(clip_path: str | Path, data_dir: str | Path, split: str, queries:
     for attr in ATTRS:
         out[f"top1_{attr}_right"] = sum(json.loads(keys[b])[attr] == c[attr]
                                         for b, c in zip(best.tolist(), contents)) / n
-    if queries:
-        q_content = [content_from_caption(q) for q in queries]
-        qsim = F.normalize(model.encode_text(clip.tokenize(queries, truncate=True)), dim=-1) @ img.T  # (Q, N)
+    if queries:  # only those whose content some image of the split shows: the others cannot be hit
+        kept = [(q, c) for q in queries for c in [content_from_caption(q)] if c in contents]
+        q_content = [c for _, c in kept]
+        qsim = F.normalize(model.encode_text(clip.tokenize([q for q, _ in kept], truncate=True)), dim=-1) @ img.T
+        out["queries"] = len(kept)                                                  # qsim: (Q, N)
         for k in (1, 5):
             top = qsim.topk(min(k, n), dim=1).indices.tolist()
             out[f"query_to_image_top{k}"] = sum(any(contents[i] == c for i in t)
-                                                for t, c in zip(top, q_content)) / len(queries)
+                                                for t, c in zip(top, q_content)) / max(1, len(kept))
             out[f"query_to_image_top{k}_chance"] = sum(
-                _hit_chance(n, sum(c == x for x in contents), k) for c in q_content) / len(queries)
+                _hit_chance(n, sum(c == x for x in contents), k) for c in q_content) / max(1, len(kept))
     return out
+
+
+def summary(r: dict, name: str) -> str:
+    """A few lines for the terminal: each direction's top-1 / top-5 next to its chance level."""
+    lines = [f"zero-shot retrieval of {name} on the {r['split']} split ({r['images']} images, "
+             f"{r['captions']} distinct plain captions)"]
+    for d in ("image_to_text", "text_to_image", "query_to_image"):
+        if f"{d}_top1" in r:
+            lines.append(f"  {d.replace('_to_', '->'):14s} " + ("" if d != "query_to_image" else
+                                                                  f"({r['queries']} queries) ") + ", ".join(
+                f"top-{k} {100 * r[f'{d}_top{k}']:5.1f}% (chance {100 * r[f'{d}_top{k}_chance']:4.1f}%)" for k in (1, 5)))
+    lines.append("  top-1 caption names the image's " + ", ".join(
+        f"{a} {100 * r[f'top1_{a}_right']:.0f}%" for a in ATTRS))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.queries:
         queries = [l for l in Path(args.queries).read_text(encoding="utf-8").splitlines() if l.strip()]
     result = retrieval_accuracy(args.clip_model_path, args.data_path, args.split, queries)
-    print(json.dumps(result, indent=2))
+    print(summary(result, args.clip_model_path))
     if args.output:
         atomic_write_json(args.output, result)
     return 0
