@@ -48,6 +48,7 @@ class AlignSettings:
     lr: float = 3e-3          # AdamW peak; linear warm-up then cosine decay to 0
     warmup: int = 50
     weight_decay: float = 0.1
+    insert_words: float = 0.0  # share of captions that get 1-3 random tokens inserted (see insert_random_words)
     seed: int = 0
 
 
@@ -170,6 +171,26 @@ def train_aligned_clip(items: list[tuple[Path, dict]], settings: AlignSettings =
         return _train(items, settings, log)
 
 
+def insert_random_words(tokens: torch.Tensor, share: float, gen: torch.Generator, most: int = 3) -> torch.Tensor:
+    """A ``share`` of the captions get 1..``most`` random vocabulary tokens inserted at random places between
+    start and end of text. The plain captions use ~40 of the 49408 tokens; without this, every other word
+    keeps its random embedding, and a sentence with unseen words (a new style's "arr, matey") lands
+    away from its content. tokens: (B, 77) -> (B, 77), a new tensor."""
+    out = tokens.clone()
+    sot, eot = tokens[0, 0].item(), tokens.max().item()                    # openai-clip's <|startoftext|>, <|endoftext|>
+    for b in range(len(tokens)):
+        if torch.rand((), generator=gen).item() >= share:
+            continue
+        words = tokens[b, 1:int(tokens[b].argmax())].tolist()             # between SOT and EOT
+        for _ in range(int(torch.randint(1, most + 1, (), generator=gen))):
+            pos = int(torch.randint(0, len(words) + 1, (), generator=gen))
+            words.insert(pos, int(torch.randint(0, sot, (), generator=gen)))  # any token but the two specials
+        row = [sot] + words[:tokens.shape[1] - 2] + [eot]
+        out[b] = 0
+        out[b, :len(row)] = torch.tensor(row)
+    return out
+
+
 class DistinctContentBatches:
     """Batches of images with pairwise different contents. The demo has only 108 contents (6 colours x
     2 sizes x 3 shapes x 3 backgrounds), so a random batch of 64 holds ~19 pairs with the same content,
@@ -207,7 +228,8 @@ def _train(items: list[tuple[Path, dict]], settings: AlignSettings, log: Callabl
         idx = batches.next()                                                  # (B,) image indices
         which = torch.randint(0, tokens.shape[1], (len(idx),), generator=gen)  # one of its 5 captions each
         img = F.normalize(encode_image_uint8(model, pixels[idx], preprocess), dim=-1)     # (B, 512)
-        txt = F.normalize(encode_text_prefix(model, tokens[idx, which]), dim=-1)          # (B, 512)
+        text = insert_random_words(tokens[idx, which], settings.insert_words, gen)        # (B, 77)
+        txt = F.normalize(encode_text_prefix(model, text), dim=-1)                         # (B, 512)
         loss = loss_fn(img, txt, model.logit_scale.exp())
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, settings)
