@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stylecap.demo.aligned_clip import AlignSettings, write_aligned_clip  # noqa: E402
 from stylecap.demo.small_models import write_small_models  # noqa: E402
+from stylecap.utils import run_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aligned_steps", type=int, default=AlignSettings.steps,
                         help="optimiser steps of the aligned CLIP (batch %d)" % AlignSettings.batch_size)
     args = parser.parse_args(argv)
+    if args.aligned_steps < 1:
+        parser.error("--aligned_steps must be >= 1")
     out = Path(args.out)
     if not write_small_models(out, args.seed, args.force):
         print(f"small models already in {out}")
@@ -47,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote small_clip.pt, small_clip_jit.pt, small_gpt2/, small_gpt2_chinese/ to {out}")
     if args.aligned_data:
         settings = replace(AlignSettings(), steps=args.aligned_steps, seed=args.seed)
-        if args.aligned_steps < 1:
-            parser.error("--aligned_steps must be >= 1")
         if not write_aligned_clip(Path(args.aligned_data), out / "small_clip_aligned.pt", settings, args.force):
             print(f"aligned CLIP already in {out / 'small_clip_aligned.pt'} (trained on {args.aligned_data})")
         else:
@@ -57,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

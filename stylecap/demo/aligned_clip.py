@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from stylecap.clip_utils import _import_clip, load_clip, open_image
 from stylecap.demo.content import BACKGROUNDS, BIG, COLOURS, SHAPES, en_captions
 from stylecap.demo.small_models import SMALL_CLIP
-from stylecap.utils import atomic_write, atomic_write_json, sha256_file
+from stylecap.utils import UserError, atomic_write, atomic_write_json, run_main, sha256_file
 
 VERSION = 1  # bump when the training recipe changes: cached files are then retrained
 ATTRS = ("size", "colour", "shape", "bg")
@@ -48,7 +48,7 @@ class AlignSettings:
     lr: float = 3e-3          # AdamW peak; linear warm-up then cosine decay to 0
     warmup: int = 50
     weight_decay: float = 0.1
-    insert_words: float = 0.0  # share of captions that get 1-3 random tokens inserted (see insert_random_words)
+    insert_words: float = 0.5  # share of captions that get 1-3 random tokens inserted (see insert_random_words)
     seed: int = 0
 
 
@@ -73,11 +73,22 @@ def content_from_caption(text: str) -> dict:
 
 def read_split(data_dir: Path, split: str) -> list[tuple[Path, dict]]:
     """[(image file, content)] of one split of a demo PersonalityCaptions folder (personality_captions/,
-    yfcc_images/), in file order. The content comes from the record's comment."""
+    yfcc_images/), in file order. The content comes from the record's comment. UserError when the folder
+    is not one (missing files, captions that are not the demo's)."""
     data_dir = Path(data_dir)
-    records = json.loads((data_dir / "personality_captions" / f"{split}.json").read_text(encoding="utf-8"))
-    return [(data_dir / "yfcc_images" / f"{r['image_hash']}.jpg", content_from_caption(r["comment"]))
-            for r in records]
+    path = data_dir / "personality_captions" / f"{split}.json"
+    hint = "pass a folder written by scripts/make_demo_data.py, e.g. data/demo/personality"
+    if not path.is_file():
+        raise UserError(f"{path} not found: {data_dir} is not a demo PersonalityCaptions folder; {hint}")
+    try:
+        items = [(data_dir / "yfcc_images" / f"{r['image_hash']}.jpg", content_from_caption(r["comment"]))
+                 for r in json.loads(path.read_text(encoding="utf-8"))]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a demo caption file ({e}); {hint}") from None
+    missing = [p for p, _ in items if not p.is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} images of {path} are missing, e.g. {missing[0]}; {hint}")
+    return items
 
 
 def data_fingerprint(items: list[tuple[Path, dict]]) -> str:
@@ -175,7 +186,10 @@ def insert_random_words(tokens: torch.Tensor, share: float, gen: torch.Generator
     """A ``share`` of the captions get 1..``most`` random vocabulary tokens inserted at random places between
     start and end of text. The plain captions use ~40 of the 49408 tokens; without this, every other word
     keeps its random embedding, and a sentence with unseen words (a new style's "arr, matey") lands
-    away from its content. tokens: (B, 77) -> (B, 77), a new tensor."""
+    away from its content. share 0: tokens unchanged and no random draws (the batches stay as without it).
+    tokens: (B, 77) -> (B, 77)."""
+    if share <= 0:
+        return tokens
     out = tokens.clone()
     sot, eot = tokens[0, 0].item(), tokens.max().item()                    # openai-clip's <|startoftext|>, <|endoftext|>
     for b in range(len(tokens)):
@@ -378,4 +392,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
