@@ -40,16 +40,22 @@ def main(argv: list[str] | None = None) -> int:
                              "small_clip_aligned.pt on its train split")
     parser.add_argument("--aligned_steps", type=int, default=AlignSettings.steps,
                         help="optimiser steps of the aligned CLIP (batch %d)" % AlignSettings.batch_size)
+    parser.add_argument("--aligned_insert_words", type=float, default=AlignSettings.insert_words,
+                        help="share of the aligned CLIP's training captions that get 1-3 random tokens inserted "
+                             "(0 = plain captions only; docs/demo.md)")
     args = parser.parse_args(argv)
     if args.aligned_steps < 1:
         parser.error("--aligned_steps must be >= 1")
+    if not 0 <= args.aligned_insert_words <= 1:
+        parser.error("--aligned_insert_words must be between 0 and 1")
     out = Path(args.out)
     if not write_small_models(out, args.seed, args.force):
         print(f"small models already in {out}")
     else:
         print(f"wrote small_clip.pt, small_clip_jit.pt, small_gpt2/, small_gpt2_chinese/ to {out}")
     if args.aligned_data:
-        settings = replace(AlignSettings(), steps=args.aligned_steps, seed=args.seed)
+        settings = replace(AlignSettings(), steps=args.aligned_steps, seed=args.seed,
+                           insert_words=args.aligned_insert_words)
         if not write_aligned_clip(Path(args.aligned_data), out / "small_clip_aligned.pt", settings, args.force):
             print(f"aligned CLIP already in {out / 'small_clip_aligned.pt'} (trained on {args.aligned_data})")
         else:
