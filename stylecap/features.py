@@ -17,6 +17,10 @@ pages a process touches count in its RSS.
     meta                dict: CLIP model + sha256, dim, dtype, normalisation, sources, split, counts,
                         skipped images with reasons, the full style list, creation time
 
+A text feature file (process_text.py) has the same columns: each row is the CLIP text embedding of one
+sentence, its own "image". Its meta says ``modality: "text"`` (:func:`modality`; absent: image features)
+and ``train_normalization: "l2"`` (training L2-normalises text rows, CapDec; docs/text_styles.md).
+
 An image with several references (Flickr: 5; PersonalityCaptions test: comment + 4
 additional_comments) has one caption per reference, all pointing at the same row.
 
@@ -305,13 +309,24 @@ def save_features(path: str | Path, data: "FeatureStore | dict") -> None:
     atomic_torch_save(validate(as_store(data), path).to_columns(), path)
 
 
+TEXT_MODALITY = "text"  # meta["modality"] of a text feature file (process_text.py)
+
+
+def modality(meta: dict) -> str:
+    """What a feature file's rows embed: "text" (process_text.py's sentences) or "image" (every other file)."""
+    return TEXT_MODALITY if (meta or {}).get("modality") == TEXT_MODALITY else "image"
+
+
 def clip_record(meta: dict) -> dict | None:
-    """The CLIP that made a feature file, from its meta: {"clip_model", "clip_sha256", "normalized"};
-    None when the file does not say (legacy pickles, hand-made files). Checkpoints store it (train.py)
-    so that predict.py and eval mode can refuse features or images of another CLIP (stylecap/clip_check.py).
-    Also accepts load_clip's ``info`` (features it encodes are not normalised)."""
+    """The CLIP that made a feature file, from its meta: {"clip_model", "clip_sha256", "normalized",
+    "clip_backend", "dim"}; None when the file does not say (legacy pickles, hand-made files). Checkpoints store
+    it (train.py) so that predict.py and eval mode can refuse features or images of another CLIP
+    (stylecap/clip_check.py). Also accepts load_clip's ``info`` and an ImageEncoder's ``record`` (features they
+    encode are not normalised). Files from before the backends (stylecap.encoders) name none: openai-clip made
+    them; "dim" is None where the meta has no width."""
     if not meta.get("clip_sha256"):
         return None
     return {"clip_model": meta.get("clip_model"), "clip_sha256": meta["clip_sha256"],
-            "normalized": bool(meta.get("normalized", False))}
+            "normalized": bool(meta.get("normalized", False)), "clip_backend": meta.get("clip_backend", "openai"),
+            "dim": int(meta["dim"]) if meta.get("dim") is not None else None}
 

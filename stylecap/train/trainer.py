@@ -36,7 +36,7 @@ TRAIN_SCALARS = ("loss", "lr", "samples_per_s", "grad_norm")  # TensorBoard trai
 def check_resume(ck: dict, args: argparse.Namespace, world: int, path: Path) -> None:
     """An exact resume needs the batch layout and the frozen GPT-2 it was made with: refuse otherwise."""
     old = ck.get("args") or {}
-    for flag in ("bs_train", "grad_accum"):
+    for flag in ("bs_train", "grad_accum", "shard_window", "shard_assignment"):  # shard_*: a sharded set's order
         if flag in old and old[flag] != getattr(args, flag):
             raise UserError(f"--resume {path}: it was made with --{flag} {old[flag]}, this run has --{flag} "
                             f"{getattr(args, flag)}; resume with the same setting, or start a new --output_path")
@@ -66,7 +66,8 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         # fused: one kernel over all parameters (0.38 s -> 0.08 s per step for 156M parameters on this CPU)
         self.optimizer = torch.optim.AdamW(self.params, lr=args.lr, weight_decay=args.weight_decay, fused=True)
-        self.sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+        self.sampler = train_ds.make_sampler(world, rank, args.seed) if hasattr(train_ds, "make_sampler") else \
+            DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)  # sharded: its own
         self.batches_per_epoch = -(-len(self.sampler) // args.bs_train)
         steps_per_epoch = -(-self.batches_per_epoch // args.grad_accum)
         from transformers import get_linear_schedule_with_warmup
@@ -126,7 +127,9 @@ class Trainer:
         n_train = trainable_parameters(model)  # = sum over self.params: parameters() yields a tied tensor once
         atomic_write_json(Path(args.output_path) / "config.json", {
             "args": vars(args), "model": asdict(model.cfg), "code_version": code_version(),
-            "gpt2": {"path": args.gpt2_path, "n_embd": model.gpt.config.n_embd, "n_layer": model.gpt.config.n_layer},
+            # the LM (any architecture; the key names are GPT-2's, as before): hidden_size is GPT-2's n_embd
+            "gpt2": {"path": args.gpt2_path, "n_embd": model.gpt.config.hidden_size,
+                     "n_layer": model.gpt.config.num_hidden_layers, "model_type": model.gpt.config.model_type},
             "tokenizer": {"class": type(tok.tok).__name__, "vocab_size": tok.vocab_size, "end_token_id": tok.eos_id},
             "styles": self.data.styles, "trainable_parameters": n_train, "world_size": world,
             "effective_batch_size": args.bs_train * world * args.grad_accum})
@@ -208,6 +211,8 @@ class Trainer:
         Returns stylecap.train.engine.train_one_epoch's {'loss', 'samples_per_s', 'batches', 'stopped'}."""
         args, state = self.args, self.state
         self.sampler.set_epoch(state.epoch)
+        if hasattr(self.train_ds, "set_epoch"):  # the epoch of the text rows' noise (CaptionDataset)
+            self.train_ds.set_epoch(state.epoch)
         loader = make_loader(self.train_ds, args.bs_train, self.model.tokenizer.pad_id,
                              SkipSampler(self.sampler, state.batch_in_epoch * args.bs_train), args.num_workers)
         return engine.train_one_epoch(self.train_model, loader, self.optimizer, self.scheduler, state,
