@@ -45,14 +45,14 @@ ablation: setup
 # Text-only styles (CapDec) on the demo data with the small models (CPU): paired vs text-only vs mixed, then compare.py.
 ablation-text: setup
 	test -f data/features/demo_personality/test.pkl || bash scripts/demo.sh features
-	FEATURES=data/features/demo_personality CLIP=pre_model/small_clip.pt GPT2=pre_model/small_gpt2 \
+	FEATURES=data/features/demo_personality CLIP=pre_model/small_clip_aligned.pt GPT2=pre_model/small_gpt2 \
 	OUT=output/demo_ablation_text EPOCHS=$(or $(EPOCHS),4) SEEDS=$(or $(SEEDS),1) BS=32 LR=1e-3 WARMUP=30 \
 	EVAL_FLAGS=--no_java bash scripts/ablate_text_only.sh --eval_subset 100
 
 # The web demo on the demo model (trained first if missing); APP_HOST=0.0.0.0 / APP_PORT=... to change the address.
 app: setup-app
 	test -f $(DEMO_MODEL) || bash scripts/demo.sh
-	$(PY) app.py --model_path $(DEMO_MODEL) --clip_model_path pre_model/small_clip.pt \
+	$(PY) app.py --model_path $(DEMO_MODEL) --clip_model_path pre_model/small_clip_aligned.pt \
 	    --host $(or $(APP_HOST),127.0.0.1) --port $(or $(APP_PORT),7860)
 
 # Chromium and chromedriver for the browser test (Debian packages; needs root). About 30 s.

@@ -1,6 +1,6 @@
 r"""StyleCap web demo: upload photos, pick personalities, read the captions in the browser.
 
-    python app.py --model_path output/demo_personality/checkpoints/best.pt --clip_model_path pre_model/small_clip.pt
+    python app.py --model_path output/demo_personality/checkpoints/best.pt --clip_model_path pre_model/small_clip_aligned.pt
     python app.py --model_path output/<run>/checkpoints/best.pt --host 0.0.0.0 --port 7860
 
 The model and CLIP load once; each request runs the code predict.py runs (stylecap.eval.captioning.caption_images:

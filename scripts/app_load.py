@@ -1,7 +1,7 @@
 r"""Load test of the web demo on 127.0.0.1: a few concurrent clients for a bounded time, through its HTTP API.
 
     .venv/bin/python scripts/app_load.py --model_path output/demo_personality/checkpoints/best.pt \
-        --clip_model_path pre_model/small_clip.pt --images data/demo/personality/yfcc_images \
+        --clip_model_path pre_model/small_clip_aligned.pt --images data/demo/personality/yfcc_images \
         --clients 4 --seconds 60 --out load.json
     .venv/bin/python scripts/app_load.py --url http://127.0.0.1:7860/ --images DIR ...   # a running app
 

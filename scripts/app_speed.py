@@ -1,7 +1,7 @@
 r"""The web demo's speed, measured through its HTTP API (gradio_client) as a page would call it.
 
     .venv/bin/python scripts/app_speed.py --model_path output/demo_personality/checkpoints/best.pt \
-        --clip_model_path pre_model/small_clip.pt --images data/demo/personality/yfcc_images
+        --clip_model_path pre_model/small_clip_aligned.pt --images data/demo/personality/yfcc_images
 
 Prints: start-up (process start until it serves), time to the first caption (one image, one style,
 greedy, the first request), and captions/s for --n_images images in every style (greedy, then beam 3).

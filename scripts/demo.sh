@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the whole pipeline on generated demo data with small models, on the CPU, in minutes:
-# small models -> demo data -> CLIP features -> train (TensorBoard in ./output) -> eval -> predict.
+# demo data -> small models (and the small CLIP trained on the demo data, whose image and text embeddings
+# align: pre_model/small_clip_aligned.pt, docs/demo.md) -> CLIP features -> train (TensorBoard in ./output)
+# -> eval -> predict.
 # Rerunning it is cheap: finished stages are reused (features are up to date, training resumes).
 # `bash scripts/demo.sh features` stops after the features (what `make ablation` needs).
 # Each stage prints its time, and the end the total (scripts/stage_timer.sh).
@@ -10,18 +12,22 @@ PY=${PY:-.venv/bin/python}
 export PYTHONUNBUFFERED=1
 FEAT=data/features
 RUN=output/demo_personality
+CLIP=pre_model/small_clip_aligned.pt
 source scripts/stage_timer.sh
 
-stage "1/6 small models (pre_model/small_*) and demo data (data/demo)"
-$PY scripts/make_small_models.py --out pre_model
+stage "1/6 demo data (data/demo), small models and the aligned small CLIP (pre_model/small_*)"
 $PY scripts/make_demo_data.py --out data/demo
+# the aligned CLIP is retrained only when the demo's training images or the recipe change (its .json sidecar)
+$PY scripts/make_small_models.py --out pre_model --aligned_data data/demo/personality
+$PY -m stylecap.demo.aligned_clip --clip_model_path $CLIP --data_path data/demo/personality \
+    --output output/demo_clip_retrieval.json
 
 stage "2/6 CLIP features"
 $PY process_flickr.py --caption_path data/demo/flickr30k/dataset_flickr30k.json \
-    --image_path data/demo/flickr30k/flickr30k-images --clip_model_path pre_model/small_clip.pt \
+    --image_path data/demo/flickr30k/flickr30k-images --clip_model_path $CLIP \
     --output_path $FEAT/demo_flickr.pkl
 $PY process_personality.py --data_path data/demo/personality/personality_captions \
-    --image_path data/demo/personality/yfcc_images --clip_model_path pre_model/small_clip.pt \
+    --image_path data/demo/personality/yfcc_images --clip_model_path $CLIP \
     --output_path $FEAT/demo_personality
 
 if [ "${1:-}" = features ]; then stages_done; exit 0; fi
@@ -39,7 +45,7 @@ stage "5/6 predict: a few demo images in every style"
 mkdir -p output/demo_images
 cp $(ls data/demo/personality/yfcc_images/*.jpg | head -3) output/demo_images/
 $PY predict.py --model_path $RUN/checkpoints/best.pt --image_path output/demo_images \
-    --clip_model_path pre_model/small_clip.pt --style all --output_path output/demo_predict --save_images
+    --clip_model_path $CLIP --style all --output_path output/demo_predict --save_images
 
 stage_end
 echo "== 6/6 done"

@@ -3,7 +3,7 @@
 Needs selenium (requirements-app.txt) and Debian's chromium + chromium-driver; skipped without them.
 Also checks that the page requests nothing but the local server (no CDN, fonts, analytics).
 
-    STYLECAP_APP_MODEL=output/demo_personality/checkpoints/best.pt STYLECAP_APP_CLIP=pre_model/small_clip.pt \
+    STYLECAP_APP_MODEL=output/demo_personality/checkpoints/best.pt STYLECAP_APP_CLIP=pre_model/small_clip_aligned.pt \
     STYLECAP_SCREENSHOT=docs/app_screenshot.png .venv/bin/python -m pytest -q tests/test_app_browser.py
 runs it on the demo model and writes the README's screenshot.
 """
