@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from models import ModelConfig, build_model
 from models.captioner import StyleCapModel
+from models.compat import enable_activation_checkpointing
+from models.model_folder import is_model_folder, start_from_folder
 from stylecap.cpu import cpu_bf16_warning
 from stylecap.features import FeatureStore, clip_record, load_features
 from stylecap.train.data import CaptionDataset, collate, encode_data, split_by_image, style_vocabulary
@@ -69,11 +71,18 @@ def run_folder(args: argparse.Namespace) -> Path:
 
 def resume_from(args: argparse.Namespace, ckpts: CheckpointManager) -> Path | None:
     """The checkpoint to resume from (--resume PATH, or the newest one for --resume auto), or None.
-    A run folder that has checkpoints is never trained over without --resume."""
+    A run folder that has checkpoints is never trained over without --resume. --resume FOLDER (export.py's
+    model folder) is no exact resume but a new run from its weights (build_seeded_model loads them): None."""
     newest = ckpts.newest()  # opens every checkpoint's header: once
     if args.resume is None and newest is not None:
         raise UserError(f"run folder {ckpts.folder.parent} already has checkpoints; pass --resume auto to continue "
                         "or a new --output_path")
+    if args.resume not in (None, "auto") and is_model_folder(args.resume):
+        if newest is not None:
+            raise UserError(f"--resume {args.resume} (an exported model folder) starts a new run from its weights, "
+                            f"but run folder {ckpts.folder.parent} already has checkpoints; pass --resume auto to "
+                            "continue that run, or a new --output_path")
+        return None
     return newest if args.resume == "auto" else (Path(args.resume) if args.resume else None)
 
 
@@ -92,9 +101,11 @@ def build_seeded_model(args: argparse.Namespace, data: TrainingData, rank: int,
         raise UserError(f"{args.data_path} has {dim}-d features but --clip_size is {args.clip_size}; "
                         f"pass --clip_size {dim}")
     model = build_model(cfg)
+    if args.resume not in (None, "auto") and is_model_folder(args.resume):
+        start_from_folder(model, args.resume)  # a new run from an exported folder's weights (see resume_from)
     torch.manual_seed(args.seed + rank)  # then each rank its own dropout stream
     if args.gradient_checkpointing:
-        model.gpt.activation_checkpointing_enable()
+        enable_activation_checkpointing(model.gpt)  # models.compat: named differently in transformers 4
     model.to(device)
     return model
 
