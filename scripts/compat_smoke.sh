@@ -67,7 +67,7 @@ fi
 stage "3 train 1 epoch (+ gradient checkpointing), then --resume auto to epoch 2"
 TRAIN=(--data_path $F/train.pkl --val_path $F/val.pkl --gpt2_path $W/small_gpt2 --output_path $W/run
        --finetune_gpt2 --style_mode embedding --bs_train 16 --lr 1e-3 --warmup_steps 5 --eval_subset 8
-       --num_samples 2 --log_every 0)
+       --num_samples 2 --log_every 0 --max_len 16)
 $PY train.py "${TRAIN[@]}" --epochs 1 --gradient_checkpointing
 $PY train.py "${TRAIN[@]}" --epochs 2 --resume auto
 
@@ -80,8 +80,9 @@ $PY predict.py --model_path $W/run/checkpoints/best.pt --features $F/test.pkl --
     --output_path $W/predict
 if [ $HAVE_HF = 1 ]; then
     mkdir -p $W/images && cp $(ls $W/demo/personality/yfcc_images/*.jpg | head -3) $W/images/
+    BACKEND=$($PY predict.py --help | grep -q -- --clip_backend && echo "--clip_backend hf" || true)
     $PY predict.py --model_path $W/run/checkpoints/best.pt --image_path $W/images --clip_model_path $W/hf_clip \
-        --clip_backend hf --style all --output_path $W/predict_images
+        $BACKEND --style all --output_path $W/predict_images
 fi
 
 stage "6 export -> predict from the folder: the checkpoint's captions"

@@ -30,7 +30,7 @@ def predictions(model_path, feats: Path, out: Path, *extra: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def feats(tmp_path_factory) -> Path:
-    return synthetic_features(tmp_path_factory.mktemp("feats") / "test.pkl", n_images=6)
+    return synthetic_features(tmp_path_factory.mktemp("feats") / "test.pkl", n_images=3)
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +40,16 @@ def exported(styled_ckpt, tmp_path_factory) -> Path:
     return out
 
 
-def test_export_then_predict_gives_the_checkpoints_captions(styled_ckpt, exported, feats, tmp_path):
+def test_export_then_predict_gives_the_checkpoints_captions(styled_ckpt, exported, feats, tmp_path, capsys):
     tok_files = set(torch.load(styled_ckpt, weights_only=True)["tokenizer_files"]) - {"config.json"}
     assert {"vocab.json", "merges.txt", "tokenizer_config.json"} <= tok_files
     assert {p.name for p in exported.iterdir()} == {"README.md", "config.json", "model.safetensors", *tok_files}
     from_ckpt = predictions(styled_ckpt, feats, tmp_path / "ckpt")
     from_folder = predictions(exported, feats, tmp_path / "folder")
-    assert len(from_ckpt) == 6 * len(STYLES) and from_folder == from_ckpt  # captions, scores and tokens
+    assert len(from_ckpt) == 3 * len(STYLES) and from_folder == from_ckpt  # captions, scores and tokens
+    capsys.readouterr()
+    assert predict.main(["--model_path", str(exported), "--list_styles"]) == 0
+    assert capsys.readouterr().out.splitlines() == STYLES
     # load_model (app.py's loader) too: the same weights, tied embedding included
     a, b = load_model(styled_ckpt), load_model(exported)
     sa, sb = a.state_dict(), b.state_dict()
