@@ -157,6 +157,9 @@ def read_model_folder(path: str | Path) -> dict:
         state[alias] = state[name]
     files = {}
     for name in cfg["tokenizer"]["files"]:
+        if Path(name).name != name or name.startswith("."):  # a shared folder names no file outside itself
+            raise UserError(f"{path / CONFIG} lists the tokenizer file {name!r}, which is not a plain file name; "
+                            "export the model again")
         if not (path / name).is_file():
             raise UserError(f"{path} lacks the tokenizer file {name} that its {CONFIG} lists; export the model again")
         files[name] = (path / name).read_text(encoding="utf-8")

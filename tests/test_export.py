@@ -141,6 +141,11 @@ def test_bad_inputs_are_one_line_errors(styled_ckpt, exported, small_models, tmp
     (broken / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="config.json is not valid JSON"):
         load_model(broken)
+    cfg = json.loads((exported / "config.json").read_text())
+    cfg["tokenizer"]["files"].append("../../outside.json")  # a shared folder must not read or write elsewhere
+    (broken / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="lists the tokenizer file '../../outside.json', which is not a plain file"):
+        load_model(broken)
     (broken / "config.json").write_text((exported / "config.json").read_text())
     (broken / "model.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(UserError, match="not a readable safetensors file"):
