@@ -38,6 +38,7 @@ from loguru import logger
 from models import load_model
 from models.decoding import DecodeConfig
 from stylecap.clip_utils import DEFAULT_CLIP
+from stylecap.encoders import BACKENDS
 from stylecap.eval.captioning import caption_images, image_files, load_clip_for, resolve_styles
 from stylecap.eval.evaluation import write_predictions
 from stylecap.extract.image_encoder import extract_features
@@ -53,6 +54,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--model_path", required=True, help="StyleCap checkpoint (e.g. output/<run>/checkpoints/best.pt) or ClipCap weights")
     a("--clip_model_path", help=f"CLIP model used to encode the images (default: the one the checkpoint names, "
       f"else {DEFAULT_CLIP})")
+    a("--clip_backend", choices=BACKENDS, default="auto", help="which library loads --clip_model_path: auto "
+      "(from its form and contents, or the checkpoint's record), openai, open_clip or hf (docs/encoders.md)")
     a("--gpt2_path", help="GPT-2 folder: needed for ClipCap weights, or if a frozen GPT-2 moved")
     a("--allow_clip_mismatch", action="store_true", help="serve even when --clip_model_path is not the CLIP "
       "the model was trained with (checked by sha256)")
@@ -423,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     model = load_model(args.model_path, args.gpt2_path, device)  # in eval mode
     clip_model, preprocess = load_clip_for(model, args.clip_model_path, device, args.model_path,
-                                           args.allow_clip_mismatch)
+                                           args.allow_clip_mismatch, args.clip_backend)
     demo = Demo(model, clip_model, preprocess, device, args.bs_eval, args.max_images, args.max_pixels,
                 args.max_sequences)
     page, url = serve(demo, args, example_images(args.examples, args.n_examples))

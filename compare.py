@@ -29,7 +29,7 @@ from stylecap.utils import UserError, atomic_write_json, atomic_write_text, run_
 # settings that say where or how a run was executed, not what was trained: never part of a label
 IGNORED = {"output_path", "resume", "config", "model_path", "mode", "device", "num_workers", "ddp_timeout",
            "max_checkpoint_num", "save_by", "save_step", "eval_step", "num_samples", "bs_eval", "train_captions",
-           "clip_model_path", "no_java", "allow_clip_mismatch", "segment", "gpt2_path"}
+           "clip_model_path", "clip_backend", "no_java", "allow_clip_mismatch", "segment", "gpt2_path"}
 
 
 def get_parser() -> argparse.ArgumentParser:

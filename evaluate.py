@@ -78,7 +78,8 @@ def main(argv=None) -> int:
                              train_captions=args.train_captions, report=args.report, image_dir=args.image_dir,
                              max_report_images=args.max_report_images, clip_model_path=args.clip_model_path,
                              java=False if args.no_java else None, spice=not args.no_spice,
-                             spice_jars=args.spice_jars, strict=args.strict, segment=args.segment)
+                             spice_jars=args.spice_jars, strict=args.strict, segment=args.segment,
+                             clip_backend=args.clip_backend or "auto")
     print(format_table(metrics))
     return 0
 

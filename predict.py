@@ -25,6 +25,7 @@ from loguru import logger
 from models.captioner import ModelConfig, checkpoint_config, model_from_file, read_checkpoint
 from stylecap.clip_check import check_clip
 from stylecap.clip_utils import DEFAULT_CLIP
+from stylecap.encoders import BACKENDS
 from stylecap.eval.captioning import (caption_images, caption_items, checkpoint_path, eval_items, list_images,
                                       load_clip_for, plural, resolve_styles)
 from stylecap.eval.evaluation import (add_decode_args, captioned_image, captions_by_image, decode_config, log_preview,
@@ -44,6 +45,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--features", help="caption every image of a feature file (from process_*.py) instead of image files")
     a("--clip_model_path", help=f"CLIP model used to encode --image_path (default: the one the checkpoint names, "
       f"else {DEFAULT_CLIP})")
+    a("--clip_backend", choices=BACKENDS, default="auto", help="which library loads --clip_model_path: auto "
+      "(from its form and contents, or the checkpoint's record), openai, open_clip or hf (docs/encoders.md)")
     a("--allow_clip_mismatch", action="store_true", help="caption even when --clip_model_path (or the CLIP named "
       "by --features) is not the CLIP the model was trained with (checked by sha256 and normalisation)")
     a("--allow_truncated", action="store_true", help="caption truncated JPEGs (the missing part is grey) "
@@ -179,7 +182,7 @@ def caption_files(args: argparse.Namespace, model, model_path: Path, paths: list
     """--image_path: encode the images with the model's CLIP and caption the readable ones in ``styles``.
     Returns the predictions and {image name: its file} of the captioned images."""
     clip_model, preprocess = load_clip_for(model, args.clip_model_path, device, model_path,
-                                           args.allow_clip_mismatch)  # logs "CLIP: <path> (<why>)"
+                                           args.allow_clip_mismatch, args.clip_backend)  # logs "CLIP: <path> (why)"
     encode = partial(extract_features, model=clip_model, preprocess=preprocess, batch_size=args.bs_eval,
                      num_workers=args.num_workers, device=device, allow_truncated=args.allow_truncated)
     preds, ok, bad = caption_images(model, encode, paths, styles, dc, args.bs_eval, names=names, progress=True)

@@ -32,6 +32,10 @@ def get_parser() -> argparse.ArgumentParser:
     a("--data_path", help="training feature file from process_*.py (eval mode: the split to score)")
     a("--val_path", help="validation feature file; without it a seeded split by image of --data_path")
     a("--val_fraction", type=float, default=0.05, help="share of images held out when --val_path is not given")
+    a("--shard_window", type=int, default=0, help="sharded --data_path (docs/scale.md): shards shuffled together and "
+      "kept mapped per rank; 0 = all of the rank's shards of the epoch")
+    a("--shard_assignment", choices=["epoch", "fixed"], default="epoch", help="sharded --data_path: shards dealt "
+      "to ranks anew each epoch (seeded), or once for the run (a node then only needs its ranks' shards)")
     a("--gpt2_path", help="Hugging Face GPT-2 folder (weights, config, tokenizer); default pre_model/gpt2. "
       "Eval mode: only for ClipCap weights or a frozen GPT-2 that moved")
     a("--output_path", help="run folder (default output/<data>-<mapper>-<tuned|frozen>-<style_mode>)")
@@ -39,7 +43,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--mapping_type", choices=["mlp", "transformer"], default="mlp", help="mapper: ClipCap MLP or Transformer")
     a("--prefix_len", type=int, default=10, help="K, the number of prefix embeddings")
     a("--constant_len", type=int, default=10, help="Transformer mapper's clip length (projected feature tokens)")
-    a("--clip_size", type=int, default=512, help="CLIP feature width (512 for ViT-B/32, 640 for RN50x4)")
+    a("--clip_size", type=int, default=None, help="CLIP feature width (512 for ViT-B/32, 640 for RN50x4, 768 for "
+      "ViT-L/14; default: the width of --data_path's features)")
     a("--num_layers", type=int, default=8, help="Transformer mapper depth")
     a("--style_mode", choices=["auto", *STYLE_MODES], default="auto",
       help="how style enters the model; auto = embedding when the data has styles, else none")

@@ -42,6 +42,7 @@ from bench.common import (GPU_KEYS, TARGETS, THREADS, Env, error_row, figure_row
 from bench.cpu_decode import bench_beam, bench_greedy  # noqa: E402
 from bench.cpu_extract import bench_extract  # noqa: E402
 from bench.cpu_train import bench_train  # noqa: E402
+from bench.sharded import bench_sharded  # noqa: E402
 from stylecap.utils import atomic_write_json  # noqa: E402
 
 
@@ -79,6 +80,7 @@ def stages_for(env: Env, results: dict) -> list:
         ("greedy", ["greedy_vs_reference"], lambda: [("greedy_vs_reference", bench_greedy(env))]),
         ("beam", ["beam_vs_reference"], lambda: [("beam_vs_reference", bench_beam(env))]),
         ("train", ["train_vs_reference", "train_model_flops_share", "train_bf16_vs_fp32"], train_stage),
+        ("sharded", ["sharded_open_vs_one_file", "sharded_memory_vs_one_file"], lambda: bench_sharded(env)),
     ]
 
 

@@ -35,6 +35,8 @@ TARGETS = {
     "train_model_flops_share": (None, None),
     "train_bf16_vs_fp32": (None, None),
     "extract_bf16_vs_fp32": (None, None),
+    "sharded_open_vs_one_file": (None, None),
+    "sharded_memory_vs_one_file": (None, None),
 }
 
 # Sizes per mode. Full mode is sized to finish well under 15 minutes on 2 cores.

@@ -2,14 +2,15 @@
 
 requirements.txt states the supported ranges (docs/versions.md: each combination tested, with its command).
 Code that must differ between versions calls one of these small, named shims; each says why it exists.
-They detect the *feature* (an attribute, a field), not a version number: a release that back-ports or
-removes a name is then handled by what it really has. No other module checks versions
+They detect the *feature* (an attribute, a field) where they can, not a version number: a release that
+back-ports or removes a name is then handled by what it really has. No other module checks versions
 (tests/test_compat.py greps for it).
 """
 from __future__ import annotations
 
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,3 +69,23 @@ def load_lm_state(lm: nn.Module, state: dict[str, torch.Tensor]) -> None:
     if missing or unexpected:
         raise UserError(f"the language model's weights do not fit its config: missing {missing[:3]}, unexpected "
                         f"{unexpected[:3]}; the checkpoint or model folder is damaged or of another model")
+
+
+# ---- Hugging Face image encoders (stylecap.encoders) ------------------------------------------------------
+def pooled_features(out: Any) -> torch.Tensor:
+    """get_image_features / get_text_features return the (B, D) tensor in transformers 4.x, an output whose
+    pooler_output is that tensor in 5.x."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def pil_image_processor(folder: str | Path):
+    """AutoImageProcessor with the PIL/numpy backend, whether or not torchvision is installed: transformers 5
+    would otherwise pick its torchvision backend where torchvision exists, whose values differ (bicubic resize),
+    so the same folder would give other features on another machine. 5.x says backend="pil", 4.x
+    use_fast=False (both name the PIL processor); from_pretrained takes **kwargs, so only the version tells
+    which keyword this one reads."""
+    import transformers
+    from transformers import AutoImageProcessor
+    major = int(transformers.__version__.split(".")[0])
+    kw = {"backend": "pil"} if major >= 5 else {"use_fast": False}
+    return AutoImageProcessor.from_pretrained(str(folder), **kw)

@@ -79,9 +79,12 @@ def missing_gpt2(path: str, setting: str) -> list[Missing]:
 
 
 def missing_clip(path: str) -> list[Missing]:
-    """--clip_model_path: a file, or a model name such as ViT-B/32 already in openai-clip's cache."""
+    """--clip_model_path: a file, a model name such as ViT-B/32 already in openai-clip's cache, an open_clip or
+    Hugging Face folder, or open_clip's ARCH:FILE (docs/encoders.md)."""
     cached = Path.home() / ".cache" / "clip" / f"{path.replace('/', '-')}.pt"
-    if Path(path).is_file() or (not path.endswith((".pt", ".pth")) and cached.is_file()):
+    arch_file = path.partition(":")[2]
+    if Path(path).is_file() or Path(path).is_dir() or (arch_file and Path(arch_file).is_file()) \
+            or (not path.endswith((".pt", ".pth")) and cached.is_file()):
         return []
     make = f"curl -L --create-dirs -o {_q(path)} {CLIP_URL}" if path == CLIP_DEFAULT else ""
     return [Missing("CLIP ViT-B/32 weights (needed to make the features)", path, "CLIP",

@@ -1,9 +1,10 @@
 """A checkpoint knows its CLIP: predict.py and eval mode refuse features or images of another one.
 
 train.py stores the training features' CLIP record (:func:`stylecap.features.clip_record`: model name,
-sha256 of the weights, normalisation) in the checkpoint's config (``ModelConfig.clip``; older checkpoints have
-it under the top-level "clip" key); the checks compare the loaded model's config, in memory. A model
-trained on ViT-B/16 features would otherwise caption ViT-B/32 features without a word: both are 512-d. Models whose
+sha256 of the weights, normalisation, backend, embedding width) in the checkpoint's config
+(``ModelConfig.clip``; older checkpoints have it under the top-level "clip" key); the checks compare the
+loaded model's config, in memory (:func:`same_clip`: the whole record but the name). A model trained on
+ViT-B/16 features would otherwise caption ViT-B/32 features without a word: both are 512-d. Models whose
 checkpoint holds no record (ClipCap's released weights, checkpoints saved before the record existed,
 models trained on features that name no CLIP) cannot be checked: that is logged once, not refused.
 """
@@ -25,7 +26,19 @@ def describe(record: dict | None) -> str:
     if record is None:
         return "an unrecorded CLIP"
     norm = ", L2-normalised" if record.get("normalized") else ""
-    return f"{record.get('clip_model')} (sha256 {record['clip_sha256'][:12]}...{norm})"
+    backend = record.get("clip_backend", "openai")
+    kind = "" if backend == "openai" else f"{backend}, "
+    width = f", {record['dim']}-d" if record.get("dim") else ""
+    return f"{record.get('clip_model')} ({kind}sha256 {record['clip_sha256'][:12]}...{width}{norm})"
+
+
+def same_clip(a: dict, b: dict) -> bool:
+    """Whether two records name the same encoder: the whole record but the model's name (a path, which
+    differs between machines). A record from before the backends (no "clip_backend") is openai-clip's;
+    one without a width ("dim") matches any width."""
+    return (a["clip_sha256"] == b["clip_sha256"] and bool(a.get("normalized")) == bool(b.get("normalized"))
+            and a.get("clip_backend", "openai") == b.get("clip_backend", "openai")
+            and (a.get("dim") is None or b.get("dim") is None or int(a["dim"]) == int(b["dim"])))
 
 
 def _load_header(path: str | Path):
@@ -72,7 +85,7 @@ def check_clip(cfg: ModelConfig, model_path: str | Path, given: dict | None, giv
         logger.warning(f"{given_as} features that name no CLIP: cannot check that they are of "
                        f"{describe(trained)}, the CLIP {model_path} was trained with")
         return
-    if given["clip_sha256"] == trained["clip_sha256"] and bool(given["normalized"]) == bool(trained["normalized"]):
+    if same_clip(given, trained):
         return
     msg = f"the model was trained on {describe(trained)} features but {what}"
     if allow:

@@ -306,12 +306,15 @@ def save_features(path: str | Path, data: "FeatureStore | dict") -> None:
 
 
 def clip_record(meta: dict) -> dict | None:
-    """The CLIP that made a feature file, from its meta: {"clip_model", "clip_sha256", "normalized"};
-    None when the file does not say (legacy pickles, hand-made files). Checkpoints store it (train.py)
-    so that predict.py and eval mode can refuse features or images of another CLIP (stylecap/clip_check.py).
-    Also accepts load_clip's ``info`` (features it encodes are not normalised)."""
+    """The CLIP that made a feature file, from its meta: {"clip_model", "clip_sha256", "normalized",
+    "clip_backend", "dim"}; None when the file does not say (legacy pickles, hand-made files). Checkpoints store
+    it (train.py) so that predict.py and eval mode can refuse features or images of another CLIP
+    (stylecap/clip_check.py). Also accepts load_clip's ``info`` and an ImageEncoder's ``record`` (features they
+    encode are not normalised). Files from before the backends (stylecap.encoders) name none: openai-clip made
+    them; "dim" is None where the meta has no width."""
     if not meta.get("clip_sha256"):
         return None
     return {"clip_model": meta.get("clip_model"), "clip_sha256": meta["clip_sha256"],
-            "normalized": bool(meta.get("normalized", False))}
+            "normalized": bool(meta.get("normalized", False)), "clip_backend": meta.get("clip_backend", "openai"),
+            "dim": int(meta["dim"]) if meta.get("dim") is not None else None}
 

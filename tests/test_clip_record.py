@@ -66,7 +66,7 @@ def _predict(ckpt, tmp_path, *extra) -> str:
 def test_checkpoint_records_the_training_features_clip(trained, clips):
     ck = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
     assert ck["clip"] == {"clip_model": str(clips["b16"]), "clip_sha256": sha256_file(clips["b16"]),
-                          "normalized": False}
+                          "normalized": False, "clip_backend": "openai", "dim": None}  # issue 18 keys
     assert clip_record(load_features(trained["feats"]["b16"])["meta"]) == ck["clip"]
 
 
@@ -130,7 +130,8 @@ def test_clip_record_is_part_of_the_model_config(trained, clips, small_models, t
     top-level "clip" key, or none) and ClipCap weights load as before."""
     from models import load_model
     from stylecap.clip_check import trained_clip
-    record = {"clip_model": str(clips["b16"]), "clip_sha256": sha256_file(clips["b16"]), "normalized": False}
+    record = {"clip_model": str(clips["b16"]), "clip_sha256": sha256_file(clips["b16"]), "normalized": False,
+              "clip_backend": "openai", "dim": None}  # issue 18: backend and width (these synthetic files name none)
     ck = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
     assert ck["config"]["clip"] == record == ck["clip"]  # the old key too, for older StyleCap code
     assert load_model(trained["ckpt"]).cfg.clip == record

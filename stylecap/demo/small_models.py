@@ -123,3 +123,97 @@ def write_small_models(out: Path, seed: int = 0, force: bool = False) -> bool:
     make_gpt2_chinese(out / "small_gpt2_chinese", seed, chinese_charset())
     stamp.write_text(json.dumps(want, indent=2))
     return True
+
+
+# ---- issue 18: small random encoders of the other backends (stylecap.encoders), with widths other than 512 ----
+# open_clip's CLIP class from a model config of our own (open_clip's format): 64 px, 2 layers of width 64.
+SMALL_OPEN_CLIP = {"embed_dim": 640,
+                   "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+                   "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+SMALL_HF_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+                   "image_size": 64, "patch_size": 16}
+SMALL_HF_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+                 "max_position_embeddings": 16}
+SMALL_TEXT_WORDS = ("a an the of on in with and is are man woman dog cat people person group two photo picture "
+                    "red blue green yellow black white big small circle square triangle shape background happy sad "
+                    "funny very this that it looks like standing sitting playing street water grass").split()
+
+
+def make_open_clip(out: Path, seed: int = 0, embed_dim: int = 640) -> Path:
+    """An open_clip folder in its own local-dir layout: ``open_clip_config.json`` (model_cfg + preprocess_cfg)
+    and ``open_clip_pytorch_model.bin``, plus ``model_cfg.json`` (the bare model config, for the
+    ``--clip_model_path model_cfg.json:open_clip_pytorch_model.bin`` form). -> ``out``."""
+    import open_clip
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {**SMALL_OPEN_CLIP, "embed_dim": embed_dim}
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(**cfg).eval()
+    torch.save(model.state_dict(), out / "open_clip_pytorch_model.bin")
+    pre = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD),
+           "interpolation": "bicubic", "resize_mode": "shortest"}
+    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": pre}, indent=2))
+    (out / "model_cfg.json").write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def small_text_tokenizer(out: Path):
+    """A word-level fast tokenizer (the tokenizers library, no download) saved into ``out``:
+    <pad> 0, <unk> 1, <s> 2, </s> 3, then SMALL_TEXT_WORDS; "<s> text </s>", lower-cased. -> the tokenizer."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *dict.fromkeys(SMALL_TEXT_WORDS)])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer, tk.pre_tokenizer = normalizers.Lowercase(), pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 2), ("</s>", 3)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                  unk_token="<unk>", model_max_length=SMALL_HF_TEXT["max_position_embeddings"])
+    tok.save_pretrained(str(out))
+    return tok
+
+
+def make_hf_encoder(out: Path, kind: str = "clip", seed: int = 0, projection_dim: int = 768) -> Path:
+    """A Hugging Face encoder folder: ``kind`` clip (CLIPModel, ``projection_dim``-d), clip_vision
+    (CLIPVisionModelWithProjection), siglip (SiglipModel: its width is the vision hidden size, 64) or siglip_vision
+    (SiglipVisionModel), with its image processor (CLIP: shortest edge 64 + centre crop; SigLIP: squash to 64x64)
+    and, for the text-and-image kinds, small_text_tokenizer. -> ``out``."""
+    import transformers as tf
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    tok = small_text_tokenizer(out) if kind in ("clip", "siglip") else None
+    text = {**SMALL_HF_TEXT, "vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id} if tok else None
+    torch.manual_seed(seed)
+    if kind == "clip":
+        cfg = tf.CLIPConfig(text_config=text, vision_config=SMALL_HF_VISION, projection_dim=projection_dim)
+        model = tf.CLIPModel(cfg)
+    elif kind == "clip_vision":
+        model = tf.CLIPVisionModelWithProjection(tf.CLIPVisionConfig(**SMALL_HF_VISION, projection_dim=projection_dim))
+    elif kind == "siglip":
+        model = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=SMALL_HF_VISION))
+    elif kind == "siglip_vision":
+        model = tf.SiglipVisionModel(tf.SiglipVisionConfig(**SMALL_HF_VISION))
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    model.eval().save_pretrained(str(out))
+    if kind.startswith("clip"):
+        proc = tf.CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    else:
+        proc = tf.SiglipImageProcessor(size={"height": 64, "width": 64})
+    proc.save_pretrained(str(out))
+    return out
+
+
+# openai-clip's ModifiedResNet (RN50x4's family), 640-d like RN50x4: layers (1, 1, 1, 1) of width 16, 64 px.
+SMALL_CLIP_RN = dict(SMALL_CLIP, embed_dim=640, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=16,
+                     vision_patch_size=None)
+
+
+def make_clip_resnet(out: Path, seed: int = 0) -> Path:
+    """A small openai-clip ResNet CLIP, a state dict in OpenAI's layout (fp16, as its files): out/small_clip_rn.pt."""
+    clip = _import_clip()
+    torch.manual_seed(seed)
+    model = clip.model.CLIP(**SMALL_CLIP_RN).eval()
+    clip.model.convert_weights(model)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "small_clip_rn.pt")
+    return out / "small_clip_rn.pt"

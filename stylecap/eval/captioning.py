@@ -23,6 +23,7 @@ from models.decoding import DecodeConfig, generate_captions
 from stylecap.clip_check import check_clip
 from stylecap.clip_utils import DEFAULT_CLIP
 from stylecap.distributed import batch_share, gather_lists, rank_and_world
+from stylecap.encoders import spec_exists
 from stylecap.features import clip_record
 from stylecap.utils import UserError
 
@@ -125,11 +126,11 @@ def checkpoint_path(spec: str | Path) -> tuple[Path, str]:
 # ---- CLIP ------------------------------------------------------------------------------------------
 def clip_path_for(model: StyleCapModel, given: str | None) -> tuple[str, str]:
     """(CLIP to encode images with, why that one): ``given`` (--clip_model_path) if any, else the CLIP the
-    checkpoint records when it is on this machine, else DEFAULT_CLIP."""
+    checkpoint records when it is on this machine (a file, a folder, or open_clip's ARCH:FILE), else DEFAULT_CLIP."""
     if given:
         return given, "--clip_model_path"
     recorded = (model.cfg.clip or {}).get("clip_model")
-    if recorded and Path(recorded).expanduser().is_file():
+    if recorded and spec_exists(recorded):
         return recorded, "recorded in the checkpoint"
     if recorded:
         return DEFAULT_CLIP, f"the default: {recorded}, recorded in the checkpoint, is not on this machine"
@@ -137,20 +138,24 @@ def clip_path_for(model: StyleCapModel, given: str | None) -> tuple[str, str]:
 
 
 def load_clip_for(model: StyleCapModel, clip_model_path: str | None, device: torch.device | str,
-                  model_path: str | Path, allow_mismatch: bool = False):
-    """(clip_model, preprocess) for encoding images for ``model`` (loaded from ``model_path``, named in
-    messages). ``clip_model_path`` None: the CLIP the checkpoint names (see clip_path_for); the one used is
-    logged. A CLIP of the wrong width, or another CLIP than the model was trained with (by sha256), is a
-    UserError unless ``allow_mismatch``."""
-    from stylecap.clip_utils import load_clip
+                  model_path: str | Path, allow_mismatch: bool = False, backend: str = "auto"):
+    """(encoder, preprocess) for encoding images for ``model`` (loaded from ``model_path``, named in
+    messages): a stylecap.encoders.ImageEncoder of any backend (``backend``: --clip_backend; auto: detected,
+    or the checkpoint's recorded backend when its recorded CLIP is used) and its preprocess.
+    ``clip_model_path`` None: the CLIP the checkpoint names (see clip_path_for); the one used is
+    logged. A CLIP of the wrong width, or another CLIP than the model was trained with (the whole record:
+    sha256, backend, width), is a UserError unless ``allow_mismatch``."""
+    from stylecap.encoders import load_encoder
     path, why = clip_path_for(model, clip_model_path)
+    if backend == "auto" and why == "recorded in the checkpoint":
+        backend = (model.cfg.clip or {}).get("clip_backend", "auto")
     logger.info(f"CLIP: {path} ({why})")
-    clip_model, preprocess, info = load_clip(path, device)
-    if info["dim"] != model.cfg.clip_size:
-        raise UserError(f"{path} gives {info['dim']}-d features but the model expects "
+    enc = load_encoder(path, device, backend)
+    if enc.width != model.cfg.clip_size:
+        raise UserError(f"{path} gives {enc.width}-d features but the model expects "
                         f"{model.cfg.clip_size}-d; pass the CLIP model it was trained with")
-    check_clip(model.cfg, model_path, clip_record(info), "--clip_model_path is", allow_mismatch)
-    return clip_model, preprocess
+    check_clip(model.cfg, model_path, clip_record(enc.record), "--clip_model_path is", allow_mismatch)
+    return enc, enc.preprocess
 
 
 # ---- batched captioning ----------------------------------------------------------------------------

@@ -1,21 +1,23 @@
-"""CLIPScore and RefCLIPScore (Hessel et al., EMNLP 2021) of captions against CLIP image features."""
+"""CLIPScore and RefCLIPScore (Hessel et al., EMNLP 2021) of captions against CLIP image features.
+The text side is the encoder's own (stylecap.encoders: openai-clip, open_clip, Hugging Face CLIP or SigLIP)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from stylecap.encoders import ImageEncoder, openai_encoder
 
 CLIPSCORE_PROMPT = "A photo depicts"  # Hessel et al.'s prefix, added to candidates and references
 
 
 @torch.no_grad()
 def _encode_text(clip_model, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-    import clip
-    device = next(clip_model.parameters()).device
-    chunks = []
-    for s in range(0, len(texts), batch_size):
-        tokens = clip.tokenize(texts[s:s + batch_size], truncate=True).to(device)
-        chunks.append(torch.nn.functional.normalize(clip_model.encode_text(tokens).float(), dim=-1))
-    return torch.cat(chunks) if chunks else torch.zeros(0, 1)
+    """texts -> L2-normalised text features [B, D]. ``clip_model``: an ImageEncoder, or a bare openai-clip
+    model (tokenised with clip.tokenize, truncated to 77 tokens, as before)."""
+    enc = clip_model if isinstance(clip_model, ImageEncoder) else openai_encoder(clip_model, None)
+    if not texts:
+        return torch.zeros(0, 1)
+    return torch.nn.functional.normalize(enc.encode_text(texts, batch_size), dim=-1)
 
 
 def _prompted(caption: str, prompt: str) -> str:

@@ -15,6 +15,7 @@ from loguru import logger
 from models.captioner import StyleCapModel
 from models.decoding import DecodeConfig
 from stylecap.distributed import rank_and_world
+from stylecap.encoders import spec_exists
 from stylecap.eval.captioning import caption_items_across_ranks, eval_items
 from stylecap.utils import atomic_write_json, atomic_write_text
 
@@ -57,6 +58,8 @@ def add_eval_mode_args(p: argparse.ArgumentParser, run_flags: bool = False) -> a
     a("--clip_model_path", help="CLIP model (e.g. pre_model/ViT-B-32.pt) for CLIPScore/RefCLIPScore; needs the "
       "references to be a feature file made with the same CLIP; eval mode's default: the one named in the "
       "features' meta")
+    a("--clip_backend", choices=("auto", "openai", "open_clip", "hf"), default=None,
+      help="which library loads --clip_model_path (default: auto, or the backend the features' meta names)")
     a("--no_java", action="store_true",
       help="do not use Java: pure-Python tokenization for BLEU/ROUGE-L/CIDEr; METEOR and SPICE skipped")
     a("--segment", choices=SEGMENT_CHOICES, default="auto",
@@ -204,11 +207,12 @@ def _score_and_write(args: argparse.Namespace, out: Path, model: StyleCapModel, 
         train_captions = trained_on if trained_on and Path(trained_on).is_file() else None
     meta = data.get("meta", {})
     clip_path = args.clip_model_path or meta.get("clip_model")
+    clip_backend = args.clip_backend or (meta.get("clip_backend", "auto") if not args.clip_model_path else "auto")
     image_dir = meta.get("image_dir") if meta.get("image_dir") and Path(meta["image_dir"]).is_dir() else None
     metrics = run_evaluation(jsonl, data_path, out / "metrics.json", report=out / "report.html",
                              train_captions=train_captions or None, image_dir=image_dir,
-                             clip_model_path=clip_path if clip_path and Path(clip_path).is_file() else None,
-                             java=False if args.no_java else None, segment=args.segment)
+                             clip_model_path=clip_path if clip_path and spec_exists(clip_path) else None,
+                             java=False if args.no_java else None, segment=args.segment, clip_backend=clip_backend)
     print(format_table(metrics))
     _tensorboard_eval(out, metrics, preds, meta, settings["step"] or 0)
     logger.info(f"predictions, metrics.json and report.html in {out}")

@@ -109,6 +109,8 @@ def evaluate_predictions(predictions: list[dict], references: list[dict], *,
     result["clip_score"] = None
     if clip_model is None:
         skipped["CLIPScore"] = "no CLIP model given (--clip_model_path)"
+    elif not getattr(clip_model, "has_text", True):
+        skipped["CLIPScore"] = "the image encoder has no text tower (a vision-only folder)"
     elif not image_features:
         skipped["CLIPScore"] = "no image features (give a feature file from process_*.py as --references)"
     else:
@@ -157,7 +159,7 @@ def _jsonable(obj):
 def run_evaluation(predictions, references, output_path, *, train_captions=None, report=None, image_dir=None,
                    max_report_images: int = 60, clip_model_path=None, java: bool | None = None,
                    spice: bool = True, spice_jars: str | None = None, strict: bool = False,
-                   segment: str = "auto") -> dict:
+                   segment: str = "auto", clip_backend: str = "auto") -> dict:
     """Score a predictions file against a references file and write metrics.json (and the HTML
     report with ``report``): what evaluate.py does, callable without it. Returns the metrics."""
     if image_dir and not Path(image_dir).is_dir():
@@ -189,11 +191,11 @@ def run_evaluation(predictions, references, output_path, *, train_captions=None,
 
     clip_model = None
     if clip_model_path and info["image_features"]:
-        from stylecap.clip_utils import load_clip
+        from stylecap.encoders import load_encoder
         from stylecap.utils import resolve_device
-        clip_model, _, clip_info = load_clip(clip_model_path, resolve_device(None))
+        clip_model = load_encoder(clip_model_path, resolve_device(None), clip_backend)  # any backend
         want = info["meta"].get("clip_sha256")
-        if want and want != clip_info["clip_sha256"]:
+        if want and want != clip_model.sha256:
             logger.warning(f"{clip_model_path} is not the CLIP that made {references} "
                            "(sha256 differs): CLIPScore compares unrelated embeddings")
     metrics = evaluate_predictions(preds, refs, train_captions=train, clip_model=clip_model,

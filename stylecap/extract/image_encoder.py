@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from stylecap.clip_utils import ImageLoadError, open_image
 from stylecap.cpu import cpu_bf16_warning
+from stylecap.encoders import ImageEncoder, openai_encoder
 
 
 def default_workers() -> int:
@@ -66,12 +67,14 @@ class PilToUint8:
 
 
 def split_preprocess(preprocess):
-    """Split CLIP's Compose([Resize, CenterCrop, to_rgb, ToTensor, Normalize]) into a worker part that
-    returns uint8 (4x less to pass between processes and to copy to the GPU) and (mean, std) for the
+    """Split CLIP's Compose([Resize, CenterCrop, to_rgb, ToTensor, Normalize]) (openai-clip's, open_clip's) into a
+    worker part that returns uint8 (4x less to pass between processes and to copy to the GPU) and (mean, std) for the
     batched ToTensor + Normalize on the device, done with the same float ops, so values are identical.
     Another preprocess runs whole in the workers: (preprocess, None)."""
-    from torchvision.transforms import Compose, Normalize, ToTensor
     ts = getattr(preprocess, "transforms", None)
+    if not ts:  # not a Compose (e.g. a Hugging Face image processor): nothing to split, no torchvision import
+        return preprocess, None
+    from torchvision.transforms import Compose, Normalize, ToTensor
     if ts and len(ts) >= 2 and isinstance(ts[-2], ToTensor) and isinstance(ts[-1], Normalize):
         return PilToUint8(Compose(ts[:-2])), (ts[-1].mean, ts[-1].std)
     return preprocess, None
@@ -112,9 +115,17 @@ def _cpu_batches(dataset: ImageDataset, batch_size: int, threads: int):
             yield collate(list(get(dataset.__getitem__, range(lo, min(n, lo + batch_size)))))
 
 
+def as_encoder(model) -> ImageEncoder:
+    """An ImageEncoder (stylecap.encoders) as it is, or a bare openai-clip model wrapped in one."""
+    return model if isinstance(model, ImageEncoder) else openai_encoder(model, None)
+
+
 def encode_batches(paths, model, preprocess, *, batch_size=128, num_workers=0, device="cpu",
                    allow_truncated=False, autocast="auto", start=0, fast_jpeg_decode=False, exif_transpose=False):
     """Yield (ok, emb, bad, n) for each batch of paths[start:], batches at start + k * batch_size.
+    ``model``: an ImageEncoder (any backend) or a bare openai-clip model; ``preprocess``: PIL -> [3, H, W]
+    (the encoder's own, or one wrapping it, as app.py's thumbnail tap does). A torchvision Compose ending in
+    ToTensor + Normalize (openai-clip's, open_clip's) is split (split_preprocess); any other runs whole.
     Images are decoded as openai-clip decodes them unless fast_jpeg_decode / exif_transpose (see open_image).
     ``num_workers`` decoders work in parallel: DataLoader worker processes that decode ahead while an
     accelerator encodes; on the CPU, threads that decode each batch between encoder batches (_cpu_batches).
@@ -122,10 +133,10 @@ def encode_batches(paths, model, preprocess, *, batch_size=128, num_workers=0, d
     ok: LongTensor [n_ok] indices into ``paths``; emb: [n_ok, D] on ``device`` (autocast dtype), or
     None when the whole batch was bad; bad: [(index, reason)]; n: images the batch covered.
     """
-    device = torch.device(device)
+    device, enc = torch.device(device), as_encoder(model)
     worker_tf, norm = split_preprocess(preprocess)
     decode = {"fast_jpeg_decode": fast_jpeg_decode, "exif_transpose": exif_transpose,
-              "min_size": int(model.visual.input_resolution)}  # draft never goes below CLIP's input size
+              "min_size": enc.input_resolution}  # draft never goes below CLIP's input size
     dataset = ImageDataset(paths[start:], worker_tf, allow_truncated, offset=start, decode=decode)
     if device.type == "cpu":
         loader = _cpu_batches(dataset, batch_size, num_workers)
@@ -145,7 +156,7 @@ def encode_batches(paths, model, preprocess, *, batch_size=128, num_workers=0, d
                 if norm is not None:  # ToTensor: .float().div(255); Normalize: .sub_(mean).div_(std)
                     x = x.float().div_(255).sub_(mean).div_(std)
                 with amp():
-                    emb = model.encode_image(x)  # [n_ok, D]
+                    emb = enc.encode_image(x)  # [n_ok, D]
             yield ok, emb, bad, len(ok) + len(bad)
 
 
@@ -168,6 +179,6 @@ def extract_features(image_paths, model, preprocess, batch_size=128, num_workers
                 oks.append(ok)
             bads += bad
             bar.update(n)
-    dim = model.visual.output_dim
+    dim = as_encoder(model).width
     emb = torch.cat(rows).float().cpu() if rows else torch.zeros(0, dim)
     return emb, (torch.cat(oks).tolist() if oks else []), bads

@@ -38,7 +38,7 @@ import torch
 from loguru import logger
 from tqdm import tqdm
 
-from stylecap.clip_utils import load_clip
+from stylecap.encoders import ImageEncoder, load_encoder as load_image_encoder
 from stylecap.extract.caption_sources import CaptionSource
 from stylecap.extract.image_encoder import autocast_dtype, autocast_warning, encode_batches
 from stylecap.extract.settings import ExtractSettings
@@ -205,6 +205,7 @@ def file_meta(encoding: dict, emb: torch.Tensor) -> dict:
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version(),
             "clip_model": encoding["clip_model"], "clip_sha256": encoding["clip_sha256"],
+            "clip_backend": encoding.get("clip_backend", "openai"),  # absent from openai-clip run keys (as before)
             "dim": int(emb.shape[1]), "dtype": str(emb.dtype).replace("torch.", ""), "normalized": False}
 
 
@@ -258,8 +259,9 @@ def log_malformed(malformed: list[dict]) -> None:
 @dataclass
 class Encoder:
     """CLIP ready to encode on its device, and ``encoding``: the values that fix the output (they go into
-    run keys and meta["extraction"]; their keys and order are part of the file format)."""
-    model: torch.nn.Module
+    run keys and meta["extraction"]; their keys and order are part of the file format). ``model``: the
+    stylecap.encoders.ImageEncoder (any backend); ``preprocess`` its own."""
+    model: ImageEncoder
     preprocess: Callable
     device: torch.device
     encoding: dict
@@ -268,7 +270,8 @@ class Encoder:
 def load_encoder(settings: ExtractSettings) -> Encoder:
     """CLIP on settings.device, and the encoding values of this run."""
     device = resolve_device(settings.device)
-    model, preprocess, info = load_clip(settings.clip_model_path, device)
+    enc = load_image_encoder(settings.clip_model_path, device, settings.clip_backend)
+    info = enc.info
     ac = autocast_dtype(settings.autocast, device)
     if why := autocast_warning(settings.autocast, device):  # bf16 on a CPU without native bf16
         logger.warning(why)
@@ -278,10 +281,13 @@ def load_encoder(settings: ExtractSettings) -> Encoder:
                 "allow_truncated": settings.allow_truncated, "fp16": settings.fp16,
                 # how images were decoded: both False = exactly openai-clip's preprocess(Image.open(p))
                 "fast_jpeg_decode": settings.fast_jpeg_decode, "exif_transpose": settings.exif_transpose}
-    logger.info(f"CLIP {info['clip_model']} (dim {info['dim']}) on {device}, batch {settings.batch_size}, "
+    if enc.backend != "openai":  # only other backends add the key: openai-clip run keys stay as they were
+        encoding["clip_backend"] = enc.backend
+    kind = "" if enc.backend == "openai" else f"{enc.backend}, "
+    logger.info(f"CLIP {info['clip_model']} ({kind}dim {info['dim']}) on {device}, batch {settings.batch_size}, "
                 f"{settings.num_workers} workers, autocast {encoding['autocast']}; decoding: " +
                 (", ".join(k for k in ("fast_jpeg_decode", "exif_transpose") if encoding[k]) or "as openai-clip"))
-    return Encoder(model, preprocess, device, encoding)
+    return Encoder(enc, enc.preprocess, device, encoding)
 
 
 def _reuse(job: Job, key: str) -> int | None:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from stylecap import DEFAULT_CLIP
+from stylecap.encoders import BACKENDS
 from stylecap.extract.image_encoder import default_workers
 from stylecap.utils import UserError
 
@@ -22,7 +23,10 @@ def add_args(p: argparse.ArgumentParser, help_for: dict[str, str] | None = None)
     work differs (process_conceptual.py shards and resumes by tar shard)."""
     p.add_argument("--clip_model_path", default=DEFAULT_CLIP,
                    help="CLIP weights: OpenAI's TorchScript archive (ViT-B-32.pt), a plain state dict, or a "
-                        "model name such as ViT-B/32 already in openai-clip's cache (default: %(default)s)")
+                        "model name such as ViT-B/32 already in openai-clip's cache (default: %(default)s); also "
+                        "an open_clip checkpoint as ARCH:FILE (e.g. ViT-B-32:ckpt.pt) or folder, or a Hugging Face "
+                        "CLIP/SigLIP folder (see docs/encoders.md)")
+    add_backend_arg(p)
     p.add_argument("--batch_size", type=int, default=128,
                    help="images per encoder batch (default: %(default)s). Resume and --shard/--merge need the "
                         "same value in every run, since batch composition fixes the exact values")
@@ -63,6 +67,13 @@ def add_args(p: argparse.ArgumentParser, help_for: dict[str, str] | None = None)
             action.help = help_for[action.dest]
 
 
+def add_backend_arg(p: argparse.ArgumentParser) -> None:
+    """--clip_backend, for every script that takes --clip_model_path (predict.py, app.py and eval mode too)."""
+    p.add_argument("--clip_backend", choices=BACKENDS, default="auto",
+                   help="which library loads --clip_model_path: auto (default: from its form and contents), "
+                        "openai (openai-clip), open_clip, hf (a Hugging Face folder); see docs/encoders.md")
+
+
 @dataclass(frozen=True)
 class ExtractSettings:
     """What an extraction run was asked to do (the shared flags, checked). Which of them fix the output
@@ -83,6 +94,7 @@ class ExtractSettings:
     shard_count: int | None = None        # n of --shard i/n
     merge: bool = False
     ddp_timeout: float = 120.0            # minutes a torchrun rank waits for the others
+    clip_backend: str = "auto"            # auto | openai | open_clip | hf (stylecap.encoders)
 
     @property
     def sharded(self) -> bool:
@@ -113,4 +125,4 @@ class ExtractSettings:
                    allow_truncated=bool(args.allow_truncated), fast_jpeg_decode=bool(args.fast_jpeg_decode),
                    exif_transpose=bool(args.exif_transpose), chunk_batches=chunk_batches, shard=args.shard,
                    shard_index=shard_index, shard_count=shard_count, merge=bool(args.merge),
-                   ddp_timeout=float(args.ddp_timeout))
+                   ddp_timeout=float(args.ddp_timeout), clip_backend=args.clip_backend)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import random
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from stylecap.utils import UserError, atomic_torch_save
 def style_vocabulary(data: "FeatureStore | list[dict]") -> list[str]:
     """Styles present in the data (a store, or caption records): known traits in published order,
     then any others sorted."""
-    if isinstance(data, FeatureStore):
+    if hasattr(data, "present_styles"):  # a FeatureStore, or a sharded set (stylecap.sharded)
         present = set(data.present_styles())
     else:
         present = {c["style"] for c in data if c.get("style") is not None}
@@ -180,7 +182,9 @@ class _FlatSink:
         self.tmp, self.parts, self.total = tmp, [], 0
         if tmp is not None:
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(tmp, "wb")
+            # a name of its own next to ``tmp``: the nodes of a multi-node run write one shared cache at once
+            fd, name = tempfile.mkstemp(dir=tmp.parent, prefix=f".{tmp.name}.", suffix=".tmp")
+            self.tmp, self.f = Path(name), os.fdopen(fd, "wb")
 
     def append(self, ids: np.ndarray) -> None:
         self.total += ids.size

@@ -19,6 +19,7 @@ from models.compat import enable_activation_checkpointing
 from models.model_folder import is_model_folder, start_from_folder
 from stylecap.cpu import cpu_bf16_warning
 from stylecap.features import FeatureStore, clip_record, load_features
+from stylecap.sharded import ShardedFeatures, is_sharded
 from stylecap.train.data import CaptionDataset, collate, encode_data, split_by_image, style_vocabulary
 from stylecap.train.engine import CheckpointManager
 from stylecap.utils import UserError
@@ -35,6 +36,9 @@ class TrainingData:
 def load_training_data(args: argparse.Namespace) -> TrainingData:
     """--data_path, and --val_path or a seeded split of --data_path by image. Resolves --style_mode auto
     (embedding when the data has styles, else none) in ``args``, which config.json and checkpoints record."""
+    if is_sharded(args.data_path):  # many files + index.json (docs/scale.md): each rank maps only its shards
+        from stylecap.train.sharded_data import load_sharded_training_data
+        return load_sharded_training_data(args)
     train_data = load_features(args.data_path)
     if args.val_path:
         val_data = load_features(args.val_path)
@@ -91,6 +95,8 @@ def build_seeded_model(args: argparse.Namespace, data: TrainingData, rank: int,
     """The model on ``device``: the same initial weights on every rank (seeded with --seed), then each
     rank its own dropout stream (--seed + rank)."""
     torch.manual_seed(args.seed)  # the same initial weights on every rank
+    if args.clip_size is None:  # the mapper follows the features' width (recorded in args, as a given flag is)
+        args.clip_size = int(data.train["clip_embedding"].shape[1])
     cfg = ModelConfig(gpt2_path=args.gpt2_path, mapping_type=args.mapping_type, prefix_len=args.prefix_len,
                       constant_len=args.constant_len, clip_size=args.clip_size, num_layers=args.num_layers,
                       style_mode=args.style_mode, styles=data.styles, style_dim=args.style_dim,
@@ -115,6 +121,9 @@ def encode_datasets(args: argparse.Namespace, data: TrainingData, model: StyleCa
     """(train, val) datasets of tokenized captions, the tokens cached in ``cache``.
     Tokenized once per machine: local rank 0 writes the cache, the other ranks then map the same file,
     so N ranks share one copy of the tokens (as of the features) in the page cache."""
+    if isinstance(data.train, ShardedFeatures):  # its shards are tokenized as a rank first reads them
+        from stylecap.train.sharded_data import sharded_datasets
+        return sharded_datasets(args, data.train, data.val, model, cache)
     tok = model.tokenizer
     local_first = dist.is_initialized() and int(os.environ.get("LOCAL_RANK", 0)) != 0
     if local_first:
