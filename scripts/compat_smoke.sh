@@ -6,8 +6,6 @@
 #   3 a short training run (+ --gradient_checkpointing, then --resume auto for one more epoch)
 #   4 eval mode   5 predict (feature file, beam search; images)   6 export -> predict: the same captions
 #   7 the ClipCap import: a ClipCap-layout state dict with the old GPT-2 attention buffers (ClipCap #76)
-# Without --clip_backend (a checkout before the encoder backends of issue 18) step 2 and predict on images
-# are SKIPPED, loudly, and synthetic features stand in; COMPAT_STRICT=1 makes a skip fail the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${COMPAT_PY:-.venv-compat/bin/python}
@@ -15,7 +13,6 @@ W=${COMPAT_OUT:-output/compat_smoke}
 export PYTHONUNBUFFERED=1
 source scripts/stage_timer.sh
 rm -rf "$W" && mkdir -p "$W"
-SKIPPED=()
 
 stage "0 versions"
 $PY - <<'EOF'
@@ -44,25 +41,8 @@ EOF
 
 stage "2 extraction with the Hugging Face CLIP backend"
 F=$W/features
-if $PY process_personality.py --help | grep -q -- --clip_backend; then
-    $PY process_personality.py --data_path $W/demo/personality/personality_captions \
-        --image_path $W/demo/personality/yfcc_images --clip_model_path $W/hf_clip --clip_backend hf \
-        --output_path $F
-    HAVE_HF=1
-else
-    echo "SKIPPED: process_personality.py has no --clip_backend (the Hugging Face CLIP backend of issue 18 §1);"
-    echo "         synthetic features stand in for the extracted ones"
-    SKIPPED+=("extraction" "predict on images")
-    HAVE_HF=0
-    $PY - "$F" <<'EOF'
-import sys
-from pathlib import Path
-from tests.helpers import synthetic_features
-out = Path(sys.argv[1]); out.mkdir(parents=True)
-for split, n, seed in (("train", 40, 0), ("val", 8, 1), ("test", 8, 2)):
-    synthetic_features(out / f"{split}.pkl", n_images=n, seed=seed)
-EOF
-fi
+$PY process_personality.py --data_path $W/demo/personality/personality_captions \
+    --image_path $W/demo/personality/yfcc_images --clip_model_path $W/hf_clip --clip_backend hf --output_path $F
 
 stage "3 train 1 epoch (+ gradient checkpointing), then --resume auto to epoch 2"
 TRAIN=(--data_path $F/train.pkl --val_path $F/val.pkl --gpt2_path $W/small_gpt2 --output_path $W/run
@@ -75,15 +55,12 @@ stage "4 eval mode"
 $PY train.py --mode eval --model_path $W/run/checkpoints/best.pt --data_path $F/test.pkl --no_java \
     --output_path $W/eval
 
-stage "5 predict: the test features in every style (beam search)$([ $HAVE_HF = 1 ] && echo ', and images')"
+stage "5 predict: the test features in every style (beam search), and images"
 $PY predict.py --model_path $W/run/checkpoints/best.pt --features $F/test.pkl --style all --decode beam \
     --output_path $W/predict
-if [ $HAVE_HF = 1 ]; then
-    mkdir -p $W/images && cp $(ls $W/demo/personality/yfcc_images/*.jpg | head -3) $W/images/
-    BACKEND=$($PY predict.py --help | grep -q -- --clip_backend && echo "--clip_backend hf" || true)
-    $PY predict.py --model_path $W/run/checkpoints/best.pt --image_path $W/images --clip_model_path $W/hf_clip \
-        $BACKEND --style all --output_path $W/predict_images
-fi
+mkdir -p $W/images && cp $(ls $W/demo/personality/yfcc_images/*.jpg | head -3) $W/images/
+$PY predict.py --model_path $W/run/checkpoints/best.pt --image_path $W/images --clip_model_path $W/hf_clip \
+    --clip_backend hf --style all --output_path $W/predict_images
 
 stage "6 export -> predict from the folder: the checkpoint's captions"
 $PY export.py $W/run/checkpoints/best.pt $W/exported --eval_dir $W/eval
@@ -110,9 +87,4 @@ $PY predict.py --model_path $W/clipcap_weights.pt --gpt2_path $W/small_gpt2 --fe
     --max_len 12 --output_path $W/predict_clipcap
 
 stages_done
-if [ ${#SKIPPED[@]} -gt 0 ]; then
-    echo "compat smoke: passed, but SKIPPED: ${SKIPPED[*]} (needs --clip_backend hf)"
-    if [ "${COMPAT_STRICT:-0}" = 1 ]; then exit 1; fi
-else
-    echo "compat smoke: passed (every step)"
-fi
+echo "compat smoke: passed (every step)"
