@@ -34,8 +34,8 @@ test-gpu: setup
 	$(PY) -m pytest -q -m gpu tests/test_gpu.py
 
 # The oldest supported stack (requirements-compat.txt: transformers 4.57.6, torch 2.13.0 from this disk) in its own
-# venv, .venv-compat (~50 s to build, downloads ~100 MB), then the smoke run on it (scripts/compat_smoke.sh) and
-# the cross-version checkpoint tests (tests/test_compat.py). docs/versions.md has the times and the results.
+# venv, .venv-compat (~35 s to build), then the smoke run on it (scripts/compat_smoke.sh) and the cross-version
+# checkpoint tests (tests/test_compat.py): ~1 min 15 s more on an idle machine. docs/versions.md: times, results.
 COMPAT := .venv-compat
 $(COMPAT)/.installed: requirements-compat.txt
 	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)
