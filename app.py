@@ -36,10 +36,13 @@ import torch
 from loguru import logger
 
 from models import load_model
+from models.blending import check_blendable, make_blend
 from models.decoding import DecodeConfig
+from models.style_modes import style_mode
 from stylecap.clip_utils import DEFAULT_CLIP
 from stylecap.encoders import BACKENDS
-from stylecap.eval.captioning import caption_images, image_files, load_clip_for, resolve_styles
+from stylecap.eval.captioning import (caption_images, image_files, load_clip_for, match_style, resolve_styles,
+                                      with_scale)
 from stylecap.eval.evaluation import write_predictions
 from stylecap.extract.image_encoder import extract_features
 from stylecap.utils import UserError, resolve_device, run_main, setup_logging
@@ -56,7 +59,8 @@ def get_parser() -> argparse.ArgumentParser:
       f"else {DEFAULT_CLIP})")
     a("--clip_backend", choices=BACKENDS, default="auto", help="which library loads --clip_model_path: auto "
       "(from its form and contents, or the checkpoint's record), openai, open_clip or hf (docs/encoders.md)")
-    a("--gpt2_path", help="GPT-2 folder: needed for ClipCap weights, or if a frozen GPT-2 moved")
+    a("--lm_path", "--gpt2_path", dest="gpt2_path", metavar="LM_PATH", help="language-model (GPT-2) folder: "
+      "needed for ClipCap weights, or if a frozen LM moved; --gpt2_path is the older name")
     a("--allow_clip_mismatch", action="store_true", help="serve even when --clip_model_path is not the CLIP "
       "the model was trained with (checked by sha256)")
     a("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
@@ -96,15 +100,25 @@ class Demo:
         """The model's styles; empty for a plain (unstyled) model."""
         return [] if self.model.cfg.style_mode == "none" else list(self.model.cfg.styles)
 
+    @property
+    def can_blend(self) -> bool:
+        """Whether the model's styles can be mixed and scaled (style_mode embedding or token)."""
+        mode = style_mode(self.model.cfg.style_mode)
+        return mode.style_embedding or mode.style_tokens
+
     def caption(self, files, styles: list[str] | None = None, all_styles: bool = False, decode: str = "greedy",
                 beam_size: int = 3, temperature: float = 1.0, topp: float = 1.0, num_captions: int = 1,
-                seed: int = 0) -> tuple[str, str, str | None]:
+                seed: int = 0, strength: float = 1.0, mix_style: str | None = None, mix_weight: float = 0.5
+                ) -> tuple[str, str, str | None]:
         """One request -> (status HTML, captions HTML, path of its predictions.jsonl or None).
+        ``strength``: --style_scale; ``mix_style`` (optional) is mixed into every chosen style with weight
+        ``mix_weight`` (see chosen_styles).
 
         Bad input (no image, unknown style, bad decoding settings, unreadable or too large uploads, too
         much to decode) is reported in the status; the server goes on serving."""
         try:
-            return self._caption(files, styles, all_styles, decode, beam_size, temperature, topp, num_captions, seed)
+            return self._caption(files, styles, all_styles, decode, beam_size, temperature, topp, num_captions, seed,
+                                 strength, mix_style, mix_weight)
         except UserError as e:
             logger.warning(f"request refused: {e}")
             return _status(f"Error: {e}", error=True), "", None
@@ -118,7 +132,8 @@ class Demo:
         notice = "".join(_status(f"ignored: {names[i]} ({why})", error=True) for i, why in ignored)
         return [(str(paths[i]), names[i]) for i in keep], notice
 
-    def _caption(self, files, styles, all_styles, decode, beam_size, temperature, topp, num_captions, seed):
+    def _caption(self, files, styles, all_styles, decode, beam_size, temperature, topp, num_captions, seed,
+                 strength=1.0, mix_style=None, mix_weight=0.5):
         paths = upload_paths(files)
         if not paths:
             raise UserError("upload one or more images (or click an example) first")
@@ -129,7 +144,7 @@ class Demo:
         notes = [f"ignored: {names[i]} ({why})" for i, why in ignored]
         if not keep:
             raise UserError("nothing to caption: " + "; ".join(notes))
-        chosen = self.chosen_styles(styles, all_styles)
+        chosen = self.chosen_styles(styles, all_styles, strength, mix_style, mix_weight)
         dc = DecodeConfig(decode, int(beam_size), 1.0, float(temperature), 0, float(topp),
                           1 if decode == "greedy" else int(num_captions))
         dc.check()
@@ -172,13 +187,27 @@ class Demo:
         raise UserError(f"{' × '.join(parts)} = {total:,} sequences to decode; this demo decodes at most "
                         f"{self.max_sequences:,} per request: choose fewer images or styles, or a smaller beam")
 
-    def chosen_styles(self, styles: list[str] | None, all_styles: bool) -> list[str | None]:
+    def chosen_styles(self, styles: list[str] | None, all_styles: bool, strength: float = 1.0,
+                      mix_style: str | None = None, mix_weight: float = 0.5) -> list:
+        """The request's styles: names, or StyleBlends when ``strength`` != 1 (each at that strength) or a
+        ``mix_style`` is given: each chosen style s becomes s:(1 - mix_weight),mix_style:mix_weight. The
+        defaults (strength 1, no second style) give the names, as before the blend controls."""
         chosen = [styles] if isinstance(styles, str) else list(styles or [])
         # a plain model: [None], one caption set per image; an unknown style: UserError naming the closest
         resolved = resolve_styles(self.model, chosen, all_styles)
         if not resolved:
             raise UserError("choose at least one style (type in the box to search), or tick 'all styles'")
-        return resolved
+        if resolved == [None]:
+            return resolved
+        strength = float(strength if strength is not None else 1.0)
+        w = float(mix_weight if mix_weight is not None else 0.0)
+        if not 0.0 <= w <= 1.0:
+            raise UserError(f"the second style's weight {w:g} is not between 0 and 1")
+        if not mix_style or w == 0.0:
+            return [with_scale(self.model.cfg, s, strength) for s in resolved]
+        check_blendable(style_mode(self.model.cfg.style_mode), "mixing in a second style")
+        other = match_style(self.model.cfg.styles, mix_style)
+        return list(dict.fromkeys(make_blend([(s, 1.0 - w), (other, w)], strength) for s in resolved))
 
 
 def sequences_per_item(dc: DecodeConfig) -> int:
@@ -292,7 +321,9 @@ def results_html(preds: list[dict], thumbs: dict[str, str]) -> str:
         for style, caps in by_style.items():
             parts.append('<div class="sc-style">')
             if style is not None:
-                parts.append(f'<span class="sc-style-name">{html.escape(style)}</span>')
+                scale = caps[0].get("style_scale", 1.0)
+                label = style if scale == 1.0 else f"{style} · strength {scale:g}"
+                parts.append(f'<span class="sc-style-name">{html.escape(label)}</span>')
             parts.append("<ol>" + "".join(
                 f'<li><span class="sc-caption">{html.escape(c["caption"])}</span> '
                 f'<span class="sc-score" title="log-probability, summed over the tokens">score {c["score"]:.2f}'
@@ -369,6 +400,14 @@ def build_ui(demo: Demo, examples: list[str] | None = None):
                                             label="Styles (type to search)", elem_id="sc-styles")
                     all_box = gr.Checkbox(False, label=f"all {len(styles)} styles (replaces the chosen ones)",
                                           elem_id="sc-all")
+                blendable = bool(styles) and demo.can_blend  # prompt-mode models cannot mix or scale a style
+                with gr.Accordion("Style strength and blending", open=False, visible=blendable):
+                    strength = gr.Slider(0.0, 3.0, value=1.0, step=0.05, elem_id="sc-strength",
+                                         label="Style strength (0 = no style, 1 = as trained, above 1: exaggerated)")
+                    mix_style = gr.Dropdown([("none", "")] + [(s, s) for s in styles], value="", filterable=True,
+                                            label="Mix in a second style (optional)", elem_id="sc-mix-style")
+                    mix_weight = gr.Slider(0.0, 1.0, value=0.5, step=0.05, elem_id="sc-mix-weight",
+                                           label="Weight of the second style (the chosen ones get the rest)")
                 with gr.Accordion("Decoding", open=False):
                     decode = gr.Radio(DECODINGS, value="greedy", label="Decoding", elem_id="sc-decode")
                     beam = gr.Slider(1, 10, value=3, step=1, label="Beam size", visible=False)
@@ -391,7 +430,8 @@ def build_ui(demo: Demo, examples: list[str] | None = None):
         decode.change(show_decoding, decode, [beam, temperature, topp, num, seed], queue=False)
         all_box.change(style_box_update, all_box, style_box, queue=False)
         files.change(demo.preview, files, [previews, notice], queue=False)  # headers only: fast
-        run.click(demo.caption, [files, style_box, all_box, decode, beam, temperature, topp, num, seed],
+        run.click(demo.caption, [files, style_box, all_box, decode, beam, temperature, topp, num, seed, strength,
+                                 mix_style, mix_weight],
                   [status, results, download], concurrency_limit=1)  # one model: one request at a time
     return page
 

@@ -2,6 +2,7 @@ r"""Caption your own images (or a whole feature file) with a trained StyleCap mo
 
     python predict.py --model_path output/<run>/checkpoints/best.pt --image_path photos/ --style Happy
     python predict.py --model_path output/<run> --image_path photos/ --style Happy --style sarcastic
+    python predict.py --model_path output/<run> --image_path photos/ --style "Happy:0.7,Gloomy:0.3" --style_scale 1.5
     python predict.py --model_path output/<run> --list_styles
     python predict.py --model_path coco_weights.pt --gpt2_path pre_model/gpt2 --image_path cat.jpg
 
@@ -27,7 +28,7 @@ from stylecap.clip_check import check_clip
 from stylecap.clip_utils import DEFAULT_CLIP
 from stylecap.encoders import BACKENDS
 from stylecap.eval.captioning import (caption_images, caption_items, checkpoint_path, eval_items, list_images,
-                                      load_clip_for, plural, resolve_styles)
+                                      load_clip_for, plural, resolve_styles, with_scale)
 from stylecap.eval.evaluation import (add_decode_args, captioned_image, captions_by_image, decode_config, log_preview,
                                       write_predictions)
 from stylecap.extract.image_encoder import extract_features
@@ -51,9 +52,13 @@ def get_parser() -> argparse.ArgumentParser:
       "by --features) is not the CLIP the model was trained with (checked by sha256 and normalisation)")
     a("--allow_truncated", action="store_true", help="caption truncated JPEGs (the missing part is grey) "
       "instead of skipping them")
-    a("--gpt2_path", help="GPT-2 folder: needed for ClipCap weights, or if a frozen GPT-2 moved")
-    a("--style", action="append", help="a style name (case-insensitive), or 'all' for every style of the model; "
-      "repeat it for several styles")
+    a("--lm_path", "--gpt2_path", dest="gpt2_path", metavar="LM_PATH", help="language-model (GPT-2) folder: "
+      "needed for ClipCap weights, or if a frozen LM moved; --gpt2_path is the older name")
+    a("--style", action="append", help="a style name (case-insensitive), 'all' for every style of the model, or a "
+      "blend of styles 'Happy:0.7,Gloomy:0.3' (weights >= 0, normalised to sum to 1; style_mode embedding or "
+      "token); repeat it for several styles")
+    a("--style_scale", type=float, default=1.0, help="strength of every style: 0 = no style, 1 = as trained "
+      "(default), above 1 = exaggerated (style_mode embedding or token; see docs/prediction.md)")
     a("--style_file", help="a file with one style per line")
     a("--list_styles", action="store_true", help="print the model's styles, one per line, and exit")
     add_decode_args(p)
@@ -72,8 +77,8 @@ def requested_styles(args: argparse.Namespace, cfg: ModelConfig | None) -> list[
     """None = each image's own style (feature files); a list = these styles for every image. ``cfg``: the
     checkpoint's config (None: ClipCap weights, a plain model). Checked before any weights load."""
     if cfg is None or cfg.style_mode == "none":
-        if args.style or args.style_file:
-            logger.warning("this model is not styled: --style is ignored")
+        if args.style or args.style_file or args.style_scale != 1.0:
+            logger.warning("this model is not styled: --style and --style_scale are ignored")
         return [None]
     wanted = list(args.style or [])
     if args.style_file:
@@ -81,11 +86,14 @@ def requested_styles(args: argparse.Namespace, cfg: ModelConfig | None) -> list[
             raise UserError(f"--style_file {args.style_file} not found; give a text file with one style per line")
         wanted += [ln.strip() for ln in Path(args.style_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
     if "all" in wanted:
-        return resolve_styles(cfg, [], all_styles=True)
+        return resolve_styles(cfg, [], all_styles=True, scale=args.style_scale)
     if not wanted and not args.features:
         raise UserError(f"this model is styled: pass --style NAME (e.g. --style {cfg.styles[0]!r}), "
                         "--style all, or --style_file FILE (--list_styles prints the model's styles)")
-    return resolve_styles(cfg, wanted) or None  # unknown style: UserError with the closest valid names
+    if not wanted:  # each image's own style: checked here, scaled in caption_feature_file
+        with_scale(cfg, cfg.styles[0], args.style_scale)  # a bad scale or a prompt-mode model: refused now
+        return None
+    return resolve_styles(cfg, wanted, scale=args.style_scale)  # unknown style: UserError with the closest ones
 
 
 def list_styles(args: argparse.Namespace) -> int:
@@ -145,8 +153,9 @@ def predict(args: argparse.Namespace, argv: list[str]) -> int:
     model = model_from_file(ck, model_path, args.gpt2_path, device)
     del ck  # the weights are in the model now
     cfg = model.cfg
+    lm = "GPT-2" if model.gpt.config.model_type == "gpt2" else model.gpt.config.model_type  # llama, qwen2 ...
     logger.info(f"model: {cfg.mapping_type} mapper, K={cfg.prefix_len}, style_mode {cfg.style_mode}, "
-                f"{plural(len(cfg.styles), 'style')}, GPT-2 {'fine-tuned' if cfg.finetune_gpt2 else 'frozen'}")
+                f"{plural(len(cfg.styles), 'style')}, {lm} {'fine-tuned' if cfg.finetune_gpt2 else 'frozen'}")
     logger.info(f"decode: {dc.strategy} ({', '.join(f'{k}={v}' for k, v in asdict(dc).items() if k != 'strategy')})")
     if args.features:
         preds, sources = caption_feature_file(args, model, model_path, styles, dc), {}
@@ -174,6 +183,8 @@ def caption_feature_file(args: argparse.Namespace, model, model_path: Path, styl
     check_clip(model.cfg, model_path, record, f"--features {args.features} holds", args.allow_clip_mismatch,
                noun=" features")
     items = eval_items(data, model, None if styles in (None, [None]) else styles)
+    if styles is None:  # each image's own style, at --style_scale
+        items = [(image_id, row, with_scale(model.cfg, s, args.style_scale)) for image_id, row, s in items]
     return caption_items(model, data["clip_embedding"], items, dc, args.bs_eval, progress=True)
 
 

@@ -17,8 +17,8 @@ from stylecap.distributed import setup_distributed
 from stylecap.eval.evaluation import add_eval_mode_args
 from stylecap.train.data import drop_unknown_styles
 from stylecap.train.engine import CheckpointManager
-from stylecap.train.prepare import (build_seeded_model, encode_datasets, load_training_data, precision_warning,
-                                    resume_from, run_folder)
+from stylecap.train.prepare import (DataPaths, build_seeded_model, encode_datasets, load_training_data,
+                                    precision_warning, resume_from, run_folder)
 from stylecap.train.prepare import make_loader  # noqa: F401  (train.make_loader: kept for existing callers)
 from stylecap.train.trainer import Trainer
 from stylecap.utils import UserError, run_main, setup_logging
@@ -29,15 +29,19 @@ def get_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--config", help="JSON or YAML file of settings (a run folder's config.json works); flags override it")
     a("--mode", choices=["train", "eval"], default="train", help="train, or evaluate --model_path on --data_path")
-    a("--data_path", help="training feature file from process_*.py (eval mode: the split to score)")
+    a("--data_path", nargs="+", action=DataPaths, help="training feature file(s) from process_*.py; several "
+      "(--data_path A B or --data_path A --data_path B) are trained on together, e.g. image features and a "
+      "process_text.py corpus, their styles the union (eval mode: the one split to score)")
     a("--val_path", help="validation feature file; without it a seeded split by image of --data_path")
     a("--val_fraction", type=float, default=0.05, help="share of images held out when --val_path is not given")
     a("--shard_window", type=int, default=0, help="sharded --data_path (docs/scale.md): shards shuffled together and "
       "kept mapped per rank; 0 = all of the rank's shards of the epoch")
     a("--shard_assignment", choices=["epoch", "fixed"], default="epoch", help="sharded --data_path: shards dealt "
       "to ranks anew each epoch (seeded), or once for the run (a node then only needs its ranks' shards)")
-    a("--gpt2_path", help="Hugging Face GPT-2 folder (weights, config, tokenizer); default pre_model/gpt2. "
-      "Eval mode: only for ClipCap weights or a frozen GPT-2 that moved")
+    a("--lm_path", "--gpt2_path", dest="gpt2_path", metavar="LM_PATH",
+      help="Hugging Face causal-LM folder (weights, config, tokenizer): GPT-2, or a Llama- or Qwen2-style model "
+      "such as SmolLM2 or Qwen2.5-0.5B (docs/decoders.md); default pre_model/gpt2. --gpt2_path is the older "
+      "name. Eval mode: only for ClipCap weights or a frozen LM that moved")
     a("--output_path", help="run folder (default output/<data>-<mapper>-<tuned|frozen>-<style_mode>)")
     # model
     a("--mapping_type", choices=["mlp", "transformer"], default="mlp", help="mapper: ClipCap MLP or Transformer")
@@ -49,7 +53,11 @@ def get_parser() -> argparse.ArgumentParser:
     a("--style_mode", choices=["auto", *STYLE_MODES], default="auto",
       help="how style enters the model; auto = embedding when the data has styles, else none")
     a("--style_dim", type=int, default=64, help="width of the learned style embedding (style_mode embedding)")
-    a("--normalize_prefix", action="store_true", help="L2-normalise CLIP features (saved, used everywhere)")
+    a("--normalize_prefix", action="store_true", help="L2-normalise CLIP features (saved, used everywhere); "
+      "switched on when --data_path has text features (process_text.py)")
+    a("--noise_variance", type=float, default=0.0, help="variance V of the Gaussian noise added to text feature "
+      "rows (process_text.py files) in training, after L2 normalisation; CapDec's: 0.016 (0 = off; never in "
+      "validation or on image rows)")
     a("--finetune_gpt2", action="store_true", help="'MLP + GPT-2 tuning': train GPT-2 too (else frozen)")
     a("--gradient_checkpointing", action="store_true", help="recompute GPT-2 activations to save memory")
     a("--max_len", type=int, default=64, help="caption tokens kept in training (longer ones are truncated)")
@@ -100,6 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         else:
             cfg = json.loads(text)
         cfg = cfg.get("args", cfg)  # a run folder's config.json keeps the settings under "args"
+        if "lm_path" in cfg:  # the flag's new name; its setting is stored as gpt2_path
+            cfg["gpt2_path"] = cfg.pop("lm_path")
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(cfg) - known)
         if unknown:
@@ -108,6 +118,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.mode == "train" and not args.data_path:
         raise UserError("--data_path is required: a feature file from process_flickr.py or process_personality.py")
+    if isinstance(args.data_path, list) and len(args.data_path) == 1:
+        args.data_path = args.data_path[0]  # one file: recorded as before (config.json, checkpoints)
+    if args.mode == "eval" and isinstance(args.data_path, list):
+        raise UserError(f"eval mode scores one --data_path, got {len(args.data_path)}; evaluate each split on its own")
     if args.mode == "train" and args.gpt2_path is None:
         args.gpt2_path = "pre_model/gpt2"
     return args

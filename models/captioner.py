@@ -1,8 +1,11 @@
-"""StyleCapModel: CLIP feature (+ style) -> mapper -> K prefix embeddings -> GPT-2 -> caption.
+"""StyleCapModel: CLIP feature (+ style) -> mapper -> K prefix embeddings -> causal LM -> caption.
 
-One definition, used by train.py, predict.py, evaluation and the benchmarks. Checkpoints carry the
-config they were made with; ``load_model`` rebuilds everything (GPT-2 config, tokenizer, styles)
-from the checkpoint alone. ClipCap's released state dicts (coco_weights.pt, ...) load too.
+One definition, used by train.py, predict.py, evaluation and the benchmarks. The language model is any
+Hugging Face ``AutoModelForCausalLM`` folder (GPT-2 by default; Llama- and Qwen2-style models too, see
+docs/decoders.md); it is called ``gpt`` and its folder ``gpt2_path`` in the code and the checkpoints, the
+names they had when it was always GPT-2. Checkpoints carry the config they were made with; ``load_model``
+rebuilds everything (LM config, tokenizer, styles) from the checkpoint alone. ClipCap's released state
+dicts (coco_weights.pt, ...) load too.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from models.compat import GPT2_BUFFER_KEYS, drop_legacy_gpt2_buffers, load_lm_st
 from models.errors import UserError
 from models.mapper import build_mapper
 from models.style_modes import STYLE_MODES, style_mode
+from models.language_model import build_lm, switch_off_dropout, tokenizer_files
 from models.tokenizer import CaptionTokenizer, load_hf_tokenizer
 
 CHECKPOINT_FORMAT = "stylecap-checkpoint-v1"
@@ -57,6 +61,9 @@ class ModelConfig:
     # beside clip_size: predict.py and eval mode refuse features or images of another CLIP. {}: the features
     # named no CLIP; None: no record (ClipCap weights, checkpoints saved before checkpoints had it).
     clip: dict | None = None
+    # The styles learned from text rows only (process_text.py files, CapDec), none of their captions on an image;
+    # train.py records them. Such a style is used like any other; the record is for reports and evaluation.
+    text_styles: list = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -65,12 +72,12 @@ class ModelConfig:
 
 
 def gpt2_fingerprint(path: str | Path) -> str:
-    """sha256 over the GPT-2 folder's weight files: a frozen GPT-2 must be the one trained with."""
+    """sha256 over the LM folder's weight files (all shards): a frozen LM must be the one trained with."""
     path = Path(path)
     files = sorted(p for p in path.iterdir() if p.suffix in _WEIGHT_SUFFIXES) if path.is_dir() else []
     if not files:
-        raise UserError(f"no GPT-2 weights in {path}: put a Hugging Face GPT-2 folder there "
-                        "(config.json, model.safetensors, tokenizer files); see pre_model/README.md")
+        raise UserError(f"no language-model weights in {path}: put a Hugging Face GPT-2 (or other causal LM) "
+                        "folder there (config.json, model.safetensors, tokenizer files); see pre_model/README.md")
     # hashing ~500 MB takes seconds: reuse the digest while the files are unchanged (every checkpoint asks)
     return _hash_files(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files))
 
@@ -91,7 +98,8 @@ def _check_gpt2_dir(path: str | Path) -> Path:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"GPT-2 folder {path} not found or has no config.json: put a Hugging Face GPT-2 "
-                        "folder there (e.g. the files of openai-community/gpt2); see pre_model/README.md")
+                        "folder there (e.g. the files of openai-community/gpt2), or another causal LM's "
+                        "(--lm_path); see pre_model/README.md")
     return path
 
 
@@ -118,22 +126,28 @@ class StyleCapModel(nn.Module):
             # (p = 0) rather than holding GPT-2 in eval mode, because transformers only runs gradient
             # checkpointing in train mode: in train mode with p = 0 the output equals eval mode's.
             self.gpt.requires_grad_(False)
-            for m in self.gpt.modules():
-                if isinstance(m, nn.Dropout):
-                    m.p = 0.0
+            switch_off_dropout(self.gpt)
 
     # ---- pieces -----------------------------------------------------------------------------------
     def prefix(self, features: torch.Tensor, style_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, D) CLIP features [+ (B,) style ids] -> (B, K, E) prefix embeddings."""
+        """(B, D) CLIP features [+ (B,) style ids, or (B, S) style weights: see style_vectors] -> (B, K, E)."""
         x = features.float()
         if self.cfg.normalize_prefix:
             x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         if self.style_embedding is not None:
-            x = torch.cat((x, self.style_embedding(style_ids)), dim=-1)  # (B, D + style_dim)
+            x = torch.cat((x, self.style_vectors(style_ids)), dim=-1)  # (B, D + style_dim)
         return self.clip_project(x)
 
+    def style_vectors(self, style: torch.Tensor) -> torch.Tensor:
+        """The style vectors concatenated with the CLIP features (style_mode embedding): (B,) style ids ->
+        (B, style_dim) rows of the embedding; (B, S) float weights -> weights @ embedding, a blend of the
+        styles at a strength (models/blending.py). All-zero weights: the zero vector, no style at all."""
+        if style.is_floating_point():
+            return style.to(self.style_embedding.weight.dtype) @ self.style_embedding.weight
+        return self.style_embedding(style)
+
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, E); ids >= GPT-2's vocabulary are <style_k> tokens."""
+        """(B, T) ids -> (B, T, E); ids >= the tokenizer's vocabulary are <style_k> tokens."""
         wte = self.gpt.get_input_embeddings()
         if self.style_token_embedding is None:
             return wte(ids)
@@ -158,11 +172,12 @@ class StyleCapModel(nn.Module):
         mask = torch.cat((attention_mask.new_ones(b, k), attention_mask), dim=1)
         if labels is None:
             return self.gpt(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
-        hidden = self.gpt.transformer(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        # the LM's body (GPT2Model, LlamaModel, ...) without its output layer
+        hidden = self.gpt.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         # position K-1+t predicts token t: take the hidden states that predict a labelled token
         predicting = hidden[:, k - 1:-1]  # (B, T, E)
         keep = labels != -100  # (B, T)
-        logits = self.gpt.lm_head(predicting[keep])  # (N, V)
+        logits = self.gpt.get_output_embeddings()(predicting[keep])  # (N, V)
         loss_sum = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
         n = int(keep.sum())
         return CaptionLoss(loss_sum / max(n, 1), n, loss_sum)
@@ -193,32 +208,19 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 # ---- building and loading ---------------------------------------------------------------------------
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 def build_model(cfg: ModelConfig, gpt2_state: dict | None = None, gpt2_config: dict | None = None,
                 tokenizer_dir: str | Path | None = None) -> StyleCapModel:
-    """A model from its config. GPT-2 weights come from ``gpt2_state`` if given, else cfg.gpt2_path."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-    _quiet_transformers()
-    if gpt2_config is not None:
-        gpt = GPT2LMHeadModel(GPT2Config.from_dict(gpt2_config))
-    else:
-        gpt = GPT2LMHeadModel.from_pretrained(str(_check_gpt2_dir(cfg.gpt2_path)))
+    """A model from its config. LM weights come from ``gpt2_state`` if given, else the folder cfg.gpt2_path."""
+    gpt = build_lm(_check_gpt2_dir(cfg.gpt2_path) if gpt2_config is None else None, gpt2_config)
     if gpt2_state is not None:
         load_lm_state(gpt, gpt2_state)  # strict but for GPT-2's constant buffers (models.compat)
     hf_tok = load_hf_tokenizer(tokenizer_dir or _check_gpt2_dir(cfg.gpt2_path))
     tok = CaptionTokenizer(hf_tok, cfg.style_mode, cfg.styles, cfg.prompt_template, cfg.legacy_clipcap)
+    rows = gpt.get_input_embeddings().num_embeddings
+    if tok.vocab_size > rows:
+        raise UserError(f"the tokenizer of {cfg.gpt2_path} has {tok.vocab_size} tokens but its language model "
+                        f"only {rows} embedding rows; pass a folder whose tokenizer and model belong together")
     return StyleCapModel(cfg, gpt, tok)
-
-
-def tokenizer_files(gpt2_path: str | Path) -> dict[str, str]:
-    """The GPT-2 folder's small text files (tokenizer + config), embedded in every checkpoint."""
-    return {p.name: p.read_text(encoding="utf-8") for p in sorted(Path(gpt2_path).iterdir())
-            if p.is_file() and p.suffix in (".json", ".txt", ".model") and p.stat().st_size < 16 << 20}
 
 
 def checkpoint_payload(model: StyleCapModel, **extra: Any) -> dict:
@@ -260,7 +262,10 @@ def model_from_checkpoint(ckpt: dict, gpt2_path: str | None = None) -> StyleCapM
         tok_dir = None
         if ckpt.get("tokenizer_files"):
             for name, text in ckpt["tokenizer_files"].items():
-                (Path(tmp) / name).write_text(text, encoding="utf-8")
+                if isinstance(text, bytes):
+                    (Path(tmp) / name).write_bytes(text)
+                else:
+                    (Path(tmp) / name).write_text(text, encoding="utf-8")
             tok_dir = tmp
         # GPT-2 weights are in the checkpoint (fine-tuned, or an exported model folder): no GPT-2 folder needed
         if cfg.finetune_gpt2 or any(k.startswith("gpt.") for k in state):
@@ -270,7 +275,8 @@ def model_from_checkpoint(ckpt: dict, gpt2_path: str | None = None) -> StyleCapM
             fp = gpt2_fingerprint(_check_gpt2_dir(cfg.gpt2_path))
             if fp != ckpt["gpt2_fingerprint"]:
                 raise UserError(f"GPT-2 in {cfg.gpt2_path} is not the one this model was trained with "
-                                "(weights fingerprint differs); pass --gpt2_path with the original GPT-2 folder")
+                                "(weights fingerprint differs); pass --gpt2_path (or --lm_path) with the original "
+                                "language-model folder")
             model = build_model(cfg, tokenizer_dir=tok_dir)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing

@@ -4,6 +4,11 @@ Greedy, beam search and sampling; several captions per image; stops at the END t
 imported ClipCap models) and at the length limit. Rows whose style context has a different length
 are decoded in separate groups, so no row is ever padded on the left: batched greedy output equals
 one-image-at-a-time output.
+
+Any causal LM (GPT-2, Llama, Qwen2, ...): the prefix goes in through ``inputs_embeds``, and generate() derives
+the positions (GPT-2's learned ones, the others' rotary ones) from the KV cache's length. When the LM's output
+layer is wider than the tokenizer (Qwen2.5 pads 151665 tokens to 151936 rows), the extra ids, which no text
+has and which the <style_k> tokens reuse as ids, are never generated and do not count in the scores.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
 
+from models.blending import StyleBlend, blend_context_embeds
 from models.captioner import StyleCapModel
 from models.compat import cache_kwargs, output_cache
 from models.errors import UserError
@@ -69,6 +75,23 @@ class ChosenTokenLogprob(LogitsProcessor):
         return torch.stack(self.chosen, dim=1)
 
 
+class OutsideVocabulary(LogitsProcessor):
+    """Scores -inf for the ids >= ``n``, the tokenizer's vocabulary size: the LM's padding rows."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores.index_fill(-1, torch.arange(self.n, scores.shape[-1], device=scores.device), float("-inf"))
+
+
+def padded_vocabulary(model: StyleCapModel) -> int | None:
+    """The tokenizer's vocabulary size when the LM's output layer has more rows than it, else None (GPT-2:
+    50257 both)."""
+    rows = model.gpt.get_output_embeddings().weight.shape[0]
+    return model.tokenizer.vocab_size if rows > model.tokenizer.vocab_size else None
+
+
 def _gen_kwargs(model: StyleCapModel, dc: DecodeConfig) -> dict:
     tok = model.tokenizer
     max_new = dc.max_len or (67 if model.cfg.legacy_clipcap else model.cfg.max_len + 1)
@@ -85,7 +108,10 @@ def _gen_kwargs(model: StyleCapModel, dc: DecodeConfig) -> dict:
 
 
 def context_embeds(model: StyleCapModel, features: torch.Tensor, styles: list[str | None]) -> torch.Tensor:
-    """(B, D) features -> (B, K + C, E): the prefix, then the style context (equal length C in the batch)."""
+    """(B, D) features -> (B, K + C, E): the prefix, then the style context (equal length C in the batch).
+    A batch holding a StyleBlend (a mix of styles, or a style at another strength) is models/blending.py's."""
+    if any(isinstance(s, StyleBlend) for s in styles):
+        return blend_context_embeds(model, features, styles)
     device = features.device
     style_ids = torch.tensor([model.style_id(s) for s in styles], device=device)
     prefix = model.prefix(features, style_ids)  # (B, K, E)
@@ -128,6 +154,8 @@ def sequence_logprob(model: StyleCapModel, embeds: torch.Tensor, tokens: torch.T
     # LM head (50257 x 768 per position): logits_to_keep skips it at the K + C - 1 context positions before
     x = torch.cat((embeds, model.embed_tokens(tokens[:, :-1]).to(embeds.dtype)), dim=1)  # (B, C + T - 1, E)
     logits = model.gpt(inputs_embeds=x, use_cache=False, logits_to_keep=tokens.shape[1]).logits.float()  # (B, T, V)
+    if (n := padded_vocabulary(model)) is not None:  # as generate() saw them: the padding rows at -inf
+        logits[..., n:] = float("-inf")
     lp = F.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
     keep = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0) < n_tokens.unsqueeze(1)
     return (lp * keep).sum(1)
@@ -182,8 +210,10 @@ def _generate(model: StyleCapModel, features: torch.Tensor, styles: list[str | N
         # step's (G*n, V) kept, not all of them); beam's winners are re-scored in one teacher-forced pass
         tracker = ChosenTokenLogprob() if with_scores and dc.strategy != "beam" else None
         extra = cache_kwargs(beam_prefill(model, embeds, dc.beam_size)) if dc.strategy == "beam" else {}
+        processors = [OutsideVocabulary(n)] if (n := padded_vocabulary(model)) is not None else []
+        processors += [tracker] if tracker else []  # the tracker last: it scores what the others left
         gen = model.gpt.generate(inputs_embeds=embeds, attention_mask=mask, return_dict_in_generate=True,
-                                 logits_processor=[tracker] if tracker else None, **kw, **extra)
+                                 logits_processor=processors or None, **kw, **extra)
         seqs = gen.sequences  # (G*n, T) new tokens only
         lengths = []
         for row in seqs.tolist():  # tokens up to and including the first stop token

@@ -174,6 +174,7 @@ def check(dataset: str, train: str, val: str, gpt2: str, clip: str = CLIP_DEFAUL
     over = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for flag in ("--data_path", "--val_path", "--gpt2_path", "--output_path", "--resume"):
         over.add_argument(flag)
+    over.add_argument("--lm_path", dest="gpt2_path")  # train.py's newer name of --gpt2_path
     passed, _ = over.parse_known_args(train_args or [])
     # train.py takes the last value of a flag, so a pass-through --data_path wins over the script's.
     features = [("training features", passed.data_path or train, "--data_path" if passed.data_path else feature_vars[0]),

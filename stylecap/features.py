@@ -17,6 +17,10 @@ pages a process touches count in its RSS.
     meta                dict: CLIP model + sha256, dim, dtype, normalisation, sources, split, counts,
                         skipped images with reasons, the full style list, creation time
 
+A text feature file (process_text.py) has the same columns: each row is the CLIP text embedding of one
+sentence, its own "image". Its meta says ``modality: "text"`` (:func:`modality`; absent: image features)
+and ``train_normalization: "l2"`` (training L2-normalises text rows, CapDec; docs/text_styles.md).
+
 An image with several references (Flickr: 5; PersonalityCaptions test: comment + 4
 additional_comments) has one caption per reference, all pointing at the same row.
 
@@ -303,6 +307,14 @@ def load_features(path: str | Path) -> FeatureStore:
 def save_features(path: str | Path, data: "FeatureStore | dict") -> None:
     """Write the columns atomically (temporary file, then rename). Takes a store or ClipCap's dict."""
     atomic_torch_save(validate(as_store(data), path).to_columns(), path)
+
+
+TEXT_MODALITY = "text"  # meta["modality"] of a text feature file (process_text.py)
+
+
+def modality(meta: dict) -> str:
+    """What a feature file's rows embed: "text" (process_text.py's sentences) or "image" (every other file)."""
+    return TEXT_MODALITY if (meta or {}).get("modality") == TEXT_MODALITY else "image"
 
 
 def clip_record(meta: dict) -> dict | None:

@@ -217,3 +217,80 @@ def make_clip_resnet(out: Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "small_clip_rn.pt")
     return out / "small_clip_rn.pt"
+
+
+# ---- other decoder architectures (issue 18 §2): tiny random Llama- and Qwen2-style models, offline ----------
+# Their tokenizers are GPT-2's real byte-level BPE (gpt2_vocab_files) with each family's special tokens and
+# rules: the Llama-style one adds a BOS <s> when asked for special tokens (as Llama 3's does) and has no pad
+# token; the Qwen2-style one adds no BOS, ends with <|im_end|> and pads with <|endoftext|> (as Qwen2.5-Instruct).
+# Both carry a chat template, which StyleCap must ignore. Shapes: hidden 64, 2 layers, 2 heads (1 KV head).
+TINY_LM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+               num_key_value_heads=1, max_position_embeddings=256)
+CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+
+
+def _gpt2_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """GPT-2's vocabulary (token -> id, 50257 entries) and merges, in rank order."""
+    vocab, merges = gpt2_vocab_files()
+    lines = merges.read_text(encoding="utf-8").splitlines()[1:]  # line 0: "#version: 0.2"
+    return json.loads(vocab.read_text(encoding="utf-8")), [tuple(ln.split()) for ln in lines if ln.strip()]
+
+
+def llama_tokenizer_folder(out: Path) -> None:
+    """A fresh folder with a Llama-style tokenizer: byte-level BPE, <s> (BOS, added by the post-processor when
+    special tokens are asked for) and </s> (EOS) as ids 50257 and 50258, no pad token, a chat template."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    vocab, merges = _gpt2_bpe()
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken("<s>", special=True), AddedToken("</s>", special=True)])
+    bos = backend.token_to_id("<s>")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", bos)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                  chat_template=CHAT_TEMPLATE)
+    assert (len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (50259, 50257, 50258, None)
+    tok.save_pretrained(str(out))
+
+
+def qwen2_tokenizer_folder(out: Path) -> None:
+    """A fresh folder with a Qwen2Tokenizer: no BOS, EOS <|im_end|> (50257), pad <|endoftext|> (50256),
+    <|im_start|> (50258), a chat template."""
+    from transformers import Qwen2Tokenizer
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    vocab, merges = _gpt2_bpe()
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                         additional_special_tokens=["<|im_start|>", "<|im_end|>"], chat_template=CHAT_TEMPLATE)
+    assert (len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (50259, None, 50257, 50256)
+    tok.save_pretrained(str(out))
+
+
+def make_llama(out: Path, seed: int = 0) -> None:
+    """A tiny random LlamaForCausalLM (untied output layer, vocabulary = the tokenizer's 50259, attention
+    dropout 0.1 so that the frozen path's dropout switch is exercised) with the Llama-style tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    llama_tokenizer_folder(out)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=50259, bos_token_id=50257, eos_token_id=50258, pad_token_id=None,
+                      tie_word_embeddings=False, attention_dropout=0.1, **TINY_LM)
+    LlamaForCausalLM(cfg).save_pretrained(str(out))
+
+
+def make_qwen2(out: Path, seed: int = 0) -> None:
+    """A tiny random Qwen2ForCausalLM with the Qwen2 tokenizer. As in Qwen2.5 the input and output embeddings are
+    tied and the vocabulary is padded past the tokenizer's (50304 rows for 50259 tokens); the padding rows are
+    zero (their logits 0), as rows that training never reaches stay small."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    qwen2_tokenizer_folder(out)
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=50304, bos_token_id=50256, eos_token_id=50257,  # as Qwen2.5-Instruct's config
+                      tie_word_embeddings=True, **TINY_LM)
+    model = Qwen2ForCausalLM(cfg)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[50259:] = 0.0
+    model.save_pretrained(str(out))

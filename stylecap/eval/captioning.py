@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,8 +19,10 @@ import numpy as np
 import torch
 from loguru import logger
 
+from models.blending import StyleBlend, check_blendable, check_scale, make_blend
 from models.captioner import ModelConfig, StyleCapModel
 from models.decoding import DecodeConfig, generate_captions
+from models.style_modes import style_mode
 from stylecap.clip_check import check_clip
 from stylecap.clip_utils import DEFAULT_CLIP
 from stylecap.distributed import batch_share, gather_lists, rank_and_world
@@ -28,7 +31,8 @@ from stylecap.features import clip_record
 from stylecap.utils import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-Item = tuple[str, int, "str | None"]  # (image id, feature row, style)
+Style = "str | StyleBlend | None"  # a style name, a blend of styles (or a style at another strength), None: plain
+Item = tuple[str, int, Style]  # (image id, feature row, style)
 # image paths -> (features (n_ok, D) on the CPU, indices of the readable paths, [(index, reason)] of the others)
 Encoder = Callable[[list[str]], tuple[torch.Tensor, list[int], list[tuple[int, str]]]]
 
@@ -67,19 +71,114 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
 
-def resolve_styles(model: StyleCapModel | ModelConfig, wanted: list[str], all_styles: bool = False
-                   ) -> list[str | None]:
-    """The styles to caption in: [None] for a plain model (``wanted`` is ignored), every style of the model
-    for ``all_styles``, else ``wanted`` (may be empty) as the model spells them, each once. A name matches
-    exactly, else case-insensitively when that names one style ("sarcastic" -> "Sarcastic"); an unknown
-    one is a UserError naming the closest valid names. ``model``: the model, or its config only (predict.py
-    checks the names before GPT-2 and CLIP load)."""
+def resolve_styles(model: StyleCapModel | ModelConfig, wanted: list[str], all_styles: bool = False,
+                   scale: float = 1.0) -> list[Style]:
+    """The styles to caption in: [None] for a plain model (``wanted`` and ``scale`` are ignored), every style
+    of the model for ``all_styles``, else ``wanted`` (may be empty) as the model spells them, each once. A
+    name matches exactly, else case-insensitively when that names one style ("sarcastic" -> "Sarcastic"); an
+    unknown one is a UserError naming the closest valid names. A blend "Happy:0.7,Gloomy:0.3", or any style
+    at ``scale`` != 1 (--style_scale), becomes a StyleBlend (see parse_style). ``model``: the model, or its
+    config only (predict.py checks the names before GPT-2 and CLIP load)."""
     cfg = model if isinstance(model, ModelConfig) else model.cfg
     if cfg.style_mode == "none":
         return [None]
+    check_scale(scale)
     if all_styles:
-        return list(cfg.styles)
-    return list(dict.fromkeys(match_style(cfg.styles, s) for s in wanted))
+        return [with_scale(cfg, s, scale) for s in cfg.styles]
+    return list(dict.fromkeys(parse_style(cfg, s, scale) for s in wanted))
+
+
+def with_scale(cfg: ModelConfig, style: Style, scale: float) -> Style:
+    """``style`` at strength ``scale``: itself at 1 (a name stays a name: decoded exactly as before), else a
+    StyleBlend; UserError for a mode that cannot scale a style (prompt)."""
+    if scale == 1.0 or style is None:
+        return style
+    check_blendable(style_mode(cfg.style_mode), "--style_scale")
+    if isinstance(style, StyleBlend):
+        return make_blend(list(style.weights), scale)
+    return make_blend([(style, 1.0)], scale)
+
+
+# ":0.7" (a number, signed so that a negative one is named) right before a comma or the end of the text
+_WEIGHT = re.compile(r":\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(?=,|$)")
+
+
+def parse_style(cfg: ModelConfig, spec: str, scale: float = 1.0) -> Style:
+    """One --style value -> a style name, or a StyleBlend for "NAME:WEIGHT,NAME:WEIGHT,..." or ``scale`` != 1.
+
+    A whole value that names a style is that style, whatever commas, colons or parentheses it holds
+    ("Cynical (Doubtful, Skeptical)"). Otherwise it is read as a blend: split only after ":WEIGHT" (a number
+    followed by a comma or the end), and every piece before a weight must name a style (match_style). If
+    more than one such reading exists, it is refused as ambiguous; if none, the message names the first
+    unknown style or bad weight. Weights are normalised to sum to 1 (make_blend)."""
+    name = _known(cfg.styles, spec)
+    if name is not None:
+        return with_scale(cfg, name, scale)
+    if not _WEIGHT.search(spec):  # no weight anywhere: an unknown name, with the closest valid ones
+        hint = " (a blend gives each style a weight: NAME:WEIGHT,NAME:WEIGHT)" if "," in spec else ""
+        try:
+            match_style(cfg.styles, spec)
+        except UserError as unknown:
+            raise UserError(f"{unknown}{hint}") from None
+    readings = _readings(cfg.styles, spec.strip(), 0)
+    if not readings:
+        raise _why_not_a_blend(cfg.styles, spec)
+    if len(readings) > 1:
+        shown = " or ".join(" + ".join(repr(n) for n, _ in r) for r in readings)
+        raise UserError(f"--style {spec!r} reads as more than one blend (of {shown}); spell the style names "
+                        "as --list_styles prints them so that only one reading is left")
+    check_blendable(style_mode(cfg.style_mode))
+    return make_blend([(name, float(w)) for name, w in readings[0]], scale)
+
+
+def _readings(styles: list[str], spec: str, start: int, limit: int = 2) -> list[list[tuple[str, str]]]:
+    """Up to ``limit`` ways to read spec[start:] as NAME:WEIGHT(,NAME:WEIGHT)* with every NAME a style."""
+    found: list[list[tuple[str, str]]] = []
+    for m in _WEIGHT.finditer(spec, start):
+        try:
+            name = match_style(styles, spec[start:m.start()].strip())
+        except UserError:
+            continue
+        rests = [[]] if m.end() == len(spec) else _readings(styles, spec, m.end() + 1, limit - len(found))
+        found += [[(name, m.group(1))] + rest for rest in rests]
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
+def _why_not_a_blend(styles: list[str], spec: str) -> UserError:
+    """The UserError for a --style that is neither a style nor a blend: walk its pieces (a known name up to a
+    colon, its weight up to the next comma) and name the first unknown style or weight that is not a number."""
+    start, text = 0, spec.strip()
+    while start < len(text):
+        colons = [i for i, ch in enumerate(text) if ch == ":" and i > start]
+        colon = next((i for i in colons if _known(styles, text[start:i].strip())), None)
+        if colon is None:
+            rest = text[start:]
+            cuts = [i for i, ch in enumerate(rest) if ch == ","] + [len(rest)]
+            bare = next((n for i in cuts if (n := _known(styles, rest[:i].strip()))), None)
+            if bare is not None:
+                return UserError(f"style {bare!r} in --style {spec!r} has no weight; give every style of a blend "
+                                 f"one, e.g. {bare}:0.5")
+            piece = (text[start:colons[0]] if colons else rest).strip()
+            return UserError(f"unknown style {piece!r} in --style {spec!r}; closest valid: "
+                             f"{closest_styles(styles, piece)} (a blend is NAME:WEIGHT,NAME:WEIGHT)")
+        name = _known(styles, text[start:colon].strip())
+        comma = text.find(",", colon)
+        weight = text[colon + 1:comma if comma >= 0 else len(text)].strip()
+        if not _WEIGHT.fullmatch(f":{weight}"):
+            return UserError(f"weight {weight!r} of {name!r} in --style {spec!r} is not a number; "
+                             "a blend is NAME:WEIGHT,NAME:WEIGHT, e.g. Happy:0.7,Gloomy:0.3")
+        start = comma + 1 if comma >= 0 else len(text)
+    return UserError(f"--style {spec!r} is neither a style nor a blend NAME:WEIGHT,NAME:WEIGHT of the model's "
+                     "styles (--list_styles prints them)")
+
+
+def _known(styles: list[str], name: str) -> str | None:
+    try:
+        return match_style(styles, name)
+    except UserError:
+        return None
 
 
 def match_style(styles: list[str], name: str) -> str:
@@ -183,7 +282,8 @@ def eval_items(data: dict, model: StyleCapModel, styles: list[str] | None = None
 def caption_items(model: StyleCapModel, features: torch.Tensor, items: list[Item],
                   dc: DecodeConfig, batch_size: int = 64, progress: bool = False,
                   with_scores: bool = True, seed: int | None = None, first_batch: int = 0) -> list[dict]:
-    """Predictions {"image", "style", "caption", "score"}, ``num_generate`` per item, in item order.
+    """Predictions {"image", "style", "caption", "score"} (+ a blend's keys: see prediction), ``num_generate``
+    per item, in item order.
     ``features`` (N, D) is indexed by the items' rows. ``with_scores=False``: score None. ``seed``: each
     batch draws its samples from a seed of its own, made from (seed, its batch number counted from
     ``first_batch``), so --decode sample gives the same captions however the batches are spread over
@@ -201,12 +301,21 @@ def caption_items(model: StyleCapModel, features: torch.Tensor, items: list[Item
             outs = generate_captions(model, feats, [s for _, _, s in chunk], dc, with_scores)
             for (image_id, _, style), gens in zip(chunk, outs):
                 for g in gens:
-                    preds.append({"image": image_id, "style": style, "caption": g["caption"], "score": g["score"]})
+                    preds.append(prediction(image_id, style, g))
             bar.update(len(chunk))
     if progress and items:
         took = time.perf_counter() - t0
         logger.info(f"captioned {len(items)} items in {took:.1f}s ({len(items) / max(took, 1e-9):.1f} items/s)")
     return preds
+
+
+def prediction(image_id: str, style: Style, gen: dict) -> dict:
+    """A predictions.jsonl record: {"image", "style", "caption", "score"}; a StyleBlend's "style" is its label
+    ("Happy", "Happy:0.7,Gloomy:0.3"), with "style_blend" ({style: weight}, summing to 1) and "style_scale"."""
+    if not isinstance(style, StyleBlend):
+        return {"image": image_id, "style": style, "caption": gen["caption"], "score": gen["score"]}
+    return {"image": image_id, "style": style.label, "caption": gen["caption"], "score": gen["score"],
+            **style.record()}
 
 
 def batch_seed(seed: int, batch: int) -> int:

@@ -16,7 +16,7 @@ from models.captioner import StyleCapModel
 from models.decoding import DecodeConfig
 from stylecap.distributed import rank_and_world
 from stylecap.encoders import spec_exists
-from stylecap.eval.captioning import caption_items_across_ranks, eval_items
+from stylecap.eval.captioning import caption_items_across_ranks, eval_items, with_scale
 from stylecap.utils import atomic_write_json, atomic_write_text
 
 
@@ -38,7 +38,7 @@ def add_eval_mode_args(p: argparse.ArgumentParser, run_flags: bool = False) -> a
     """The flags of eval mode (caption --data_path with --model_path, then score), one definition for
     ``train.py --mode eval`` and ``evaluate.py --model_path``; evaluate.py's scoring of a predictions file
     reads --train_captions, --clip_model_path, --no_java and --segment too. ``run_flags``: also the flags
-    that train.py defines for training as well (--data_path, --gpt2_path, --device, --seed, --bs_eval,
+    that train.py defines for training as well (--data_path, --lm_path/--gpt2_path, --device, --seed, --bs_eval,
     --ddp_timeout), with train.py's defaults, so that both scripts run the same evaluation."""
     from stylecap.eval.segmentation import SEGMENT_CHOICES
     g = p.add_argument_group("eval mode", "caption --data_path with --model_path, then score it (--train_captions,\n"
@@ -47,7 +47,8 @@ def add_eval_mode_args(p: argparse.ArgumentParser, run_flags: bool = False) -> a
     a("--model_path", help="eval mode: checkpoint to evaluate (a StyleCap checkpoint or a ClipCap state dict)")
     if run_flags:
         a("--data_path", help="eval mode: the feature file (from process_*.py) to caption and score")
-        a("--gpt2_path", help="eval mode: GPT-2 folder, only for ClipCap weights or a frozen GPT-2 that moved")
+        a("--lm_path", "--gpt2_path", dest="gpt2_path", metavar="LM_PATH", help="eval mode: language-model "
+          "(GPT-2) folder, only for ClipCap weights or a frozen LM that moved; --gpt2_path is the older name")
         a("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
         a("--seed", type=int, default=42, help="seed of --decode sample (each batch has its own, from it)")
         a("--bs_eval", type=int, default=64, help="images x styles decoded per batch")
@@ -70,6 +71,8 @@ def add_eval_mode_args(p: argparse.ArgumentParser, run_flags: bool = False) -> a
     a("--allow_clip_mismatch", action="store_true", help="evaluate even when --data_path's features "
       "are not of the CLIP the model was trained with (checked by sha256 and normalisation)")
     add_decode_args(g, with_max_len=False)
+    a("--style_scale", type=float, default=1.0, help="eval mode: caption each image in its own style at this "
+      "strength (0 = no style, 1 = as trained, above 1 = exaggerated; style_mode embedding or token)")
     return g
 
 
@@ -183,7 +186,9 @@ def _caption_split(args: argparse.Namespace, out: Path):
         dc = decode_config(args)
         dc.max_len = None  # train.py's --max_len is the training truncation; decode to the model's own limit
         # --seed seeds each batch: --decode sample is repeatable, whatever the number of processes
-        preds = caption_items_across_ranks(model, data["clip_embedding"], eval_items(data, model), dc,
+        items = [(image_id, row, with_scale(model.cfg, style, args.style_scale))  # the same items at scale 1
+                 for image_id, row, style in eval_items(data, model)]
+        preds = caption_items_across_ranks(model, data["clip_embedding"], items, dc,
                                            args.bs_eval, progress=True, seed=args.seed)
     finally:
         if dist.is_initialized():
@@ -199,12 +204,13 @@ def _score_and_write(args: argparse.Namespace, out: Path, model: StyleCapModel, 
     data_path = Path(args.data_path)
     _, jsonl = write_predictions(out, preds)
     log_preview(preds)
-    train_args = write_eval_config(out, model, settings, Path(args.model_path), data_path, dc)
+    train_args = write_eval_config(out, model, settings, Path(args.model_path), data_path, dc, args.style_scale)
 
     train_captions = args.train_captions
     if train_captions is None:  # default: the data the model was trained on, if it is still there
-        trained_on = train_args.get("data_path")
-        train_captions = trained_on if trained_on and Path(trained_on).is_file() else None
+        trained_on = train_args.get("data_path")  # a list when trained on several files (text corpora too)
+        files = [f for f in (trained_on if isinstance(trained_on, list) else [trained_on]) if f and Path(f).is_file()]
+        train_captions = files if len(files) > 1 else (files[0] if files else None)
     meta = data.get("meta", {})
     clip_path = args.clip_model_path or meta.get("clip_model")
     clip_backend = args.clip_backend or (meta.get("clip_backend", "auto") if not args.clip_model_path else "auto")
@@ -227,15 +233,18 @@ def checkpoint_settings(ck) -> dict:
 
 
 def write_eval_config(out: Path, model: StyleCapModel, settings: dict, model_path: Path, data_path: Path,
-                      dc: DecodeConfig) -> dict:
+                      dc: DecodeConfig, style_scale: float = 1.0) -> dict:
     """eval_config.json: what was evaluated and how (the checkpoint's training settings, the decoding),
     so that compare.py can label eval folders by the settings in which they differ. ``settings``: from
-    checkpoint_settings. Returns the checkpoint's training settings ({} for ClipCap weights)."""
+    checkpoint_settings. A --style_scale other than 1 is recorded with the decoding ("decode.style_scale"
+    in compare.py, "--style_scale" in the report's command). Returns the checkpoint's training settings
+    ({} for ClipCap weights)."""
     from dataclasses import asdict
     from models.captioner import trainable_parameters
     params = trainable_parameters(model)  # each once: the tied GPT-2 embedding is one parameter, as in training
     atomic_write_json(out / "eval_config.json", {
-        "model_path": str(model_path.resolve()), "data_path": str(data_path), "decode": asdict(dc),
+        "model_path": str(model_path.resolve()), "data_path": str(data_path),
+        "decode": {**asdict(dc), **({"style_scale": style_scale} if style_scale != 1.0 else {})},
         "train_args": settings["train_args"], "model_config": settings["model_config"],
         "trainable_parameters": params, "checkpoint_step": settings["step"]})
     return settings["train_args"]

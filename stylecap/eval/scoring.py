@@ -169,8 +169,10 @@ def run_evaluation(predictions, references, output_path, *, train_captions=None,
     logger.info(f"{len(preds)} predictions ({pred_fmt}) from {predictions}; "
                 f"{len(refs)} references ({info['format']}) from {references}")
     train = None
-    if train_captions:
-        train, _ = load_references(train_captions)
+    if train_captions:  # a file, or a list of files (a run trained on several, e.g. images + a text corpus)
+        files = list(train_captions) if isinstance(train_captions, (list, tuple)) else [train_captions]
+        train = [c for f in files for c in load_references(f)[0]]
+        train_captions = " ".join(map(str, files))
         logger.info(f"{len(train)} training captions from {train_captions}")
 
     mt = match_predictions(preds, refs)

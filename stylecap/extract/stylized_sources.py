@@ -104,8 +104,9 @@ def _add_generic(src: CaptionSource, path: Path, rows: list[tuple[str, dict]]) -
     return src
 
 
-def read_jsonl(path: Path, image_dir: Path | None = None) -> CaptionSource:
-    src = CaptionSource(format="jsonl", files=[str(path)])
+def jsonl_rows(src: CaptionSource, path: Path) -> list[tuple[str, dict]]:
+    """[(where, JSON object)] of a JSON-lines file; lines that are not UTF-8 or not one object go to
+    ``src.malformed``. Shared with process_text.py's corpora (stylecap.extract.text_source)."""
     rows = []
     for n, text in _lines(need_file(path)):
         where = f"line {n}"
@@ -121,7 +122,12 @@ def read_jsonl(path: Path, image_dir: Path | None = None) -> CaptionSource:
             src.bad(path, where, "not a JSON object")
             continue
         rows.append((where, rec))
-    _add_generic(src, path, rows)
+    return rows
+
+
+def read_jsonl(path: Path, image_dir: Path | None = None) -> CaptionSource:
+    src = CaptionSource(format="jsonl", files=[str(path)])
+    _add_generic(src, path, jsonl_rows(src, path))
     if not src.captions:
         raise UserError(f'{path}: no usable JSON line (expected {{"image": "1.jpg", "caption": "...", '
                         f'"style": "...", "split": "train"}} per line, style and split optional){_first(src)}')
@@ -156,12 +162,10 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict, bool]]]:
     return header, out
 
 
-def read_csv(path: Path, image_dir: Path | None = None) -> CaptionSource:
-    header, rows = _csv_rows(need_file(path))
-    if "image" not in header or "caption" not in header:
-        raise UserError(f"{path}: the header row {','.join(header)[:80]!r} lacks image and caption columns; "
-                        "expected image,caption[,style][,split] (pass --format senticap for SentiCap's csv)")
-    src = CaptionSource(format="csv", files=[str(path)])
+def csv_records(src: CaptionSource, path: Path, header: list[str],
+                rows: list[tuple[int, list[str], bool]]) -> list[tuple[str, dict]]:
+    """[(where, {generic column: value})] of _csv_rows' rows; rows not UTF-8 or of another field count go to
+    ``src.malformed``. Shared with process_text.py's corpora (stylecap.extract.text_source)."""
     recs = []
     for n, fields, bad_utf8 in rows:
         where = f"line {n}"
@@ -171,7 +175,16 @@ def read_csv(path: Path, image_dir: Path | None = None) -> CaptionSource:
             src.bad(path, where, f"{len(fields)} fields, the header has {len(header)} (quote captions with commas)")
         else:
             recs.append((where, {k: v for k, v in zip(header, fields) if k in GENERIC_COLUMNS}))
-    _add_generic(src, path, recs)
+    return recs
+
+
+def read_csv(path: Path, image_dir: Path | None = None) -> CaptionSource:
+    header, rows = _csv_rows(need_file(path))
+    if "image" not in header or "caption" not in header:
+        raise UserError(f"{path}: the header row {','.join(header)[:80]!r} lacks image and caption columns; "
+                        "expected image,caption[,style][,split] (pass --format senticap for SentiCap's csv)")
+    src = CaptionSource(format="csv", files=[str(path)])
+    _add_generic(src, path, csv_records(src, path, header, rows))
     if not src.captions:
         raise UserError(f"{path}: no usable CSV row (expected rows image,caption[,style][,split] "
                         f"under the header){_first(src)}")

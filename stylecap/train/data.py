@@ -8,7 +8,7 @@ import os
 import random
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,8 @@ from loguru import logger
 from torch.utils.data import Dataset
 
 from models.tokenizer import CaptionTokenizer
-from stylecap.features import FeatureStore, as_store
+from stylecap.clip_check import describe as describe_clip
+from stylecap.features import FeatureStore, as_store, clip_record, modality
 from stylecap.styles import all_traits
 from stylecap.utils import UserError, atomic_torch_save
 
@@ -73,6 +74,54 @@ def split_by_image(data: "FeatureStore | dict", val_fraction: float, seed: int) 
     val_row = torch.tensor([i in val_ids for i in row_ids], dtype=torch.bool)  # (N_images,)
     in_val = val_row[store.caption_row] if len(store) else torch.zeros(0, dtype=torch.bool)
     return store.subset(~in_val), store.subset(in_val)
+
+
+def merge_stores(stores: list[FeatureStore], paths: list[str]) -> FeatureStore:
+    """Several feature files as one store: their feature rows one after the other (file k's row r is row
+    r + the rows of the files before it), their captions in file order, styles by name (the union). The
+    files must hold features of one width and, where they name one, of one CLIP (text and image rows
+    share CLIP's space only within one model). meta: the CLIP record, "sources" and each file's modality."""
+    dims = {s.clip_embedding.shape[1] for s in stores}
+    if len(dims) > 1:
+        raise UserError(f"--data_path files of different feature widths {[s.clip_embedding.shape[1] for s in stores]} "
+                        f"({' '.join(paths)}); encode them all with one CLIP")
+    records = [(p, clip_record(s.meta)) for p, s in zip(paths, stores)]
+    named = [(p, r) for p, r in records if r is not None]
+    if len({r["clip_sha256"] for _, r in named}) > 1:
+        raise UserError(f"--data_path files of different CLIPs ({', '.join(f'{p}: {describe_clip(r)}' for p, r in named)}); "
+                        "encode every file with the same --clip_model_path")
+    union = sorted({st for s in stores for st in s.styles})
+    index = {st: k for k, st in enumerate(union)}
+    dtype = stores[0].clip_embedding.dtype if len({s.clip_embedding.dtype for s in stores}) == 1 else torch.float32
+    cap_shift = np.cumsum([0] + [s.caption_bytes.numel() for s in stores])
+    row_shift = np.cumsum([0] + [s.n_images for s in stores])
+    id_shift = np.cumsum([0] + [s.image_id_bytes.numel() for s in stores])
+    styles = [torch.tensor([index[st] for st in s.styles] + [-1], dtype=torch.int32)[s.caption_style.long()]
+              for s in stores]  # -1 (plain) indexes the appended -1
+    meta = {**({k: named[0][1][k] for k in ("clip_model", "clip_sha256", "normalized")} if named else {}),
+            "sources": list(paths), "modalities": [modality(s.meta) for s in stores], "styles": union}
+    return FeatureStore(
+        torch.cat([s.clip_embedding.to(dtype) for s in stores]),
+        torch.cat([s.image_id_bytes for s in stores]),
+        torch.cat([stores[0].image_id_offsets[:1]] + [s.image_id_offsets[1:] + int(k) for s, k in zip(stores, id_shift)]),
+        torch.cat([s.caption_bytes for s in stores]),
+        torch.cat([s.caption_start + int(k) for s, k in zip(stores, cap_shift)]),
+        torch.cat([s.caption_end + int(k) for s, k in zip(stores, cap_shift)]),
+        torch.cat([s.caption_row + int(k) for s, k in zip(stores, row_shift)]),
+        torch.cat(styles), union, meta)
+
+
+def concat_selections(base: FeatureStore, parts: list[FeatureStore]) -> FeatureStore:
+    """One selection of ``base`` holding the captions of ``parts`` (selections of ``base``), in order."""
+    cat = lambda name: torch.cat([getattr(p, name) for p in parts])
+    return replace(base, caption_start=cat("caption_start"), caption_end=cat("caption_end"),
+                   caption_row=cat("caption_row"), caption_style=cat("caption_style"), _records=None)
+
+
+def noise_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample ``index``'s noise in ``epoch``: a pure function, so a resumed run (and any rank
+    or worker) draws exactly the noise of an uninterrupted one."""
+    return (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) % (1 << 63)
 
 
 @dataclass
@@ -206,17 +255,41 @@ class _FlatSink:
 
 
 class CaptionDataset(Dataset):
-    """Index -> (feature (D,), style id, token ids). Features stay in their stored dtype (fp16 stays fp16)."""
+    """Index -> (feature (D,), style id, token ids). Features stay in their stored dtype (fp16 stays fp16).
 
-    def __init__(self, features: torch.Tensor, enc: Encoded):
+    ``text_rows`` (N_images,) bool marks the feature rows that are CLIP text embeddings (process_text.py).
+    Those are L2-normalised and, with ``noise_variance`` V > 0, get CapDec's Gaussian noise N(0, V I) (Nukrai
+    et al., 2022), drawn for sample i of epoch e from its own generator seeded by noise_seed(seed, e, i):
+    the same noise in a resumed run, under DDP and in DataLoader workers. Image rows are returned as stored."""
+
+    def __init__(self, features: torch.Tensor, enc: Encoded, text_rows: torch.Tensor | None = None,
+                 noise_variance: float = 0.0, seed: int = 0):
         self.features, self.enc = features, enc
+        self.text_rows, self.noise_std, self.seed = text_rows, float(noise_variance) ** 0.5, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose noise __getitem__ draws (the Trainer sets it with the sampler's)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.enc)
 
     def __getitem__(self, i: int):
         e = self.enc
-        return self.features[e.rows[i]], e.style_ids[i], e.ids(i), e.n_ctx[i]
+        row = e.rows[i]
+        feature = self.features[row]  # (D,)
+        if self.text_rows is not None and bool(self.text_rows[row]):
+            feature = self.text_feature(feature, int(i))
+        return feature, e.style_ids[i], e.ids(i), e.n_ctx[i]
+
+    def text_feature(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """A text row (D,): L2-normalised, plus the noise of sample i in this epoch (none when V = 0)."""
+        y = x.float() / x.float().norm().clamp_min(1e-8)
+        if self.noise_std > 0:
+            g = torch.Generator().manual_seed(noise_seed(self.seed, self.epoch, i))
+            y = y + torch.randn(y.shape, generator=g) * self.noise_std
+        return y.to(x.dtype)
 
 
 def collate(batch, pad_id: int) -> dict[str, torch.Tensor]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from loguru import logger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from models import ModelConfig, build_model
@@ -18,38 +19,111 @@ from models.captioner import StyleCapModel
 from models.compat import enable_activation_checkpointing
 from models.model_folder import is_model_folder, start_from_folder
 from stylecap.cpu import cpu_bf16_warning
-from stylecap.features import FeatureStore, clip_record, load_features
+from stylecap.features import TEXT_MODALITY, FeatureStore, clip_record, load_features, modality
 from stylecap.sharded import ShardedFeatures, is_sharded
-from stylecap.train.data import CaptionDataset, collate, encode_data, split_by_image, style_vocabulary
+from stylecap.train.data import (CaptionDataset, collate, concat_selections, encode_data, merge_stores,
+                                 split_by_image, style_vocabulary)
 from stylecap.train.engine import CheckpointManager
 from stylecap.utils import UserError
 
 
 @dataclass
 class TrainingData:
-    """The features a run trains and validates on, and the styles the model learns (empty: a plain model)."""
+    """The features a run trains and validates on, and the styles the model learns (empty: a plain model).
+    ``*_text_rows``: (N_images,) bool over the store's feature rows, True where the row is a CLIP text
+    embedding (a process_text.py file); None when no row is. ``text_styles``: the styles only text rows have."""
     train: FeatureStore
     val: FeatureStore
     styles: list[str]
+    text_styles: list[str] = field(default_factory=list)
+    train_text_rows: torch.Tensor | None = None
+    val_text_rows: torch.Tensor | None = None
+
+
+class DataPaths(argparse.Action):
+    """--data_path A B, and --data_path A --data_path B: every file, in order. The first --data_path of the
+    command line replaces the value of a --config file; later ones add to it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        fresh = current is None or current is self.default  # still the default (or --config's value)
+        setattr(namespace, self.dest, list(values) if fresh else [*current, *values])
+
+
+def data_paths(args: argparse.Namespace) -> list[str]:
+    """--data_path as a list (one file is stored as a plain string, as before several were possible)."""
+    return list(args.data_path) if isinstance(args.data_path, (list, tuple)) else [args.data_path]
+
+
+def _text_rows(stores: list[FeatureStore]) -> torch.Tensor | None:
+    """(sum of N_images,) bool: which feature rows of the stores, one after the other, are text; None if none."""
+    kinds = [modality(s.meta) == TEXT_MODALITY for s in stores]
+    if not any(kinds):
+        return None
+    return torch.cat([torch.full((s.n_images,), k, dtype=torch.bool) for s, k in zip(stores, kinds)])
+
+
+def text_only_styles(data: FeatureStore, text_rows: torch.Tensor | None, styles: list[str]) -> list[str]:
+    """The styles of ``styles`` whose training captions are all on text rows (learned without an image)."""
+    if text_rows is None or not styles:
+        return []
+    on_text = text_rows[data.caption_row]  # (N_captions,) bool
+    from_text, from_images = set(data.subset(on_text).present_styles()), set(data.subset(~on_text).present_styles())
+    return [s for s in styles if s in from_text and s not in from_images]
+
+
+def _load_several(args: argparse.Namespace, paths: list[str]) -> tuple[FeatureStore, FeatureStore, list]:
+    """Several --data_path files as one store -> (train, val, [train text rows, val text rows]). Without
+    --val_path each file is split by image (--val_fraction, --seed) on its own, as a single file is."""
+    stores = [load_features(p) for p in paths]
+    merged = merge_stores(stores, paths)
+    if args.val_path:
+        val = load_features(args.val_path)
+        return merged, val, [_text_rows(stores), _text_rows([val])]
+    parts, lo = [], 0
+    for s in stores:  # file k's captions are rows lo..lo+len(s) of the merged store
+        parts.append(split_by_image(merged.subset(torch.arange(lo, lo + len(s))), args.val_fraction, args.seed))
+        lo += len(s)
+    rows = _text_rows(stores)
+    return concat_selections(merged, [t for t, _ in parts]), concat_selections(merged, [v for _, v in parts]), [rows, rows]
 
 
 def load_training_data(args: argparse.Namespace) -> TrainingData:
-    """--data_path, and --val_path or a seeded split of --data_path by image. Resolves --style_mode auto
-    (embedding when the data has styles, else none) in ``args``, which config.json and checkpoints record."""
+    """--data_path (one file or several), and --val_path or a seeded split by image. Resolves --style_mode auto
+    (embedding when the data has styles, else none) in ``args``, which config.json and checkpoints record.
+    Text feature files (process_text.py) switch --normalize_prefix on: text rows are L2-normalised (CapDec),
+    so image features must be too, in training and at inference (the checkpoint records it)."""
     if is_sharded(args.data_path):  # many files + index.json (docs/scale.md): each rank maps only its shards
         from stylecap.train.sharded_data import load_sharded_training_data
         return load_sharded_training_data(args)
-    train_data = load_features(args.data_path)
-    if args.val_path:
-        val_data = load_features(args.val_path)
+    paths = data_paths(args)
+    if len(paths) > 1:
+        train_data, val_data, (train_text, val_text) = _load_several(args, paths)
     else:
-        train_data, val_data = split_by_image(train_data, args.val_fraction, args.seed)
-    styles = style_vocabulary(train_data)
+        train_data = load_features(paths[0])
+        if args.val_path:
+            val_data = load_features(args.val_path)
+        else:
+            train_data, val_data = split_by_image(train_data, args.val_fraction, args.seed)
+        train_text, val_text = _text_rows([train_data]), _text_rows([val_data])
+    styles = style_vocabulary(train_data)  # known traits in published order, then the others sorted
     if args.style_mode == "auto":
         args.style_mode = "embedding" if styles else "none"
     if args.style_mode == "none":
         styles = []
-    return TrainingData(train_data, val_data, styles)
+    if (train_text is not None or val_text is not None) and not args.normalize_prefix:
+        args.normalize_prefix = True
+        logger.info("text feature rows in the data: --normalize_prefix on (CapDec: text rows are L2-normalised, so "
+                    "image features are too, in training and at inference; the checkpoint records it)")
+    noise = getattr(args, "noise_variance", 0.0)
+    if noise < 0:
+        raise UserError(f"--noise_variance {noise} is negative; give a variance >= 0 (CapDec: 0.016)")
+    if noise and train_text is None:
+        logger.warning(f"--noise_variance {noise}: no text rows in --data_path (process_text.py files), no effect")
+    text_styles = text_only_styles(train_data, train_text, styles)
+    if text_styles:
+        logger.info(f"styles learned from text only: {text_styles}")
+    return TrainingData(train_data, val_data, styles, text_styles, train_text, val_text)
 
 
 def precision_warning(precision: str, device: torch.device, cpuinfo: str | None = None) -> str | None:
@@ -62,7 +136,7 @@ def precision_warning(precision: str, device: torch.device, cpuinfo: str | None 
 
 
 def default_run_name(args: argparse.Namespace) -> str:
-    stem = Path(args.data_path).stem
+    stem = "+".join(Path(p).stem for p in data_paths(args))
     return f"{stem}-{args.mapping_type}-{'tuned' if args.finetune_gpt2 else 'frozen'}-{args.style_mode}"
 
 
@@ -101,10 +175,11 @@ def build_seeded_model(args: argparse.Namespace, data: TrainingData, rank: int,
                       constant_len=args.constant_len, clip_size=args.clip_size, num_layers=args.num_layers,
                       style_mode=args.style_mode, styles=data.styles, style_dim=args.style_dim,
                       normalize_prefix=args.normalize_prefix, finetune_gpt2=args.finetune_gpt2, max_len=args.max_len,
-                      clip=clip_record(data.train["meta"]) or {})  # the CLIP it is trained on ({}: none named)
+                      clip=clip_record(data.train["meta"]) or {},  # the CLIP it is trained on ({}: none named)
+                      text_styles=data.text_styles)
     dim = data.train["clip_embedding"].shape[1]
     if dim != args.clip_size:
-        raise UserError(f"{args.data_path} has {dim}-d features but --clip_size is {args.clip_size}; "
+        raise UserError(f"{' '.join(data_paths(args))} has {dim}-d features but --clip_size is {args.clip_size}; "
                         f"pass --clip_size {dim}")
     model = build_model(cfg)
     if args.resume not in (None, "auto") and is_model_folder(args.resume):
@@ -128,12 +203,15 @@ def encode_datasets(args: argparse.Namespace, data: TrainingData, model: StyleCa
     local_first = dist.is_initialized() and int(os.environ.get("LOCAL_RANK", 0)) != 0
     if local_first:
         dist.barrier()
-    train_enc = encode_data(data.train, tok, args.max_len, cache, args.data_path)
-    val_enc = encode_data(data.val, tok, args.max_len, cache, args.val_path or args.data_path)
+    source = " ".join(data_paths(args))
+    train_enc = encode_data(data.train, tok, args.max_len, cache, source)
+    val_enc = encode_data(data.val, tok, args.max_len, cache, args.val_path or source)
     if dist.is_initialized() and not local_first:
         dist.barrier()
-    train_ds = CaptionDataset(data.train["clip_embedding"], train_enc)
-    val_ds = CaptionDataset(data.val["clip_embedding"], val_enc)
+    # text rows: L2-normalised, and in training (only) CapDec's noise, seeded by (--seed, epoch, sample)
+    train_ds = CaptionDataset(data.train["clip_embedding"], train_enc, data.train_text_rows,
+                              getattr(args, "noise_variance", 0.0), args.seed)
+    val_ds = CaptionDataset(data.val["clip_embedding"], val_enc, data.val_text_rows)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise UserError(f"empty training ({len(train_ds)}) or validation ({len(val_ds)}) set; check --data_path/--val_path")
     return train_ds, val_ds

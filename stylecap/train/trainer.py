@@ -127,7 +127,9 @@ class Trainer:
         n_train = trainable_parameters(model)  # = sum over self.params: parameters() yields a tied tensor once
         atomic_write_json(Path(args.output_path) / "config.json", {
             "args": vars(args), "model": asdict(model.cfg), "code_version": code_version(),
-            "gpt2": {"path": args.gpt2_path, "n_embd": model.gpt.config.n_embd, "n_layer": model.gpt.config.n_layer},
+            # the LM (any architecture; the key names are GPT-2's, as before): hidden_size is GPT-2's n_embd
+            "gpt2": {"path": args.gpt2_path, "n_embd": model.gpt.config.hidden_size,
+                     "n_layer": model.gpt.config.num_hidden_layers, "model_type": model.gpt.config.model_type},
             "tokenizer": {"class": type(tok.tok).__name__, "vocab_size": tok.vocab_size, "end_token_id": tok.eos_id},
             "styles": self.data.styles, "trainable_parameters": n_train, "world_size": world,
             "effective_batch_size": args.bs_train * world * args.grad_accum})
@@ -209,6 +211,8 @@ class Trainer:
         Returns stylecap.train.engine.train_one_epoch's {'loss', 'samples_per_s', 'batches', 'stopped'}."""
         args, state = self.args, self.state
         self.sampler.set_epoch(state.epoch)
+        if hasattr(self.train_ds, "set_epoch"):  # the epoch of the text rows' noise (CaptionDataset)
+            self.train_ds.set_epoch(state.epoch)
         loader = make_loader(self.train_ds, args.bs_train, self.model.tokenizer.pad_id,
                              SkipSampler(self.sampler, state.batch_in_epoch * args.bs_train), args.num_workers)
         return engine.train_one_epoch(self.train_model, loader, self.optimizer, self.scheduler, state,
