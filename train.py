@@ -95,7 +95,8 @@ def get_parser() -> argparse.ArgumentParser:
       "stderr is not a terminal (CI, nohup, Slurm; on one: a progress bar, the lines go to train.log); 0 = none")
     a("--num_samples", type=int, default=4, help="sample captions generated and logged at each validation")
     a("--eval_subset", type=int, default=200, help="val images captioned and scored at each epoch end (0 = off)")
-    a("--resume", help="checkpoint path, or 'auto' for the newest checkpoint in the run folder")
+    a("--resume", help="checkpoint path, or 'auto' for the newest checkpoint in the run folder (an exact resume); "
+      "or an exported model folder (export.py): a new run from its weights (docs/export.md)")
     add_eval_mode_args(p)  # --model_path and the scoring and decoding flags, as evaluate.py --model_path
     return p
 

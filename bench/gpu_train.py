@@ -11,6 +11,7 @@ from bench import reference
 from bench.common import Env, log, train_step_flops
 from bench.gpu_common import CLIPCAP_COCO_EPOCH_MIN, COCO_CAPTIONS, PERSONALITY_CAPTIONS, fig, free, timed
 from bench.synthetic import coco_like_captions
+from models.compat import enable_activation_checkpointing
 
 
 # ============================================================================== training
@@ -47,8 +48,8 @@ def run_training(env: Env, data: TrainData, device: torch.device, *, precision: 
         torch.cuda.reset_peak_memory_stats(device)  # the peak then covers weights, optimizer state, activations
         base_bytes = torch.cuda.memory_allocated(device)  # anything still held from before (normally 0)
     model = env.model(seed=0, finetune_gpt2=tuned, mapping_type=mapping, max_len=64)
-    if checkpointing:  # transformers 5: the new name of gradient_checkpointing_enable (deprecated alias)
-        model.gpt.activation_checkpointing_enable()
+    if checkpointing:  # models.compat: activation_checkpointing_enable, gradient_checkpointing_enable before 5
+        enable_activation_checkpointing(model.gpt)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")  # train.py: fused AdamW

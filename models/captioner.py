@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.compat import GPT2_BUFFER_KEYS, drop_legacy_gpt2_buffers, load_lm_state
 from models.errors import UserError
 from models.lora import add_lora, is_adapter_key, merge_lora as merge_adapters
 from models.mapper import build_mapper
@@ -228,7 +229,7 @@ def build_model(cfg: ModelConfig, gpt2_state: dict | None = None, gpt2_config: d
     """A model from its config. LM weights come from ``gpt2_state`` if given, else the folder cfg.gpt2_path."""
     gpt = build_lm(_check_gpt2_dir(cfg.gpt2_path) if gpt2_config is None else None, gpt2_config)
     if gpt2_state is not None:
-        gpt.load_state_dict(gpt2_state, strict=True)
+        load_lm_state(gpt, gpt2_state)  # strict but for GPT-2's constant buffers (models.compat)
     hf_tok = load_hf_tokenizer(tokenizer_dir or _check_gpt2_dir(cfg.gpt2_path))
     tok = CaptionTokenizer(hf_tok, cfg.style_mode, cfg.styles, cfg.prompt_template, cfg.legacy_clipcap)
     rows = gpt.get_input_embeddings().num_embeddings
@@ -272,7 +273,7 @@ def model_from_checkpoint(ckpt: dict, gpt2_path: str | None = None) -> StyleCapM
     cfg = config_of(ckpt)
     if gpt2_path:
         cfg.gpt2_path = str(gpt2_path)
-    state = ckpt["model"]
+    state = drop_legacy_gpt2_buffers(ckpt["model"])  # saved by an older transformers (models.compat)
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = None
         if ckpt.get("tokenizer_files"):
@@ -282,7 +283,8 @@ def model_from_checkpoint(ckpt: dict, gpt2_path: str | None = None) -> StyleCapM
                 else:
                     (Path(tmp) / name).write_text(text, encoding="utf-8")
             tok_dir = tmp
-        if cfg.finetune_gpt2:  # GPT-2 weights are in the checkpoint: no folder needed
+        # GPT-2 weights are in the checkpoint (fine-tuned, or an exported model folder): no GPT-2 folder needed
+        if cfg.finetune_gpt2 or any(k.startswith("gpt.") for k in state):
             gpt_state = {k[4:]: v for k, v in state.items() if k.startswith("gpt.")}
             model = build_model(cfg, gpt_state, ckpt["gpt2_config"], tok_dir)
         else:
@@ -293,13 +295,10 @@ def model_from_checkpoint(ckpt: dict, gpt2_path: str | None = None) -> StyleCapM
                                 "language-model folder")
             model = build_model(cfg, tokenizer_dir=tok_dir)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if stored_key(cfg, k)]
+    missing = [k for k in missing if stored_key(cfg, k) and not GPT2_BUFFER_KEYS.fullmatch(k)]
     if missing or unexpected:
         raise UserError(f"checkpoint does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model
-
-
-_OLD_GPT2_BUFFERS = re.compile(r"gpt\.transformer\.h\.\d+\.attn\.(bias|masked_bias)")
 
 
 def import_clipcap(state: dict[str, torch.Tensor], gpt2_path: str) -> StyleCapModel:
@@ -309,7 +308,7 @@ def import_clipcap(state: dict[str, torch.Tensor], gpt2_path: str) -> StyleCapMo
     buffers are dropped; every other key must load. The model decodes as the original: stop at '.'.
     """
     from transformers import GPT2Config
-    state = {k: v for k, v in state.items() if not _OLD_GPT2_BUFFERS.fullmatch(k)}
+    state = drop_legacy_gpt2_buffers(state)  # ClipCap #76: saved by an older transformers
     gcfg = GPT2Config.from_pretrained(str(_check_gpt2_dir(gpt2_path)))
     e = state["gpt.transformer.wte.weight"].shape[1] if "gpt.transformer.wte.weight" in state else gcfg.n_embd
     if "clip_project.model.0.weight" in state:
@@ -375,6 +374,9 @@ def read_checkpoint(path: str | Path) -> Any:
     """The checkpoint file's contents (a StyleCap payload or a ClipCap state dict), read once:
     :func:`model_from_file` builds the model from it, and callers read the training settings from it too."""
     path = Path(path)
+    if path.is_dir():  # an exported model folder (export.py): read as the checkpoint it was made from
+        from models.model_folder import read_model_folder
+        return read_model_folder(path)
     if not path.is_file():
         raise UserError(f"model file {path} not found; train one with train.py (checkpoints are in the run "
                         "folder, e.g. output/<run>/checkpoints/best.pt)")

@@ -21,6 +21,7 @@ from transformers import LogitsProcessor
 
 from models.blending import StyleBlend, blend_context_embeds
 from models.captioner import StyleCapModel
+from models.compat import cache_kwargs, output_cache
 from models.errors import UserError
 
 
@@ -171,7 +172,7 @@ def beam_prefill(model: StyleCapModel, embeds: torch.Tensor, beams: int):
     """
     if embeds.shape[1] < 2:
         return None
-    cache = model.gpt(inputs_embeds=embeds[:, :-1], use_cache=True, logits_to_keep=1).cache
+    cache = output_cache(model.gpt(inputs_embeds=embeds[:, :-1], use_cache=True, logits_to_keep=1))
     cache.batch_repeat_interleave(beams)  # (G * n, H, K + C - 1, d) per layer
     return cache
 
@@ -208,7 +209,7 @@ def _generate(model: StyleCapModel, features: torch.Tensor, styles: list[str | N
         # greedy/sample: each step's raw logits give the chosen token's log-prob, taken as the steps go (one
         # step's (G*n, V) kept, not all of them); beam's winners are re-scored in one teacher-forced pass
         tracker = ChosenTokenLogprob() if with_scores and dc.strategy != "beam" else None
-        extra = {"cache": beam_prefill(model, embeds, dc.beam_size)} if dc.strategy == "beam" else {}
+        extra = cache_kwargs(beam_prefill(model, embeds, dc.beam_size)) if dc.strategy == "beam" else {}
         processors = [OutsideVocabulary(n)] if (n := padded_vocabulary(model)) is not None else []
         processors += [tracker] if tracker else []  # the tracker last: it scores what the others left
         gen = model.gpt.generate(inputs_embeds=embeds, attention_mask=mask, return_dict_in_generate=True,

@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from models.compat import pil_image_processor, pooled_features
 from stylecap.utils import UserError, sha256_file
 
 BACKENDS = ("auto", "openai", "open_clip", "hf")
@@ -135,7 +136,7 @@ class HFEncoder(ImageEncoder):
             return self.model(pixel_values=pixels).image_embeds
         if self.kind == "siglip_vision_model":
             return self.model(pixel_values=pixels).pooler_output
-        return _features(self.model.get_image_features(pixel_values=pixels))
+        return pooled_features(self.model.get_image_features(pixel_values=pixels))
 
     @property
     def has_text(self) -> bool:
@@ -152,28 +153,10 @@ class HFEncoder(ImageEncoder):
         if self.kind == "siglip":  # SigLIP was trained on text padded to its full length; it reads no mask
             tok = self._tokenizer(texts, padding="max_length", truncation=True, max_length=max_len,
                                   return_tensors="pt")
-            return _features(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device)))
+            return pooled_features(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device)))
         tok = self._tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        return _features(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
-                                                      attention_mask=tok["attention_mask"].to(self.device)))
-
-
-def _features(out) -> torch.Tensor:
-    """transformers shim: get_image/text_features return the tensor in 4.x, an output whose pooler_output is
-    that tensor in 5.x."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-def pil_image_processor(folder: str | Path):
-    """AutoImageProcessor with the PIL/numpy backend, whether or not torchvision is installed: transformers 5
-    would otherwise pick its torchvision backend where torchvision exists, whose values differ (bicubic resize),
-    so the same folder would give other features on another machine. Shim: 5.x says backend="pil", 4.x
-    use_fast=False (both name the PIL processor)."""
-    import transformers
-    from transformers import AutoImageProcessor
-    major = int(transformers.__version__.split(".")[0])
-    kw = {"backend": "pil"} if major >= 5 else {"use_fast": False}
-    return AutoImageProcessor.from_pretrained(str(folder), **kw)
+        return pooled_features(self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
+                                                            attention_mask=tok["attention_mask"].to(self.device)))
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -205,11 +205,14 @@ def closest_styles(styles: list[str], name: str, n: int = 3) -> list[str]:
 
 
 def checkpoint_path(spec: str | Path) -> tuple[Path, str]:
-    """--model_path -> (the checkpoint file, why that one): a file as given; a run folder (train.py's
-    --output_path) -> its checkpoints/best.pt."""
+    """--model_path -> (the checkpoint file, why that one): a file as given; an exported model folder
+    (export.py) as given; a run folder (train.py's --output_path) -> its checkpoints/best.pt."""
+    from models.model_folder import is_model_folder
     p = Path(spec)
     if not p.is_dir():
         return p, "--model_path"
+    if is_model_folder(p):
+        return p, "an exported model folder"
     best = p / "checkpoints" / "best.pt"
     if best.is_file():
         return best, "the run folder's best checkpoint"

@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from models import ModelConfig, build_model
 from models.captioner import StyleCapModel
+from models.compat import enable_activation_checkpointing
 from models.lora import lora_settings
+from models.model_folder import is_model_folder, start_from_folder
 from stylecap.cpu import cpu_bf16_warning
 from stylecap.features import TEXT_MODALITY, FeatureStore, clip_record, load_features, modality
 from stylecap.sharded import ShardedFeatures, is_sharded
@@ -149,11 +151,18 @@ def run_folder(args: argparse.Namespace) -> Path:
 
 def resume_from(args: argparse.Namespace, ckpts: CheckpointManager) -> Path | None:
     """The checkpoint to resume from (--resume PATH, or the newest one for --resume auto), or None.
-    A run folder that has checkpoints is never trained over without --resume."""
+    A run folder that has checkpoints is never trained over without --resume. --resume FOLDER (export.py's
+    model folder) is no exact resume but a new run from its weights (build_seeded_model loads them): None."""
     newest = ckpts.newest()  # opens every checkpoint's header: once
     if args.resume is None and newest is not None:
         raise UserError(f"run folder {ckpts.folder.parent} already has checkpoints; pass --resume auto to continue "
                         "or a new --output_path")
+    if args.resume not in (None, "auto") and is_model_folder(args.resume):
+        if newest is not None:
+            raise UserError(f"--resume {args.resume} (an exported model folder) starts a new run from its weights, "
+                            f"but run folder {ckpts.folder.parent} already has checkpoints; pass --resume auto to "
+                            "continue that run, or a new --output_path")
+        return None
     return newest if args.resume == "auto" else (Path(args.resume) if args.resume else None)
 
 
@@ -178,9 +187,11 @@ def build_seeded_model(args: argparse.Namespace, data: TrainingData, rank: int,
         raise UserError(f"{' '.join(data_paths(args))} has {dim}-d features but --clip_size is {args.clip_size}; "
                         f"pass --clip_size {dim}")
     model = build_model(cfg)
+    if args.resume not in (None, "auto") and is_model_folder(args.resume):
+        start_from_folder(model, args.resume)  # a new run from an exported folder's weights (see resume_from)
     torch.manual_seed(args.seed + rank)  # then each rank its own dropout stream
     if args.gradient_checkpointing:
-        model.gpt.activation_checkpointing_enable()
+        enable_activation_checkpointing(model.gpt)  # models.compat: named differently in transformers 4
     model.to(device)
     return model
 
