@@ -284,8 +284,10 @@ def model_from_checkpoint(ckpt: dict, gpt2_path: str | None = None) -> StyleCapM
                     (Path(tmp) / name).write_text(text, encoding="utf-8")
             tok_dir = tmp
         # GPT-2 weights are in the checkpoint (fine-tuned, or an exported model folder): no GPT-2 folder needed
-        if cfg.finetune_gpt2 or any(k.startswith("gpt.") for k in state):
-            gpt_state = {k[4:]: v for k, v in state.items() if k.startswith("gpt.")}
+        # (LoRA adapters are "gpt." keys too, but they sit on a frozen LM: they load below, after build_model)
+        lm_keys = [k for k in state if k.startswith("gpt.") and not is_adapter_key(k)]
+        if cfg.finetune_gpt2 or lm_keys:
+            gpt_state = {k[4:]: state[k] for k in lm_keys}
             model = build_model(cfg, gpt_state, ckpt["gpt2_config"], tok_dir)
         else:
             fp = gpt2_fingerprint(_check_gpt2_dir(cfg.gpt2_path))
