@@ -8,7 +8,7 @@ import os
 import random
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +320,16 @@ class SkipSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return max(0, len(self.base) - self.skip)
+
+
+@dataclass
+class TrainingData:
+    """The features a run trains and validates on, and the styles the model learns (empty: a plain model).
+    ``*_text_rows``: (N_images,) bool over the store's feature rows, True where the row is a CLIP text
+    embedding (a process_text.py file); None when no row is. ``text_styles``: the styles only text rows have."""
+    train: FeatureStore
+    val: FeatureStore
+    styles: list[str]
+    text_styles: list[str] = field(default_factory=list)
+    train_text_rows: torch.Tensor | None = None
+    val_text_rows: torch.Tensor | None = None

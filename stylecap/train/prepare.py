@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -22,23 +21,11 @@ from models.model_folder import is_model_folder, start_from_folder
 from stylecap.cpu import cpu_bf16_warning
 from stylecap.features import TEXT_MODALITY, FeatureStore, clip_record, load_features, modality
 from stylecap.sharded import ShardedFeatures, is_sharded
+from stylecap.train.data import TrainingData  # noqa: F401  (defined beside the datasets; imported from here too)
 from stylecap.train.data import (CaptionDataset, collate, concat_selections, encode_data, merge_stores,
                                  split_by_image, style_vocabulary)
 from stylecap.train.engine import CheckpointManager
 from stylecap.utils import UserError
-
-
-@dataclass
-class TrainingData:
-    """The features a run trains and validates on, and the styles the model learns (empty: a plain model).
-    ``*_text_rows``: (N_images,) bool over the store's feature rows, True where the row is a CLIP text
-    embedding (a process_text.py file); None when no row is. ``text_styles``: the styles only text rows have."""
-    train: FeatureStore
-    val: FeatureStore
-    styles: list[str]
-    text_styles: list[str] = field(default_factory=list)
-    train_text_rows: torch.Tensor | None = None
-    val_text_rows: torch.Tensor | None = None
 
 
 class DataPaths(argparse.Action):

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Sampler
 from models.captioner import StyleCapModel
 from stylecap.features import FeatureStore
 from stylecap.sharded import ShardedFeatures, load_any, open_sharded
-from stylecap.train.data import CaptionDataset, Encoded, encode_data, style_vocabulary
+from stylecap.train.data import CaptionDataset, Encoded, TrainingData, encode_data, style_vocabulary
 from stylecap.utils import UserError
 
 ASSIGNMENTS = ("epoch", "fixed")
@@ -123,7 +123,6 @@ def load_sharded_training_data(args: argparse.Namespace):
     """prepare.load_training_data for a sharded --data_path: the training shards (nothing mapped yet) and the
     validation set in memory: --val_path (a feature file or a sharded set), or whole shards held out by a
     seeded choice (round(S x --val_fraction), at least one): a split by image, as an image never spans shards."""
-    from stylecap.train.prepare import TrainingData  # here: prepare imports this module lazily
     # --shard_assignment fixed: a node may hold only its ranks' shards (and the validation ones): checked when opened
     path = args.data_path[0] if isinstance(args.data_path, (list, tuple)) else args.data_path
     full = open_sharded(path, check=getattr(args, "shard_assignment", "epoch") == "epoch")
