@@ -12,6 +12,7 @@ fp32 and back around every op). So the flags, not the CPU vendor or torch's own 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,3 +82,16 @@ def cpu_bf16_warning(option: str, instead: str, cpuinfo: str | None = None) -> s
         return None
     return (f"{option} on the CPU: this CPU ({cpu.model}) has no native bf16 (no amx_bf16 or avx512_bf16 in "
             f"/proc/cpuinfo), so torch emulates it and bf16 autocast runs {SLOWDOWN_NOTE}; use {instead}")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread inside (as each torchrun rank with OMP_NUM_THREADS=1), the caller's count restored
+    after. Other thread counts change the float32 summation order inside matrix products, and so the last bits."""
+    import torch  # here: the rest of this module reads /proc/cpuinfo and needs no torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

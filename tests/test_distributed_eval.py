@@ -3,7 +3,6 @@ exactly what one process gives (2 gloo ranks on the CPU, small models)."""
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -11,24 +10,13 @@ import torch
 import train
 from models import load_model
 from stylecap.train.data import CaptionDataset, encode_data
+from stylecap.cpu import one_thread
 from stylecap.distributed import batch_share
 from stylecap.train.engine import evaluate_loss
 from stylecap.eval.evaluation import quick_caption_metrics
 from stylecap.features import load_features
 from tests.helpers import synthetic_features
 from tests.test_train import _torchrun, base_args
-
-
-@contextmanager
-def one_thread():
-    """Compute as each torchrun rank does (OMP_NUM_THREADS=1): other thread counts change the float32
-    summation order inside the matrix products, and with it the scores' last bits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_batch_share_gives_each_rank_whole_batches_in_order():

@@ -17,7 +17,7 @@ import process_conceptual
 import process_flickr
 from stylecap.extract import pipeline as extract
 from tests.helpers import free_port
-from tests.test_distributed_eval import one_thread
+from stylecap.cpu import one_thread
 from tests.test_extract import SPLITS, _large_photos, load
 
 ROOT = Path(__file__).resolve().parents[1]

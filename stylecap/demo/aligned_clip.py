@@ -16,7 +16,6 @@ symmetric InfoNCE loss (open_clip's ``ClipLoss``), and measures zero-shot retrie
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import io
 import json
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from stylecap.clip_utils import _import_clip, load_clip, open_image
+from stylecap.cpu import one_thread
 from stylecap.demo.content import BACKGROUNDS, BIG, COLOURS, SHAPES, en_captions
 from stylecap.demo.small_models import SMALL_CLIP
 from stylecap.utils import UserError, atomic_write, atomic_write_json, run_main, sha256_file
@@ -133,17 +133,6 @@ def encode_image_uint8(model, pixels: torch.Tensor, preprocess) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- training
-@contextlib.contextmanager
-def one_thread():
-    """torch on one thread inside, the caller's count restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def encode_text_prefix(model, tokens: torch.Tensor) -> torch.Tensor:
     """model.encode_text(tokens) computed on the first L = (last EOT position + 1) of the 77 positions.
     The text transformer is causal, so positions before the EOT never see the padding after it: the
